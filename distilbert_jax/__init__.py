@@ -1,0 +1,17 @@
+"""distilbert-jax: DistilBERT and its BERT teacher in JAX/Flax, with Hugging Face parity."""
+
+from distilbert_jax.config import BertConfig, ConfigError, DistilBertConfig
+from distilbert_jax.hf import CheckpointError, from_pretrained, save_pretrained
+from distilbert_jax.modeling import (
+    BertForMaskedLM,
+    BertModel,
+    DistilBertForMaskedLM,
+    DistilBertForMultipleChoice,
+    DistilBertForQuestionAnswering,
+    DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
+    DistilBertModel,
+)
+from distilbert_jax.tokenizer import Tokenizer, TokenizerError
+
+__version__ = "0.1.0"

