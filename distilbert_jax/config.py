@@ -87,12 +87,15 @@ class _ConfigBase:
             key = cls.attribute_map.get(key, key)
             if key == "id2label" and value is not None:
                 value = _id2label_tuple(value)
+                if value == tuple(f"LABEL_{i}" for i in range(len(value))):
+                    kwargs.setdefault("num_labels", len(value))
+                    value = None  # HF's placeholder names: nothing worth keeping
             if key in fields:
                 kwargs[key] = value
             elif not (ignore_hf_generic and key in HF_GENERIC_KEYS):
                 raise ConfigError(f"{cls.__name__} has no field {key!r}.")
-        if "id2label" in kwargs and "num_labels" not in kwargs and kwargs["id2label"] is not None:
-            kwargs["num_labels"] = len(kwargs["id2label"])
+        if kwargs.get("id2label") is not None:
+            kwargs.setdefault("num_labels", len(kwargs["id2label"]))
         if values.get("model_type", cls.model_type) != cls.model_type:
             raise ConfigError(
                 f"model_type={values['model_type']!r} cannot be read as a {cls.__name__} "

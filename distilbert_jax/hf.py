@@ -107,12 +107,11 @@ def from_pytorch_state_dict(state: Mapping[str, np.ndarray], abstract: Params, f
             continue
         used.add(key)
         value = np.asarray(state[key])
-        if path[-1] == "kernel":
-            value = value.T
-        if value.shape != tuple(target.shape):
-            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+        expected = tuple(target.shape)[::-1] if path[-1] == "kernel" else tuple(target.shape)
+        if value.shape != expected:  # reported in the checkpoint's (PyTorch) layout
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {expected}")
             continue
-        loaded[path] = value
+        loaded[path] = value.T if path[-1] == "kernel" else value
     unused = sorted(k for k in state if k not in used and not k.endswith(_TIED_OR_BUFFERS))
     return loaded, LoadReport(missing=missing, unused=unused, mismatched=mismatched)
 

@@ -1,0 +1,120 @@
+"""Model behaviour beyond parity: sizes, logical axes, dtypes, masking, dropout, shapes."""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import distilbert_jax as dj
+from conftest import FIXTURES
+
+TINY = dj.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                           max_position_embeddings=64)
+IDS = jnp.array([[1, 7, 8, 9, 2, 0], [1, 5, 2, 0, 0, 0]])  # ids within the tiny vocab
+MASK = (IDS != 0).astype(jnp.int32)
+
+
+def n_params(model, shape=(1, 8)):
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape, jnp.int32))
+    return sum(x.size for x in jax.tree.leaves(abstract["params"]))
+
+
+def test_parameter_counts_of_the_base_configs():
+    cfg = dj.DistilBertConfig()
+    assert n_params(dj.DistilBertModel(cfg)) == 66_362_880
+    assert n_params(dj.DistilBertForMaskedLM(cfg)) == 66_985_530
+    assert n_params(dj.DistilBertForSequenceClassification(cfg)) == 66_955_010
+    assert n_params(dj.BertModel(dj.BertConfig())) == 109_482_240
+
+
+@pytest.mark.parametrize("cls", [dj.DistilBertForMaskedLM, dj.DistilBertForQuestionAnswering,
+                                 dj.BertForMaskedLM])
+def test_every_parameter_has_logical_axis_names(cls):
+    cfg = dj.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=37) if cls is dj.BertForMaskedLM else TINY
+    boxed = jax.eval_shape(cls(cfg).init, jax.random.key(0), IDS)["params"]
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+    assert all(len(x.names) == x.value.ndim for x in leaves)
+
+
+def test_init_follows_hugging_face():
+    params = nn.meta.unbox(dj.DistilBertModel(TINY).init(jax.random.key(0), IDS)["params"])
+    words = params["embeddings"]["word_embeddings"]["embedding"]
+    assert np.all(words[TINY.pad_token_id] == 0)  # padding row zeroed
+    assert abs(float(jnp.std(words[1:])) - 0.02) < 0.002
+    assert np.all(params["embeddings"]["LayerNorm"]["scale"] == 1)
+    assert np.all(params["transformer"]["layer"]["0"]["ffn"]["lin1"]["bias"] == 0)
+
+
+def test_sinusoidal_positions_start_as_the_sinusoid():
+    cfg = TINY.replace(sinusoidal_pos_embds=True)
+    params = nn.meta.unbox(dj.DistilBertModel(cfg).init(jax.random.key(0), IDS)["params"])
+    table = params["embeddings"]["position_embeddings"]["embedding"]
+    np.testing.assert_allclose(table[1, 0::2], np.sin(1.0 / 10000 ** (np.arange(0, 32, 2) / 32)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_has_no_nan_even_for_an_all_padding_row(dtype):
+    model, params = dj.from_pretrained(os.path.join(FIXTURES, "models", "distilbert_mlm"))
+    low = dj.DistilBertForMaskedLM(model.config, dtype=dtype)
+    mask = MASK.at[1].set(0)  # the second row is all padding
+    out = low.apply({"params": params}, IDS, attention_mask=mask, output_attentions=True)
+    ref = model.apply({"params": params}, IDS, attention_mask=mask)
+    assert out.logits.dtype == dtype
+    assert bool(jnp.all(jnp.isfinite(out.logits.astype(jnp.float32))))
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in out.attentions)
+    np.testing.assert_allclose(out.logits[0].astype(jnp.float32), ref.logits[0], atol=0.1, rtol=0.1)
+
+
+def test_padding_does_not_change_real_tokens():
+    model = dj.DistilBertModel(TINY)
+    params = model.init(jax.random.key(0), IDS)["params"]
+    short = model.apply({"params": params}, IDS[1:, :3]).last_hidden_state
+    padded = model.apply({"params": params}, IDS[1:], attention_mask=MASK[1:]).last_hidden_state
+    np.testing.assert_allclose(padded[:, :3], short, atol=1e-5)
+
+
+def test_dropout_needs_a_key_and_is_reproducible():
+    model = dj.DistilBertForSequenceClassification(TINY)
+    params = model.init(jax.random.key(0), IDS)["params"]
+    run = lambda key: model.apply({"params": params}, IDS, attention_mask=MASK, deterministic=False,
+                                  rngs={"dropout": key}).logits
+    np.testing.assert_array_equal(run(jax.random.key(1)), run(jax.random.key(1)))
+    assert not np.allclose(run(jax.random.key(1)), run(jax.random.key(2)))
+    eval_logits = model.apply({"params": params}, IDS, attention_mask=MASK).logits
+    np.testing.assert_array_equal(eval_logits, model.apply({"params": params}, IDS, attention_mask=MASK).logits)
+
+
+def test_output_shapes_of_every_head():
+    cfg = TINY.replace(num_labels=2)
+    expectations = {
+        dj.DistilBertModel: lambda o: o.last_hidden_state.shape == (2, 6, 32),
+        dj.DistilBertForMaskedLM: lambda o: o.logits.shape == (2, 6, 99),
+        dj.DistilBertForSequenceClassification: lambda o: o.logits.shape == (2, 2),
+        dj.DistilBertForTokenClassification: lambda o: o.logits.shape == (2, 6, 2),
+        dj.DistilBertForQuestionAnswering: lambda o: o.start_logits.shape == o.end_logits.shape == (2, 6),
+    }
+    for cls, check in expectations.items():
+        model = cls(cfg)
+        out = jax.jit(lambda ids, mask: model.apply(model.init(jax.random.key(0), ids), ids,
+                                                    attention_mask=mask, output_hidden_states=True))(IDS, MASK)
+        assert check(out), cls.__name__
+        assert len(out.hidden_states) == cfg.n_layers + 1
+    choice = dj.DistilBertForMultipleChoice(cfg)
+    ids3 = jnp.stack([IDS, IDS, IDS], axis=1)  # [batch 2, choices 3, length 6]
+    out = choice.apply(choice.init(jax.random.key(0), ids3), ids3)
+    assert out.logits.shape == (2, 3)
+
+
+def test_logical_names_of_key_parameters():
+    boxed = jax.eval_shape(dj.DistilBertForMaskedLM(TINY).init, jax.random.key(0), IDS)["params"]
+    layer = boxed["distilbert"]["transformer"]["layer"]["0"]
+    assert layer["attention"]["q_lin"]["kernel"].names == ("embed", "heads")
+    assert layer["attention"]["out_lin"]["kernel"].names == ("heads", "embed")
+    assert layer["ffn"]["lin1"]["kernel"].names == ("embed", "mlp")
+    assert boxed["distilbert"]["embeddings"]["word_embeddings"]["embedding"].names == ("vocab", "embed")
+    assert boxed["vocab_projector"]["bias"].names == ("vocab",)
