@@ -4,6 +4,10 @@ from distilbert_jax.config import BertConfig, ConfigError, DistilBertConfig
 from distilbert_jax.hf import CheckpointError, from_pretrained, save_pretrained
 from distilbert_jax.modeling import (
     BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
     BertModel,
     DistilBertForMaskedLM,
     DistilBertForMultipleChoice,

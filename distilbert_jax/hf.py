@@ -43,6 +43,10 @@ MODEL_CLASSES: dict[str, dict[str, type[nn.Module]]] = {
     "bert": {
         "base": modeling.BertModel,
         "masked_lm": modeling.BertForMaskedLM,
+        "sequence_classification": modeling.BertForSequenceClassification,
+        "multiple_choice": modeling.BertForMultipleChoice,
+        "token_classification": modeling.BertForTokenClassification,
+        "question_answering": modeling.BertForQuestionAnswering,
     },
 }
 # HF architecture names that map to one of ours without being the same class name.
@@ -247,17 +251,19 @@ def head_from_architectures(family: str, architectures: list[str] | None) -> str
 
 def abstract_params(model: nn.Module, input_shape=(1, 1)) -> Params:
     """Shapes and dtypes of the model's params (boxed with logical axis names), without allocating."""
-    if isinstance(model, modeling.DistilBertForMultipleChoice):
-        input_shape = (1, 1, 1)
-    ids = jnp.zeros(input_shape, jnp.int32)
+    ids = jnp.zeros(_init_shape(model, input_shape), jnp.int32)
     return jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
+
+
+def _init_shape(model, input_shape):
+    """Multiple-choice models take [batch, choices, length]."""
+    choice = (modeling.DistilBertForMultipleChoice, modeling.BertForMultipleChoice)
+    return (1, *input_shape) if isinstance(model, choice) and len(input_shape) == 2 else input_shape
 
 
 def init_params(model: nn.Module, seed: int = 0, input_shape=(1, 1)) -> Params:
     """Freshly initialised params (HF's initialisation), unboxed."""
-    if isinstance(model, modeling.DistilBertForMultipleChoice):
-        input_shape = (1, 1, 1)
-    ids = jnp.zeros(input_shape, jnp.int32)
+    ids = jnp.zeros(_init_shape(model, input_shape), jnp.int32)
     return nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), ids)["params"])
 
 

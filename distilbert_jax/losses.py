@@ -76,3 +76,20 @@ def question_answering_loss(start_logits: jax.Array, end_logits: jax.Array,
     end = jnp.clip(end_positions.reshape(-1), 0, length)
     return (cross_entropy(start_logits, start, ignore_index=length)
             + cross_entropy(end_logits, end, ignore_index=length)) / 2
+
+
+def head_loss(head: str, outputs, labels: dict, config):
+    """The loss transformers' model of this head computes from `labels` (HF argument names)."""
+    if head == "sequence_classification":
+        return sequence_classification_loss(outputs.logits, labels["labels"], config.num_labels,
+                                            config.problem_type)
+    if head == "token_classification":
+        return token_classification_loss(outputs.logits, labels["labels"])
+    if head == "multiple_choice":
+        return multiple_choice_loss(outputs.logits, labels["labels"])
+    if head == "question_answering":
+        return question_answering_loss(outputs.start_logits, outputs.end_logits,
+                                       labels["start_positions"], labels["end_positions"])
+    if head == "masked_lm":
+        return masked_lm_loss(outputs.logits, labels["labels"])
+    raise ValueError(f"head {head!r} has no task loss.")

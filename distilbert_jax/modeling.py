@@ -248,14 +248,17 @@ class DistilBertForTokenClassification(_DistilBertHead):
         return LogitsOutput(logits, out.hidden_states, out.attentions)
 
 
+def _require_two_labels(config):
+    if config.num_labels != 2:
+        raise ConfigError(f"num_labels={config.num_labels} must be 2 for question answering "
+                          "(one start and one end logit per token).")
+
+
 class DistilBertForQuestionAnswering(_DistilBertHead):
     """Span start/end logits [batch, length]; the config must have num_labels == 2."""
 
     def __post_init__(self):
-        if self.config.num_labels != 2:
-            raise ConfigError(
-                f"num_labels={self.config.num_labels} must be 2 for question answering "
-                "(one start and one end logit per token).")
+        _require_two_labels(self.config)
         super().__post_init__()
 
     @nn.compact
@@ -438,3 +441,81 @@ class BertForMaskedLM(_Base):
         logits = BertOnlyMLMHead(self.config, self.dtype, self.param_dtype, name="cls")(
             out.last_hidden_state, table)
         return LogitsOutput(logits, out.hidden_states, out.attentions)
+
+
+class _BertHead(_Base):
+    """A task head over `bert`, as HF's BertFor* classes (used to fine-tune BERT teachers)."""
+    add_pooling_layer: bool = False
+
+    def encode(self, input_ids, attention_mask, token_type_ids, deterministic,
+               output_hidden_states, output_attentions) -> BaseModelOutput:
+        return BertModel(self.config, self.dtype, self.param_dtype, self.add_pooling_layer,
+                         name="bert")(input_ids, attention_mask, token_type_ids, deterministic,
+                                      output_hidden_states, output_attentions)
+
+    def dropout(self, x, deterministic):
+        cfg = self.config
+        rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
+        return nn.Dropout(rate)(x, deterministic)
+
+
+class BertForSequenceClassification(_BertHead):
+    """pooler output -> dropout -> classifier."""
+    add_pooling_layer: bool = True
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
+                 deterministic: bool = True, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
+        out = self.encode(input_ids, attention_mask, token_type_ids, deterministic,
+                          output_hidden_states, output_attentions)
+        x = self.dropout(out.pooler_output, deterministic)
+        logits = self._dense(self.config.num_labels, ("embed", "classes"), "classifier")(x)
+        return LogitsOutput(logits, out.hidden_states, out.attentions)
+
+
+class BertForMultipleChoice(_BertHead):
+    """Inputs [batch, choices, length]; pooler output -> dropout -> classifier(1)."""
+    add_pooling_layer: bool = True
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
+                 deterministic: bool = True, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
+        batch, choices, length = input_ids.shape
+        flatten = lambda x: None if x is None else x.reshape(-1, length)
+        out = self.encode(flatten(input_ids), flatten(attention_mask), flatten(token_type_ids),
+                          deterministic, output_hidden_states, output_attentions)
+        x = self.dropout(out.pooler_output, deterministic)
+        logits = self._dense(1, ("embed", "classes"), "classifier")(x)
+        return LogitsOutput(logits.reshape(batch, choices), out.hidden_states, out.attentions)
+
+
+class BertForTokenClassification(_BertHead):
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
+                 deterministic: bool = True, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
+        out = self.encode(input_ids, attention_mask, token_type_ids, deterministic,
+                          output_hidden_states, output_attentions)
+        x = self.dropout(out.last_hidden_state, deterministic)
+        logits = self._dense(self.config.num_labels, ("embed", "classes"), "classifier")(x)
+        return LogitsOutput(logits, out.hidden_states, out.attentions)
+
+
+class BertForQuestionAnswering(_BertHead):
+    """qa_outputs on every token (no dropout, as HF); num_labels must be 2."""
+
+    def __post_init__(self):
+        _require_two_labels(self.config)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
+                 deterministic: bool = True, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
+        out = self.encode(input_ids, attention_mask, token_type_ids, deterministic,
+                          output_hidden_states, output_attentions)
+        logits = self._dense(2, ("embed", "classes"), "qa_outputs")(out.last_hidden_state)
+        return QuestionAnsweringOutput(logits[..., 0], logits[..., 1], out.hidden_states,
+                                       out.attentions)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import distilbert_jax as dj
-from distilbert_jax import losses
+from distilbert_jax import hf, losses
 from conftest import FIXTURES, load_reference, relative_error
 
 TOL = 1e-5
@@ -49,21 +49,6 @@ def test_outputs_match_transformers(name):
     assert errors[worst] <= TOL, f"{name}: {worst} relative error {errors[worst]:.2e}"
 
 
-def _loss(model, out, labels):
-    cfg = model.config
-    if isinstance(model, dj.DistilBertForQuestionAnswering):
-        return losses.question_answering_loss(out.start_logits, out.end_logits,
-                                              labels["start_positions"], labels["end_positions"])
-    if isinstance(model, dj.DistilBertForSequenceClassification):
-        return losses.sequence_classification_loss(out.logits, labels["labels"], cfg.num_labels,
-                                                   cfg.problem_type)
-    if isinstance(model, dj.DistilBertForMultipleChoice):
-        return losses.multiple_choice_loss(out.logits, labels["labels"])
-    if isinstance(model, dj.DistilBertForTokenClassification):
-        return losses.token_classification_loss(out.logits, labels["labels"])
-    return losses.masked_lm_loss(out.logits, labels["labels"])
-
-
 @pytest.mark.parametrize("name", [n for n in MODEL_FIXTURES
                                   if "output/loss" in np.load(os.path.join(
                                       FIXTURES, "models", n, "reference.npz")).files])
@@ -73,7 +58,9 @@ def test_losses_match_transformers(name):
     model, params = dj.from_pretrained(directory)
     out = run(model, params, ref)
     labels = {k.split("/", 1)[1]: jnp.asarray(v) for k, v in ref.items() if k.startswith("label/")}
-    assert relative_error(_loss(model, out, labels), ref["output/loss"]) <= TOL
+    head = next(h for h, cls in hf.MODEL_CLASSES[model.config.model_type].items() if cls is type(model))
+    loss = losses.head_loss(head, out, labels, model.config)
+    assert relative_error(loss, ref["output/loss"]) <= TOL
 
 
 def test_real_minilm_matches_transformers(minilm_dir):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import distilbert_jax as dj
-from conftest import relative_error
+from conftest import FIXTURES, relative_error
 
 pytestmark = [
     pytest.mark.reference,
@@ -52,11 +52,11 @@ def _ours(model, params, inputs):
                          else getattr(out, name))
 
 
-@pytest.mark.parametrize("index", range(13))
-def test_transformers_checkpoint_loads_here_and_ours_loads_there(index, make_reference, tmp_path):
+@pytest.mark.parametrize("index, name", enumerate(sorted(os.listdir(os.path.join(FIXTURES, "models")))))
+def test_transformers_checkpoint_loads_here_and_ours_loads_there(index, name, make_reference, tmp_path):
     import torch
     import transformers
-    name, (class_name, overrides, kind) = list(make_reference.MODELS.items())[index]
+    class_name, overrides, kind = make_reference.MODELS[name]
     family = "bert" if class_name.startswith("Bert") else "distilbert"
     config_cls = transformers.BertConfig if family == "bert" else transformers.DistilBertConfig
     base = make_reference.TINY_BERT if family == "bert" else make_reference.TINY_DISTILBERT
