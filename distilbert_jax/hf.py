@@ -60,6 +60,9 @@ _TIED_OR_BUFFERS = ("position_ids", "vocab_projector.weight", "cls.predictions.d
 _LEGACY_LEAVES = {"gamma": "weight", "beta": "bias"}
 
 
+PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+
+
 class CheckpointError(ValueError):
     """A checkpoint cannot be loaded into the requested model."""
 
@@ -137,8 +140,11 @@ class LoadReport:
 # ------------------------------------------------------------------------------------------------
 
 def resolve(path_or_id: str | os.PathLike) -> str:
-    """A local directory as is; anything else is treated as a Hugging Face Hub model id."""
+    """A local directory as is; `packaged:all-MiniLM-L6-v2` is the pip-installed checkpoint;
+    anything else is treated as a Hugging Face Hub model id."""
     path = os.fspath(path_or_id)
+    if path == PACKAGED_MINILM:
+        return packaged_minilm()
     if os.path.isdir(path):
         return path
     if os.path.exists(path):

@@ -148,13 +148,19 @@ class Tokenizer:
                  padding=False, stride: int = 0, return_overflowing_tokens: bool = False,
                  return_offsets_mapping: bool = False, return_tensors: str | None = None,
                  return_token_type_ids: bool = False, return_special_tokens_mask: bool = False,
-                 pad_to_multiple_of: int | None = None) -> Encoding:
+                 pad_to_multiple_of: int | None = None, is_split_into_words: bool = False,
+                 return_word_ids: bool = False) -> Encoding:
         """Encodes one text (or pair) or a batch, with transformers' argument semantics.
 
         truncation: False | True | 'longest_first' | 'only_first' | 'only_second'.
         padding: False | True | 'longest' | 'max_length'. return_tensors: None | 'np' | 'jax'.
+        is_split_into_words: each text is a list of words; return_word_ids adds `word_ids` (the
+        word index of every token, None for special tokens and padding).
         """
-        batched = isinstance(text, (list, tuple))
+        if is_split_into_words:
+            batched = bool(text) and isinstance(text[0], (list, tuple))
+        else:
+            batched = isinstance(text, (list, tuple))
         texts = list(text) if batched else [text]
         pairs = None
         if text_pair is not None:
@@ -163,12 +169,13 @@ class Tokenizer:
                 raise TokenizerError(
                     f"text has {len(texts)} items but text_pair has {len(pairs)}.")
         for t in texts + (pairs or []):
-            if not isinstance(t, str):
+            words = t if is_split_into_words and isinstance(t, (list, tuple)) else [t]
+            if not all(isinstance(w, str) for w in words):
                 raise TokenizerError(f"Expected a string to encode, got {type(t).__name__}: {t!r}.")
         self._configure(max_length, truncation, padding, stride, pad_to_multiple_of)
         inputs = texts if pairs is None else list(zip(texts, pairs))
         try:
-            encodings = self.backend.encode_batch(inputs)
+            encodings = self.backend.encode_batch(inputs, is_pretokenized=is_split_into_words)
         except Exception as e:  # the Rust side reports e.g. a stride too large for max_length
             raise TokenizerError(f"Tokenization failed: {e}.") from None
 
@@ -181,6 +188,8 @@ class Tokenizer:
             out["offset_mapping"] = []
         if return_overflowing_tokens:
             out["overflow_to_sample_mapping"] = []
+        if return_word_ids:
+            out["word_ids"] = []
         for sample, encoding in enumerate(encodings):
             pieces = [encoding] + (list(encoding.overflowing) if return_overflowing_tokens else [])
             for e in pieces:
@@ -194,8 +203,12 @@ class Tokenizer:
                     out["offset_mapping"].append([tuple(o) for o in e.offsets])
                 if return_overflowing_tokens:
                     out["overflow_to_sample_mapping"].append(sample)
+                if return_word_ids:
+                    out["word_ids"].append(list(e.word_ids))
 
         if return_tensors is not None:
+            if return_word_ids:
+                raise TokenizerError("word_ids hold None for special tokens; use return_tensors=None.")
             return Encoding({k: _as_tensor(k, v, return_tensors) for k, v in out.items()})
         if not batched and not return_overflowing_tokens:
             return Encoding({k: v[0] for k, v in out.items()})

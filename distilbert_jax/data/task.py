@@ -1,0 +1,199 @@
+"""The `Task` seam and the batching every task shares.
+
+A task knows its data (local files in the original formats, or TFDS), its head and label space, how to
+encode examples with the tokenizer, and how to turn model outputs into the official metric. The
+training loop only sees `Features` and padded numpy batches, so one loop serves every benchmark.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+import queue
+import threading
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from distilbert_jax.losses import IGNORE_INDEX
+
+DEFAULT_BUCKETS = (32, 64, 128, 256, 384, 512)
+
+
+class DataError(ValueError):
+    """A data file is missing or malformed; the message names the file (and line)."""
+
+
+@dataclasses.dataclass
+class Features:
+    """An encoded split: one row per model input, ragged along the sequence axis.
+
+    inputs: input_ids (and token_type_ids for BERT), each row [length] or [choices, length];
+      an attention_mask only where rows are not all real tokens (uneven choices).
+    targets: training labels per row: a scalar, or a [length] array for per-token labels.
+    examples / row_to_example: the raw examples and which one each row came from (QA windows).
+    extras: per-row data the metric needs (offsets, word ids).
+    """
+    inputs: dict[str, list[np.ndarray]]
+    targets: dict[str, Any]
+    examples: list
+    row_to_example: np.ndarray
+    extras: dict[str, list] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.inputs["input_ids"])
+
+    def lengths(self) -> np.ndarray:
+        return np.array([ids.shape[-1] for ids in self.inputs["input_ids"]])
+
+
+class Task(abc.ABC):
+    """What a benchmark must say about itself for the shared fine-tuning loop."""
+
+    name: str
+    head: str  # a key of hf.MODEL_CLASSES[family]
+    problem_type: str | None = None
+    metric_for_best: str  # the key of evaluate()'s dict that picks the best checkpoint
+    splits: Sequence[str] = ("train", "dev")
+
+    @property
+    @abc.abstractmethod
+    def label_names(self) -> tuple[str, ...] | None:
+        """Label names in id order (None for regression and span tasks)."""
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names) if self.label_names else (1 if self.head != "question_answering" else 2)
+
+    @abc.abstractmethod
+    def load(self, split: str) -> list:
+        """Raw examples of a split; a DataError names the file and line of any bad row."""
+
+    @abc.abstractmethod
+    def encode(self, examples: list, tokenizer, max_length: int, token_types: bool,
+               train: bool) -> Features:
+        """Tokenised rows with training targets."""
+
+    @abc.abstractmethod
+    def evaluate(self, features: Features, outputs: dict[str, list]) -> dict[str, float]:
+        """The official metric(s) from per-row model outputs (logits, trimmed to each row's length)."""
+
+    def write_predictions(self, features: Features, outputs: dict[str, list], directory: str,
+                          split: str) -> str | None:
+        """Writes predictions in the benchmark's submission format; returns the file path."""
+        return None
+
+    @property
+    def per_token_outputs(self) -> bool:
+        return self.head in ("token_classification", "question_answering")
+
+
+def check_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise DataError(f"Data file {path!r} does not exist.")
+    return path
+
+
+# --- batching ---------------------------------------------------------------------------------------
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds `length` (so XLA compiles one shape per bucket)."""
+    for bucket in buckets:
+        if length <= bucket:
+            return bucket
+    return int(length)
+
+
+def collate(features: Features, rows: Sequence[int], length: int, pad_id: int,
+            batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Pads rows to `length` (and the batch to `batch_size` with weight-0 rows) as numpy arrays.
+
+    input_ids pad with `pad_id`, token types with 0, per-token labels with -100; `weights` is 1 for
+    real rows, so metrics over a padded final batch stay exact.
+    """
+    batch_size = batch_size or len(rows)
+    first = features.inputs["input_ids"][rows[0]]
+    shape = (batch_size, *first.shape[:-1], length)
+    batch = {"input_ids": np.full(shape, pad_id, np.int32),
+             "attention_mask": np.zeros(shape, np.int32)}
+    if "token_type_ids" in features.inputs:
+        batch["token_type_ids"] = np.zeros(shape, np.int32)
+    for i, row in enumerate(rows):
+        ids = features.inputs["input_ids"][row][..., :length]
+        n = ids.shape[-1]
+        batch["input_ids"][i, ..., :n] = ids
+        for key in ("attention_mask", "token_type_ids"):
+            if key in features.inputs:  # multiple choice carries its own mask for uneven choices
+                batch[key][i, ..., :n] = features.inputs[key][row][..., :length]
+        if "attention_mask" not in features.inputs:
+            batch["attention_mask"][i, ..., :n] = 1
+    for key, values in features.targets.items():
+        sample = values[rows[0]]
+        if np.ndim(sample) == 0:
+            column = np.zeros((batch_size,), np.asarray(values).dtype)
+            column[: len(rows)] = np.asarray(values)[list(rows)]
+        else:
+            column = np.full((batch_size, length), IGNORE_INDEX, np.int32)
+            for i, row in enumerate(rows):
+                column[i, : len(values[row][:length])] = values[row][:length]
+        batch[key] = column
+    weights = np.zeros((batch_size,), np.float32)
+    weights[: len(rows)] = 1
+    batch["weights"] = weights
+    return batch
+
+
+def batch_length(features: Features, rows: Sequence[int], buckets: Sequence[int]) -> int:
+    return bucket_for(int(features.lengths()[list(rows)].max()), buckets)
+
+
+def train_batches(features: Features, batch_size: int, seed: int, start_step: int, pad_id: int,
+                  buckets: Sequence[int] = DEFAULT_BUCKETS) -> Iterator[dict[str, np.ndarray]]:
+    """Endless shuffled batches; batch k is a pure function of (seed, k), so resuming is exact.
+
+    Each epoch is a fresh permutation from (seed, epoch); the last incomplete batch is dropped.
+    """
+    per_epoch = len(features) // batch_size
+    if per_epoch == 0:
+        raise DataError(f"{len(features)} training rows cannot fill one batch of {batch_size}.")
+    lengths = features.lengths()
+    step = start_step
+    while True:
+        epoch, index = divmod(step, per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(len(features))
+        rows = order[index * batch_size:(index + 1) * batch_size]
+        length = bucket_for(int(lengths[rows].max()), buckets)
+        yield collate(features, rows, length, pad_id)
+        step += 1
+
+
+def eval_batches(features: Features, batch_size: int, pad_id: int,
+                 buckets: Sequence[int] = DEFAULT_BUCKETS) -> Iterator[tuple[np.ndarray, dict]]:
+    """(rows, batch) over every row once, sorted by length so padding is small; fixed batch size."""
+    lengths = features.lengths()
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        length = bucket_for(int(lengths[rows].max()), buckets)
+        yield rows, collate(features, rows, length, pad_id, batch_size)
+
+
+def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
+    """Runs `iterator` in a background thread, `size` items ahead, so the step never waits on the host."""
+    items: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+
+    def worker():
+        try:
+            for item in iterator:
+                items.put(item)
+        except BaseException as e:  # re-raised in the consumer
+            items.put(e)
+        items.put(done)
+
+    threading.Thread(target=worker, daemon=True).start()
+    while (item := items.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item

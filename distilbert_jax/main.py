@@ -1,0 +1,51 @@
+"""Entry point for every job:
+
+    python -m distilbert_jax.main --config=configs/glue.py:sst2 --workdir=/path/run [--config.lr=3e-5 ...]
+
+`config.job` picks the job ('finetune' or 'evaluate'); the work lives in importable functions that
+tests and notebooks call directly.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from distilbert_jax.config import ConfigError
+from distilbert_jax.data.task import DataError
+from distilbert_jax.hf import CheckpointError
+from distilbert_jax.tokenizer import TokenizerError
+from distilbert_jax.train import finetune
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, e.g. configs/glue.py:sst2.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+
+JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_only}
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, finetune.TrainingError)
+
+
+def run(config, workdir: str):
+    if config.job not in JOBS:
+        raise ConfigError(f"job={config.job!r} is not one of {sorted(JOBS)}.")
+    return JOBS[config.job](config, workdir)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save INFO lines drown the progress
+    logging.getLogger("distilbert_jax").setLevel(logging.INFO)
+    try:
+        results = run(_CONFIG.value, _WORKDIR.value)
+    except USER_ERRORS as e:  # one clear sentence, a non-zero exit
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print("results:", results.get("eval", results))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

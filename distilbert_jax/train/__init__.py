@@ -1,0 +1,1 @@
+"""Training: state and optimiser, checkpoints, metric writers, and the fine-tuning loop."""

@@ -1,0 +1,62 @@
+"""Orbax checkpoints: the latest N train states for resuming, and the best params by eval metric.
+
+Orbax writes each step to a temporary directory and renames it when complete, so a run killed at
+any moment leaves the previous checkpoints intact. States are saved as plain nested dicts
+(`flax.serialization.to_state_dict`) and restored onto the structure of a freshly built state.
+"""
+
+from __future__ import annotations
+
+import os
+
+import flax.serialization
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+    """`<workdir>/checkpoints` (latest `keep` states) and `<workdir>/best` (best params, one)."""
+
+    def __init__(self, workdir: str, keep: int = 2, best_metric: str | None = None,
+                 best_mode: str = "max"):
+        self.latest = ocp.CheckpointManager(
+            os.path.abspath(os.path.join(workdir, "checkpoints")),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.best = None
+        if best_metric:
+            self.best = ocp.CheckpointManager(
+                os.path.abspath(os.path.join(workdir, "best")),
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode=best_mode))
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def save(self, step: int, state) -> None:
+        self.latest.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
+
+    def restore(self, target, step: int | None = None):
+        """The saved state at `step` (default latest), placed like `target`."""
+        step = self.latest.latest_step() if step is None else step
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                                flax.serialization.to_state_dict(target))
+        restored = self.latest.restore(step, args=ocp.args.StandardRestore(abstract))
+        return flax.serialization.from_state_dict(target, restored)
+
+    def save_best(self, step: int, params, metrics: dict[str, float]) -> None:
+        if self.best is not None:
+            self.best.save(step, args=ocp.args.StandardSave(params), metrics=metrics)
+
+    def best_step(self) -> int | None:
+        return None if self.best is None else self.best.best_step()
+
+    def restore_best(self, target_params):
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_params)
+        return self.best.restore(self.best.best_step(), args=ocp.args.StandardRestore(abstract))
+
+    def close(self) -> None:
+        """Waits for async writes to finish, then releases the managers."""
+        for manager in (self.latest, self.best):
+            if manager is not None:
+                manager.wait_until_finished()
+                manager.close()

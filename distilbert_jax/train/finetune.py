@@ -1,0 +1,322 @@
+"""One fine-tuning loop for every task: `train_and_evaluate(config, workdir)` and `evaluate_only`.
+
+Resume order: this workdir's latest checkpoint -> the `config.model` checkpoint (HF layout, hub id,
+or `packaged:all-MiniLM-L6-v2`). Batch k and the dropout key of step k depend only on (seed, k), so a
+resumed run ends with the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from distilbert_jax import hf, losses
+from distilbert_jax.data import Features, Task, get_task
+from distilbert_jax.data.task import eval_batches, prefetch, train_batches
+from distilbert_jax.tokenizer import Tokenizer
+from distilbert_jax.train import state as train_state
+from distilbert_jax.train.checkpoint import Checkpoints
+from distilbert_jax.train.logging import MetricWriter, Progress
+
+log = logging.getLogger(__name__)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a head that does not fit the task)."""
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+def default_config() -> ml_collections.ConfigDict:
+    """Fields shared by every fine-tuning job (SQuAD, NER, SWAG configs start from here too)."""
+    c = ml_collections.ConfigDict()
+    c.job = "finetune"  # or "evaluate" (a fine-tuned checkpoint on eval_splits)
+    c.task = "sst2"
+    c.data_dir = ""  # folder with the task's files (GLUE TSVs, SQuAD JSON, CoNLL files)
+    c.data_source = "local"  # or "tfds"
+    c.task_options = ml_collections.ConfigDict()
+    c.model = "distilbert-base-uncased"  # HF checkpoint dir, hub id, or packaged:all-MiniLM-L6-v2
+    c.model_overrides = ml_collections.ConfigDict()  # config fields to change, e.g. dropout
+    c.dtype = "float32"  # compute dtype; "bfloat16" on TPU (params stay float32)
+    c.seed = 42
+
+    c.max_length = 128
+    c.buckets = (32, 64, 128, 256, 384, 512)  # padded lengths: one compiled shape per bucket
+    c.batch_size = 32  # examples per optimiser update
+    c.grad_accum_steps = 1  # micro-batches per update (batch_size must be a multiple)
+    c.eval_batch_size = 64
+    c.num_epochs = 3.0
+    c.max_steps = 0  # > 0 overrides num_epochs
+    c.limit_train_examples = 0  # > 0 keeps the first N training examples (quick runs)
+    c.limit_eval_examples = 0
+
+    c.lr = 2e-5
+    c.warmup_ratio = 0.0
+    c.warmup_steps = 0  # > 0 overrides warmup_ratio
+    c.weight_decay = 0.0
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-8
+    c.max_grad_norm = 1.0
+
+    c.log_every = 50
+    c.eval_every = 0  # steps; 0 = once per epoch
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 2
+    c.eval_splits = ("dev",)
+    c.predict_splits = ()  # e.g. ("test",): GLUE-server / SQuAD prediction files
+    c.save_model = True  # save_pretrained(<workdir>/model) at the end, loadable by transformers
+    return c
+
+
+# --- building blocks ------------------------------------------------------------------------------------
+
+def build_task(config) -> Task:
+    return get_task(config.task, config.data_dir or None, config.data_source,
+                    **dict(config.get("task_options", {})))
+
+
+def load_model(config, task: Task, require_trained_head: bool = False):
+    """(model, params, tokenizer) with the task's head and label space on `config.model`."""
+    overrides = dict(config.get("model_overrides", {}))
+    if task.label_names:
+        overrides["id2label"] = tuple(task.label_names)
+    if task.problem_type:
+        overrides["problem_type"] = task.problem_type
+    if config.dtype not in DTYPES:
+        raise TrainingError(f"dtype={config.dtype!r} is not one of {sorted(DTYPES)}.")
+    directory = hf.resolve(config.model)
+    if require_trained_head:
+        saved, architectures = hf.read_config(directory)
+        head = hf.head_from_architectures(saved.model_type, architectures)
+        if head != task.head:
+            raise TrainingError(
+                f"{config.model} is a {head} checkpoint ({architectures}); task {task.name} needs a "
+                f"{task.head} head. Fine-tune it first, or evaluate a checkpoint trained on this task.")
+    model, params = hf.from_pretrained(directory, head=task.head, num_labels=task.num_labels,
+                                       dtype=DTYPES[config.dtype], seed=config.seed, **overrides)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise TrainingError(f"The tokenizer's vocabulary ({tokenizer.vocab_size}) is larger than "
+                            f"the model's vocab_size ({model.config.vocab_size}).")
+    return model, params, tokenizer
+
+
+def encode_split(task: Task, split: str, tokenizer, model, config, train: bool) -> Features:
+    examples = task.load(split)
+    limit = config.get("limit_train_examples" if train else "limit_eval_examples", 0)
+    if limit:
+        examples = examples[:limit]
+    token_types = model.config.model_type == "bert"
+    return task.encode(examples, tokenizer, config.max_length, token_types, train)
+
+
+def make_train_step(model, head: str, tx, accum_steps: int) -> Callable:
+    """A jitted step: dropout key fold_in(rng, step), micro-batches by lax.scan, one update."""
+
+    def loss_fn(params, batch, key):
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        targets = {k: v for k, v in batch.items() if k not in MODEL_INPUTS and k != "weights"}
+        out = model.apply({"params": params}, **inputs, deterministic=False, rngs={"dropout": key})
+        return losses.head_loss(head, out, targets, model.config)
+
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def step(state: train_state.TrainState, batch):
+        key = jax.random.fold_in(state.rng, state.step)
+        if accum_steps == 1:
+            loss, grads = grad_fn(state.params, batch, key)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+
+            def body(carry, xs):
+                index, micro_batch = xs
+                loss, grads = grad_fn(state.params, micro_batch, jax.random.fold_in(key, index))
+                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+            zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+            (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+            loss, grads = jax.tree.map(lambda x: x / accum_steps, (loss, grads))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+        metrics = {"train/loss": loss, "train/grad_norm": _global_norm(grads),
+                   "train/param_norm": _global_norm(params)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def make_eval_step(model) -> Callable:
+    def step(params, batch):
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        out = model.apply({"params": params}, **inputs)
+        return {k: getattr(out, k).astype(jnp.float32)
+                for k in ("logits", "start_logits", "end_logits") if getattr(out, k, None) is not None}
+    return jax.jit(step)
+
+
+def predict(eval_step, params, task: Task, features: Features, batch_size: int, pad_id: int,
+            buckets) -> dict[str, Any]:
+    """Model outputs for every row: arrays [rows, ...], or per-row lists trimmed to each row's length."""
+    lengths = features.lengths()
+    collected: dict[str, list] = {}
+    order: list[int] = []
+    for rows, batch in prefetch(eval_batches(features, batch_size, pad_id, buckets)):
+        out = jax.device_get(eval_step(params, {k: v for k, v in batch.items() if k in MODEL_INPUTS}))
+        for key, value in out.items():
+            for i, row in enumerate(rows):
+                collected.setdefault(key, []).append(
+                    value[i, : lengths[row]] if task.per_token_outputs else value[i])
+        order.extend(int(r) for r in rows)
+    inverse = np.argsort(order)
+    outputs = {k: [v[i] for i in inverse] for k, v in collected.items()}
+    return outputs if task.per_token_outputs else {k: np.stack(v) for k, v in outputs.items()}
+
+
+def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config, pad_id,
+                    predictions_dir: str | None = None) -> dict[str, dict[str, float]]:
+    results = {}
+    for split, features in splits.items():
+        outputs = predict(eval_step, params, task, features, config.eval_batch_size, pad_id,
+                          tuple(config.buckets))
+        if predictions_dir:
+            path = task.write_predictions(features, outputs, os.path.join(predictions_dir, split), split)
+            log.info("Wrote %s predictions to %s", split, path)
+        if not split.startswith("test"):  # test splits have no labels: predictions only
+            results[split] = task.evaluate(features, outputs)
+    return results
+
+
+# --- the jobs -------------------------------------------------------------------------------------------
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Fine-tunes `config.model` on `config.task`, evaluating and checkpointing as configured."""
+    os.makedirs(workdir, exist_ok=True)
+    write_config(config, workdir)
+    task = build_task(config)
+    model, params, tokenizer = load_model(config, task)
+    train = encode_split(task, "train", tokenizer, model, config, train=True)
+    evals = {s: encode_split(task, s, tokenizer, model, config, train=False)
+             for s in config.eval_splits}
+    if config.batch_size % config.grad_accum_steps:
+        raise TrainingError(f"batch_size={config.batch_size} is not a multiple of "
+                            f"grad_accum_steps={config.grad_accum_steps}.")
+    steps_per_epoch = len(train) // config.batch_size
+    total_steps = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
+    warmup = config.warmup_steps or int(config.warmup_ratio * total_steps)
+    schedule = train_state.linear_schedule(config.lr, total_steps, warmup)
+    tx = train_state.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                           weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm)
+    state = train_state.create(params, tx, config.seed)
+    del params
+
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints, task.metric_for_best)
+    if checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state)
+        log.info("Resumed from %s at step %d", workdir, int(state.step))
+    start = int(state.step)
+    train_step = make_train_step(model, task.head, tx, config.grad_accum_steps)
+    eval_step = make_eval_step(model)
+    writer = MetricWriter(workdir)
+    progress = Progress(total_steps, config.batch_size, start)
+    eval_every = config.eval_every or steps_per_epoch
+    batches = prefetch(train_batches(train, config.batch_size, config.seed, start,
+                                     tokenizer.pad_token_id, tuple(config.buckets)))
+    pending: list[tuple[int, dict]] = []
+    results: dict[str, Any] = {"task": task.name, "model": config.model, "total_steps": total_steps,
+                               "train_examples": len(train)}
+    started = time.perf_counter()
+
+    def flush_metrics(step: int):
+        """Moves pending step metrics to the host, stops on a non-finite loss, logs the mean."""
+        fetched = jax.device_get(pending)
+        pending.clear()
+        for s, m in fetched:
+            if not np.isfinite(m["train/loss"]):
+                raise TrainingError(
+                    f"The training loss became {m['train/loss']} at step {s}; stopped. The last "
+                    f"checkpoint (step {checkpoints.latest_step()}) is kept in {workdir}.")
+        if fetched:
+            mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
+            mean["train/lr"] = float(schedule(step - 1))
+            mean.update(progress.rates(step))
+            writer.write(step, mean)
+            progress.report(step, mean)
+
+    for step in range(start + 1, total_steps + 1):
+        state, metrics = train_step(state, next(batches))
+        pending.append((step, metrics))
+        if step % config.log_every == 0 or step == total_steps:
+            flush_metrics(step)
+        if step % eval_every == 0 or step == total_steps:
+            flush_metrics(step)
+            scores = evaluate_splits(eval_step, state.params, task, evals, config, tokenizer.pad_token_id)
+            writer.write(step, {f"eval/{s}/{k}": v for s, m in scores.items() for k, v in m.items()})
+            log.info("step %d eval %s", step, scores)
+            if scores:
+                first = next(iter(scores.values()))
+                checkpoints.save_best(step, state.params, first)
+        if step % config.checkpoint_every == 0 or step == total_steps:
+            flush_metrics(step)
+            checkpoints.save(step, state)
+
+    train_seconds = time.perf_counter() - started
+    final = evaluate_splits(eval_step, state.params, task, {**evals, **{
+        s: encode_split(task, s, tokenizer, model, config, train=False)
+        for s in config.predict_splits}}, config, tokenizer.pad_token_id,
+        os.path.join(workdir, "predictions"))
+    results.update({"eval": final, "train_seconds_this_run": train_seconds,
+                    "steps_this_run": total_steps - start})
+    if checkpoints.best_step() is not None:
+        results["best_step"] = checkpoints.best_step()
+    checkpoints.close()
+    writer.close()
+    if config.save_model:
+        hf.save_pretrained(os.path.join(workdir, "model"), model, jax.device_get(state.params),
+                           tokenizer)
+    write_json(os.path.join(workdir, "results.json"), results)
+    return results
+
+
+def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Evaluates a fine-tuned checkpoint (`config.model`) on `config.eval_splits` (+ predictions)."""
+    os.makedirs(workdir, exist_ok=True)
+    write_config(config, workdir)
+    task = build_task(config)
+    model, params, tokenizer = load_model(config, task, require_trained_head=True)
+    splits = {s: encode_split(task, s, tokenizer, model, config, train=False)
+              for s in (*config.eval_splits, *config.predict_splits)}
+    scores = evaluate_splits(make_eval_step(model), params, task, splits, config,
+                             tokenizer.pad_token_id, os.path.join(workdir, "predictions"))
+    results = {"task": task.name, "model": config.model, "eval": scores}
+    write_json(os.path.join(workdir, "results.json"), results)
+    return results
+
+
+def write_config(config, workdir: str) -> None:
+    """Every field the run used, next to its checkpoints (config.json)."""
+    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+
+def write_json(path: str, value) -> None:
+    if jax.process_index() != 0:
+        return
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+

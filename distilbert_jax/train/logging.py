@@ -1,0 +1,74 @@
+"""Metrics a person can plot (TensorBoard events + metrics.jsonl) and a progress line with an ETA.
+
+Only process 0 writes; every other process gets writers that do nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+
+
+class MetricWriter:
+    """Scalars to `<workdir>/tb` (TensorBoard) and `<workdir>/metrics.jsonl` (one JSON per write)."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter
+        os.makedirs(workdir, exist_ok=True)
+        self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        scalars = {k: float(v) for k, v in scalars.items()}
+        for key, value in scalars.items():
+            self.tb.add_scalar(key, value, step)
+        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+            self.jsonl.close()
+
+
+class Progress:
+    """Prints `step/total, loss, steps/s, examples/s, ETA` (process 0 only)."""
+
+    def __init__(self, total_steps: int, examples_per_step: int, start_step: int = 0,
+                 stream=sys.stdout):
+        self.total, self.per_step, self.stream = total_steps, examples_per_step, stream
+        self.last_step, self.last_time = start_step, time.perf_counter()
+        self.enabled = jax.process_index() == 0
+
+    def rates(self, step: int) -> dict[str, float]:
+        """Throughput since the previous call, and resets the window."""
+        now = time.perf_counter()
+        steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
+        self.last_step, self.last_time = step, now
+        return {"perf/steps_per_sec": steps_per_s,
+                "perf/examples_per_sec": steps_per_s * self.per_step}
+
+    def report(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        rate = scalars.get("perf/steps_per_sec", 0.0)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        shown = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in scalars.items())
+        print(f"[{step}/{self.total}] {shown} eta={_duration(eta)}", file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN
+        return "?"
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s"
