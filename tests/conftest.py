@@ -29,3 +29,30 @@ def minilm_dir():
         return hf.packaged_minilm()
     except hf.CheckpointError as e:
         pytest.fail(str(e))
+
+
+TINY_VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz")
+              + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("0123456789") + list(".,!?'\"-():;")
+              + ["the", "a", "is", "good", "bad", "movie", "not", "great", "film", "was", "it", "and",
+                 "of", "in", "to", "paris", "london", "city", "who", "what", "where", "he", "she",
+                 "john", "mary"])
+
+
+def make_tiny_model_dir(directory, fixture="distilbert_base"):
+    """A tiny random checkpoint (vocab 99, dim 32) with a matching 99-token WordPiece vocab."""
+    import shutil
+    shutil.copytree(os.path.join(FIXTURES, "models", fixture), directory, dirs_exist_ok=True)
+    os.remove(os.path.join(directory, "reference.npz"))
+    with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(TINY_VOCAB[:99]) + "\n")
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_distilbert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_bert"), "bert_base")

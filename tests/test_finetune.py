@@ -1,0 +1,133 @@
+"""End to end on tiny data, one test per task family, through the same loop users run."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+import distilbert_jax as dj
+from distilbert_jax.train import finetune
+
+
+def tiny_config(model, data_dir, task, **overrides):
+    c = finetune.default_config()
+    c.task, c.model, c.data_dir = task, model, str(data_dir)
+    c.max_steps, c.batch_size, c.eval_batch_size = 4, 8, 8
+    c.log_every, c.checkpoint_every = 2, 2
+    c.max_length, c.buckets = 48, (16, 48)
+    c.lr = 1e-3
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def write_sst2(directory, n_train=48, n_dev=12):
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
+        with open(os.path.join(directory, name), "w") as f:
+            f.write("sentence\tlabel\n")
+            for _ in range(n):
+                label = int(rng.integers(0, 2))
+                f.write(f"the movie was {'good great' if label else 'bad not good'} . \t{label}\n")
+    with open(os.path.join(directory, "test.tsv"), "w") as f:
+        f.write("index\tsentence\n0\tgood film\n1\tbad film\n")
+    return directory
+
+
+def write_stsb(directory):
+    os.makedirs(directory, exist_ok=True)
+    for name, n in (("train.tsv", 32), ("dev.tsv", 10)):
+        with open(os.path.join(directory, name), "w") as f:
+            f.write("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n")
+            for i in range(n):
+                f.write(f"{i}\tg\tf\ty\t{i}\tnone\tnone\ta city of {i}\tthe city {i % 3}\t{(i % 6):.3f}\n")
+    return directory
+
+
+def read_results(workdir):
+    with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)
+
+
+def test_glue_classification_end_to_end(tiny_model, tmp_path):
+    data = write_sst2(tmp_path / "SST-2")
+    workdir = tmp_path / "run"
+    results = finetune.train_and_evaluate(
+        tiny_config(tiny_model, data, "sst2", predict_splits=("test",)), str(workdir))
+    assert 0.0 <= results["eval"]["dev"]["accuracy"] <= 1.0
+    assert read_results(workdir)["eval"] == results["eval"]
+    with open(workdir / "predictions" / "test" / "SST-2.tsv") as f:
+        assert f.read().splitlines()[0] == "index\tprediction"
+    lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+    assert {"train/loss", "train/lr", "perf/steps_per_sec"} <= set(lines[0])
+    assert any("eval/dev/accuracy" in l for l in lines)
+    assert os.listdir(workdir / "tb")
+    saved = json.load(open(workdir / "config.json"))
+    assert saved["task"] == "sst2" and saved["max_steps"] == 4
+    model, _ = dj.from_pretrained(workdir / "model")
+    assert isinstance(model, dj.DistilBertForSequenceClassification)
+    assert model.config.id2label == ("negative", "positive")
+
+    evaluated = finetune.evaluate_only(tiny_config(str(workdir / "model"), data, "sst2", job="evaluate"),
+                                       str(tmp_path / "eval"))
+    assert evaluated["eval"]["dev"] == pytest.approx(results["eval"]["dev"])
+
+
+def test_glue_regression_with_a_bert_and_accumulation(tiny_bert, tmp_path):
+    data = write_stsb(tmp_path / "STS-B")
+    results = finetune.train_and_evaluate(
+        tiny_config(tiny_bert, data, "stsb", grad_accum_steps=2), str(tmp_path / "run"))
+    assert set(results["eval"]["dev"]) == {"pearson", "spearmanr"}
+    model, _ = dj.from_pretrained(tmp_path / "run" / "model")
+    assert isinstance(model, dj.BertForSequenceClassification) and model.config.num_labels == 1
+
+
+def test_token_classification_end_to_end(tiny_model, tmp_path):
+    data = tmp_path / "conll"
+    os.makedirs(data)
+    sentence = "john NNP B-NP B-PER\nlives VBZ B-VP O\nin IN B-PP O\nparis NNP B-NP B-LOC\n. . O O\n\n"
+    for name in ("train.txt", "valid.txt"):
+        (data / name).write_text("-DOCSTART- -X- -X- O\n\n" + sentence * 20)
+    results = finetune.train_and_evaluate(tiny_config(tiny_model, data, "conll2003"), str(tmp_path / "run"))
+    assert {"precision", "recall", "f1", "accuracy"} <= set(results["eval"]["dev"])
+    lines = (tmp_path / "run" / "predictions" / "dev" / "conll2003_dev.txt").read_text().splitlines()
+    assert lines[0].split()[:2] == ["john", "B-PER"]
+
+
+def test_question_answering_end_to_end(tiny_model, tmp_path):
+    data = tmp_path / "squad"
+    os.makedirs(data)
+    context = "paris is a city . london is a city . the movie was good ."
+    qas = [{"id": f"q{i}", "question": "what is a city ?",
+            "answers": [{"text": "paris", "answer_start": 0}, {"text": "paris is", "answer_start": 0}]}
+           for i in range(24)]
+    for name in ("train-v1.1.json", "dev-v1.1.json"):
+        (data / name).write_text(json.dumps({"version": "1.1", "data": [
+            {"title": "t", "paragraphs": [{"context": context, "qas": qas}]}]}))
+    config = tiny_config(tiny_model, data, "squad", max_length=24)
+    config.task_options = {"doc_stride": 8}
+    results = finetune.train_and_evaluate(config, str(tmp_path / "run"))
+    assert {"exact_match", "f1"} == set(results["eval"]["dev"])
+    predictions = json.load(open(tmp_path / "run" / "predictions" / "dev" / "squad_dev_predictions.json"))
+    assert set(predictions) == {f"q{i}" for i in range(24)}
+    assert all(isinstance(p, str) and p == p.strip() or p for p in predictions.values())
+
+
+def test_multiple_choice_end_to_end(tiny_model, tmp_path):
+    data = tmp_path / "swag"
+    os.makedirs(data)
+    for name in ("train.csv", "val.csv"):
+        with open(data / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
+                        "ending0", "ending1", "ending2", "ending3", "label"])
+            for i in range(16):
+                w.writerow(["v", i, "s", "he went to the city", "he", "gold",
+                            "saw paris", "was good", "is a movie and it was not good at all", "ran", i % 4])
+    results = finetune.train_and_evaluate(tiny_config(tiny_model, data, "swag"), str(tmp_path / "run"))
+    assert 0.0 <= results["eval"]["dev"]["accuracy"] <= 1.0
+    model, _ = dj.from_pretrained(tmp_path / "run" / "model")
+    assert isinstance(model, dj.DistilBertForMultipleChoice)
