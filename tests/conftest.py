@@ -33,7 +33,7 @@ def minilm_dir():
 
 TINY_VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz")
               + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("0123456789") + list(".,!?'\"-():;")
-              + ["the", "a", "is", "good", "bad", "movie", "not", "great", "film", "was", "it", "and",
+              + ["the", "is", "good", "bad", "movie", "not", "great", "film", "was", "it", "and",
                  "of", "in", "to", "paris", "london", "city", "who", "what", "where", "he", "she",
                  "john", "mary"])
 

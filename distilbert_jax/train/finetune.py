@@ -205,8 +205,6 @@ def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Fine-tunes `config.model` on `config.task`, evaluating and checkpointing as configured."""
-    os.makedirs(workdir, exist_ok=True)
-    write_config(config, workdir)
     task = build_task(config)
     model, params, tokenizer = load_model(config, task)
     train = encode_split(task, "train", tokenizer, model, config, train=True)
@@ -215,6 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.batch_size % config.grad_accum_steps:
         raise TrainingError(f"batch_size={config.batch_size} is not a multiple of "
                             f"grad_accum_steps={config.grad_accum_steps}.")
+    os.makedirs(workdir, exist_ok=True)  # only once every input has been checked
+    write_config(config, workdir)
     steps_per_epoch = len(train) // config.batch_size
     total_steps = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
     warmup = config.warmup_steps or int(config.warmup_ratio * total_steps)
@@ -294,12 +294,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Evaluates a fine-tuned checkpoint (`config.model`) on `config.eval_splits` (+ predictions)."""
-    os.makedirs(workdir, exist_ok=True)
-    write_config(config, workdir)
     task = build_task(config)
     model, params, tokenizer = load_model(config, task, require_trained_head=True)
     splits = {s: encode_split(task, s, tokenizer, model, config, train=False)
               for s in (*config.eval_splits, *config.predict_splits)}
+    os.makedirs(workdir, exist_ok=True)
+    write_config(config, workdir)
     scores = evaluate_splits(make_eval_step(model), params, task, splits, config,
                              tokenizer.pad_token_id, os.path.join(workdir, "predictions"))
     results = {"task": task.name, "model": config.model, "eval": scores}
