@@ -7,6 +7,7 @@ tests and notebooks call directly.
 """
 
 import logging
+import re
 import sys
 
 from absl import app, flags
@@ -33,13 +34,39 @@ def run(config, workdir: str):
     return JOBS[config.job](config, workdir)
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with an unknown or ill-typed --config.field as one sentence, not a trace."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # ml_collections: no such field
+        field = str(e).strip("\"'")
+        print(f"error: the config has no field {field!r}; see the config file for the fields it has.",
+              file=sys.stderr)
+    except (flags.Error, TypeError, ValueError) as e:  # e.g. a bad type, or get_config(arg) refusing arg
+        print(f"error: {_last_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _last_line(error: Exception) -> str:
+    """The informative line of an ml_collections error, which embeds a whole traceback."""
+    line = [x.strip() for x in str(error).splitlines() if x.strip()][-1]
+    return re.sub(r"^\w+(Error|Exception): ", "", line)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save INFO lines drown the progress
     logging.getLogger("distilbert_jax").setLevel(logging.INFO)
     try:
-        results = run(_CONFIG.value, _WORKDIR.value)
+        config = _CONFIG.value
+        config.job  # the file is loaded lazily: a missing one fails here
+    except OSError as e:
+        print(f"error: cannot load --config={config_flags.get_config_filename(flags.FLAGS['config'])}: "
+              f"{_last_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        results = run(config, _WORKDIR.value)
     except USER_ERRORS as e:  # one clear sentence, a non-zero exit
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -48,4 +75,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
