@@ -112,12 +112,13 @@ def load_model(config, task: Task, require_trained_head: bool = False):
     return model, params, tokenizer
 
 
-def encode_split(task: Task, split: str, tokenizer, model, config, train: bool) -> Features:
+def encode_split(task: Task, split: str, tokenizer, config, token_types: bool,
+                 train: bool) -> Features:
+    """A split's examples (the first `limit_*_examples` if set), encoded; BERT gets token types."""
     examples = task.load(split)
     limit = config.get("limit_train_examples" if train else "limit_eval_examples", 0)
     if limit:
         examples = examples[:limit]
-    token_types = model.config.model_type == "bert"
     return task.encode(examples, tokenizer, config.max_length, token_types, train)
 
 
@@ -207,8 +208,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Fine-tunes `config.model` on `config.task`, evaluating and checkpointing as configured."""
     task = build_task(config)
     model, params, tokenizer = load_model(config, task)
-    train = encode_split(task, "train", tokenizer, model, config, train=True)
-    evals = {s: encode_split(task, s, tokenizer, model, config, train=False)
+    token_types = model.config.model_type == "bert"
+    train = encode_split(task, "train", tokenizer, config, token_types, train=True)
+    evals = {s: encode_split(task, s, tokenizer, config, token_types, train=False)
              for s in config.eval_splits}
     if config.batch_size % config.grad_accum_steps:
         raise TrainingError(f"batch_size={config.batch_size} is not a multiple of "
@@ -276,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     train_seconds = time.perf_counter() - started
     final = evaluate_splits(eval_step, state.params, task, {**evals, **{
-        s: encode_split(task, s, tokenizer, model, config, train=False)
+        s: encode_split(task, s, tokenizer, config, token_types, train=False)
         for s in config.predict_splits}}, config, tokenizer.pad_token_id,
         os.path.join(workdir, "predictions"))
     results.update({"eval": final, "train_seconds_this_run": train_seconds,
@@ -296,7 +298,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     """Evaluates a fine-tuned checkpoint (`config.model`) on `config.eval_splits` (+ predictions)."""
     task = build_task(config)
     model, params, tokenizer = load_model(config, task, require_trained_head=True)
-    splits = {s: encode_split(task, s, tokenizer, model, config, train=False)
+    token_types = model.config.model_type == "bert"
+    splits = {s: encode_split(task, s, tokenizer, config, token_types, train=False)
               for s in (*config.eval_splits, *config.predict_splits)}
     os.makedirs(workdir, exist_ok=True)
     write_config(config, workdir)
