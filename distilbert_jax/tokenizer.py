@@ -225,8 +225,12 @@ class Tokenizer:
         if max_length is None and (truncate or pad == "max_length"):
             max_length = self.model_max_length
         if truncate:
-            self.backend.enable_truncation(max_length, stride=stride,
-                                           strategy=_TRUNCATION[truncation], direction="right")
+            try:
+                self.backend.enable_truncation(max_length, stride=stride,
+                                               strategy=_TRUNCATION[truncation], direction="right")
+            except ValueError as e:  # e.g. a stride that leaves no room for new tokens
+                raise TokenizerError(f"Cannot truncate to max_length={max_length} with stride={stride}: "
+                                     f"{str(e).rstrip(', ')}.") from None
         else:
             self.backend.no_truncation()
         if pad:
