@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -131,3 +132,12 @@ def test_multiple_choice_end_to_end(tiny_model, tmp_path):
     assert 0.0 <= results["eval"]["dev"]["accuracy"] <= 1.0
     model, _ = dj.from_pretrained(tmp_path / "run" / "model")
     assert isinstance(model, dj.DistilBertForMultipleChoice)
+
+
+def test_bfloat16_compute_keeps_float32_params(tiny_model, tmp_path):
+    data = write_sst2(tmp_path / "SST-2")
+    results = finetune.train_and_evaluate(
+        tiny_config(tiny_model, data, "sst2", dtype="bfloat16", max_steps=2), str(tmp_path / "run"))
+    assert np.isfinite(results["eval"]["dev"]["accuracy"])
+    model, params = dj.from_pretrained(tmp_path / "run" / "model")
+    assert all(v.dtype == np.float32 for v in jax.tree.leaves(params))
