@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import flax.serialization
@@ -275,13 +275,15 @@ def init_params(model: nn.Module, seed: int = 0, input_shape=(1, 1)) -> Params:
 
 def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
                     num_labels: int | None = None, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                    seed: int = 0, allow_pickle: bool = False, **config_overrides):
+                    seed: int = 0, allow_pickle: bool = False,
+                    shardings: Callable[[nn.Module], Any] | None = None, **config_overrides):
     """Loads a DistilBERT or BERT checkpoint (local directory or hub id) -> (model, params).
 
     The head comes from config.json's `architectures` unless `head` names one of
     `MODEL_CLASSES[family]`. Parameters the checkpoint lacks for the head (e.g. a fresh classifier)
     are initialised with `seed` and reported; any missing encoder tensor or shape mismatch is an error.
-    `config_overrides` replace config fields (e.g. dropout=0.0).
+    `config_overrides` replace config fields (e.g. dropout=0.0). `shardings(model)` may return
+    where each param goes (see `sharding.tree_shardings`); by default the default device.
     """
     directory = resolve(path_or_id)
     config, architectures = read_config(directory, num_labels, **config_overrides)
@@ -306,10 +308,10 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
                               + " | ".join(problems) + ".")
 
     fresh_keys = [k for k in report.missing if k not in encoder_missing]
-    flat = {p: jnp.asarray(v, param_dtype) for p, v in loaded.items()}
+    flat = {p: np.asarray(v, param_dtype) for p, v in loaded.items()}
     if fresh_keys:
-        fresh = flax.traverse_util.flatten_dict(init_params(model, seed))
-        flat.update({p: v for p, v in fresh.items() if p not in flat})
+        fresh = flax.traverse_util.flatten_dict(jax.device_get(init_params(model, seed)))
+        flat.update({p: np.asarray(v, param_dtype) for p, v in fresh.items() if p not in flat})
     messages = []
     if fresh_keys:
         messages.append("newly initialised (train them before use): " + ", ".join(fresh_keys))
@@ -317,7 +319,9 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
         messages.append("unused checkpoint tensors: " + ", ".join(report.unused))
     if messages:
         log.warning("Loading %s into %s: %s.", directory, type(model).__name__, "; ".join(messages))
-    return model, flax.traverse_util.unflatten_dict(flat)
+    params = flax.traverse_util.unflatten_dict(flat)
+    # Host arrays go straight to their shards: no full copy on one device first.
+    return model, jax.device_put(params, shardings(model) if shardings else None)
 
 
 def _is_encoder_key(key: str, family: str, config) -> bool:

@@ -28,9 +28,10 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
 }
 
-# Logical names of activations, for `nn.with_logical_constraint`.
-HIDDEN_AXES = ("batch", "length", "embed")
-MLP_AXES = ("batch", "length", "mlp")
+# Logical names of activations, for `nn.with_logical_constraint` (distinct from the parameter names,
+# so that e.g. FSDP can shard the "embed" dimension of weights but not of activations).
+HIDDEN_AXES = ("batch", "length", "act_embed")
+MLP_AXES = ("batch", "length", "act_mlp")
 
 
 def normal_init(stddev: float, axes: Sequence[str | None]):

@@ -113,7 +113,7 @@ def collate(features: Features, rows: Sequence[int], length: int, pad_id: int,
     real rows, so metrics over a padded final batch stay exact.
     """
     batch_size = batch_size or len(rows)
-    first = features.inputs["input_ids"][rows[0]]
+    first = features.inputs["input_ids"][rows[0] if len(rows) else 0]  # shape template
     shape = (batch_size, *first.shape[:-1], length)
     batch = {"input_ids": np.full(shape, pad_id, np.int32),
              "attention_mask": np.zeros(shape, np.int32)}
@@ -129,10 +129,10 @@ def collate(features: Features, rows: Sequence[int], length: int, pad_id: int,
         if "attention_mask" not in features.inputs:
             batch["attention_mask"][i, ..., :n] = 1
     for key, values in features.targets.items():
-        sample = values[rows[0]]
+        sample = values[rows[0] if len(rows) else 0]
         if np.ndim(sample) == 0:
             column = np.zeros((batch_size,), np.asarray(values).dtype)
-            column[: len(rows)] = np.asarray(values)[list(rows)]
+            column[: len(rows)] = np.asarray(values)[np.asarray(rows, int)]
         else:
             column = np.full((batch_size, length), IGNORE_INDEX, np.int32)
             for i, row in enumerate(rows):
@@ -149,10 +149,13 @@ def batch_length(features: Features, rows: Sequence[int], buckets: Sequence[int]
 
 
 def train_batches(features: Features, batch_size: int, seed: int, start_step: int, pad_id: int,
-                  buckets: Sequence[int] = DEFAULT_BUCKETS) -> Iterator[dict[str, np.ndarray]]:
+                  buckets: Sequence[int] = DEFAULT_BUCKETS, process: tuple[int, int] = (0, 1),
+                  ) -> Iterator[dict[str, np.ndarray]]:
     """Endless shuffled batches; batch k is a pure function of (seed, k), so resuming is exact.
 
     Each epoch is a fresh permutation from (seed, epoch); the last incomplete batch is dropped.
+    With `process=(index, count)` each process collates only its contiguous share of the rows,
+    padded to the bucket of the whole global batch so every process agrees on the shape.
     """
     per_epoch = len(features) // batch_size
     if per_epoch == 0:
@@ -164,19 +167,34 @@ def train_batches(features: Features, batch_size: int, seed: int, start_step: in
         order = np.random.default_rng([seed, epoch]).permutation(len(features))
         rows = order[index * batch_size:(index + 1) * batch_size]
         length = bucket_for(int(lengths[rows].max()), buckets)
-        yield collate(features, rows, length, pad_id)
+        yield collate(features, _share(rows, batch_size, process), length, pad_id)
         step += 1
 
 
 def eval_batches(features: Features, batch_size: int, pad_id: int,
-                 buckets: Sequence[int] = DEFAULT_BUCKETS) -> Iterator[tuple[np.ndarray, dict]]:
-    """(rows, batch) over every row once, sorted by length so padding is small; fixed batch size."""
+                 buckets: Sequence[int] = DEFAULT_BUCKETS, process: tuple[int, int] = (0, 1),
+                 ) -> Iterator[tuple[np.ndarray, dict]]:
+    """(global rows, local batch) over every row once, sorted by length so padding is small.
+
+    Every batch has `batch_size` slots (weight-0 padding rows fill the last one); slot i of the
+    global batch holds `rows[i]`.
+    """
     lengths = features.lengths()
     order = np.argsort(lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         length = bucket_for(int(lengths[rows].max()), buckets)
-        yield rows, collate(features, rows, length, pad_id, batch_size)
+        local = _share(rows, batch_size, process)
+        yield rows, collate(features, local, length, pad_id, batch_size // process[1])
+
+
+def _share(rows: np.ndarray, batch_size: int, process: tuple[int, int]) -> np.ndarray:
+    """The rows in this process's contiguous block of the batch's slots."""
+    index, count = process
+    if batch_size % count:
+        raise DataError(f"batch size {batch_size} is not divisible by {count} processes.")
+    per = batch_size // count
+    return rows[index * per:(index + 1) * per]
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:

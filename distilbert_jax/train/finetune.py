@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-from distilbert_jax import hf, losses
+from distilbert_jax import hf, losses, sharding
 from distilbert_jax.data import Features, Task, get_task
 from distilbert_jax.data.task import eval_batches, prefetch, train_batches
 from distilbert_jax.tokenizer import Tokenizer
@@ -49,6 +50,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict()  # config fields to change, e.g. dropout
     c.dtype = "float32"  # compute dtype; "bfloat16" on TPU (params stay float32)
     c.seed = 42
+    c.mesh = "dp"  # a sharding.PRESETS name, or (axis, size) pairs over data/fsdp/tensor, -1 = rest
+    c.rules = sharding.RULES  # logical axis name -> mesh axes
 
     c.max_length = 128
     c.buckets = (32, 64, 128, 256, 384, 512)  # padded lengths: one compiled shape per bucket
@@ -86,8 +89,9 @@ def build_task(config) -> Task:
                     **dict(config.get("task_options", {})))
 
 
-def load_model(config, task: Task, require_trained_head: bool = False):
-    """(model, params, tokenizer) with the task's head and label space on `config.model`."""
+def load_model(config, task: Task, mesh, rules, require_trained_head: bool = False):
+    """(model, params, tokenizer) with the task's head and label space on `config.model`,
+    params placed on `mesh` by `rules`."""
     overrides = dict(config.get("model_overrides", {}))
     if task.label_names:
         overrides["id2label"] = tuple(task.label_names)
@@ -103,8 +107,10 @@ def load_model(config, task: Task, require_trained_head: bool = False):
             raise TrainingError(
                 f"{config.model} is a {head} checkpoint ({architectures}); task {task.name} needs a "
                 f"{task.head} head. Fine-tune it first, or evaluate a checkpoint trained on this task.")
+    place = lambda model: sharding.tree_shardings(hf.abstract_params(model), mesh, rules)
     model, params = hf.from_pretrained(directory, head=task.head, num_labels=task.num_labels,
-                                       dtype=DTYPES[config.dtype], seed=config.seed, **overrides)
+                                       dtype=DTYPES[config.dtype], seed=config.seed,
+                                       shardings=place, **overrides)
     tokenizer = Tokenizer.from_pretrained(directory)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise TrainingError(f"The tokenizer's vocabulary ({tokenizer.vocab_size}) is larger than "
@@ -122,8 +128,9 @@ def encode_split(task: Task, split: str, tokenizer, config, token_types: bool,
     return task.encode(examples, tokenizer, config.max_length, token_types, train)
 
 
-def make_train_step(model, head: str, tx, accum_steps: int) -> Callable:
-    """A jitted step: dropout key fold_in(rng, step), micro-batches by lax.scan, one update."""
+def make_train_step(model, head: str, tx, accum_steps: int, state_shardings, mesh, rules) -> Callable:
+    """The jitted update: dropout key fold_in(rng, step), micro-batches by lax.scan, explicit
+    in/out shardings, the state donated."""
 
     def loss_fn(params, batch, key):
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
@@ -154,30 +161,38 @@ def make_train_step(model, head: str, tx, accum_steps: int) -> Callable:
                    "train/param_norm": _global_norm(params)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return jax.jit(step, donate_argnums=0)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    return sharding.in_mesh(jitted, mesh, rules)
 
 
 def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def make_eval_step(model) -> Callable:
+def make_eval_step(model, param_shardings, mesh, rules) -> Callable:
     def step(params, batch):
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
         out = model.apply({"params": params}, **inputs)
         return {k: getattr(out, k).astype(jnp.float32)
                 for k in ("logits", "start_logits", "end_logits") if getattr(out, k, None) is not None}
-    return jax.jit(step)
+    jitted = jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+                     out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return sharding.in_mesh(jitted, mesh, rules)
 
 
 def predict(eval_step, params, task: Task, features: Features, batch_size: int, pad_id: int,
-            buckets) -> dict[str, Any]:
+            buckets, mesh) -> dict[str, Any]:
     """Model outputs for every row: arrays [rows, ...], or per-row lists trimmed to each row's length."""
     lengths = features.lengths()
     collected: dict[str, list] = {}
     order: list[int] = []
-    for rows, batch in prefetch(eval_batches(features, batch_size, pad_id, buckets)):
-        out = jax.device_get(eval_step(params, {k: v for k, v in batch.items() if k in MODEL_INPUTS}))
+    process = (jax.process_index(), jax.process_count())
+    for rows, batch in prefetch(eval_batches(features, batch_size, pad_id, buckets, process)):
+        inputs = sharding.put_batch({k: v for k, v in batch.items() if k in MODEL_INPUTS}, mesh,
+                                    batch_size)
+        out = {k: np.asarray(v.addressable_data(0)) for k, v in eval_step(params, inputs).items()}
         for key, value in out.items():
             for i, row in enumerate(rows):
                 collected.setdefault(key, []).append(
@@ -188,13 +203,13 @@ def predict(eval_step, params, task: Task, features: Features, batch_size: int, 
     return outputs if task.per_token_outputs else {k: np.stack(v) for k, v in outputs.items()}
 
 
-def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config, pad_id,
+def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config, pad_id, mesh,
                     predictions_dir: str | None = None) -> dict[str, dict[str, float]]:
     results = {}
     for split, features in splits.items():
         outputs = predict(eval_step, params, task, features, config.eval_batch_size, pad_id,
-                          tuple(config.buckets))
-        if predictions_dir:
+                          tuple(config.buckets), mesh)
+        if predictions_dir and jax.process_index() == 0:
             path = task.write_predictions(features, outputs, os.path.join(predictions_dir, split), split)
             log.info("Wrote %s predictions to %s", split, path)
         if not split.startswith("test"):  # test splits have no labels: predictions only
@@ -204,17 +219,30 @@ def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config
 
 # --- the jobs -------------------------------------------------------------------------------------------
 
+def check_batch_sizes(config, mesh) -> None:
+    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = config.batch_size // max(config.grad_accum_steps, 1)
+    if config.batch_size % config.grad_accum_steps:
+        raise TrainingError(f"batch_size={config.batch_size} is not a multiple of "
+                            f"grad_accum_steps={config.grad_accum_steps}.")
+    for name, size in (("batch_size / grad_accum_steps", micro),
+                       ("eval_batch_size", config.eval_batch_size)):
+        if size % data_ways or size % jax.process_count():
+            raise TrainingError(f"{name}={size} must be a multiple of the {data_ways} data-parallel "
+                                f"devices (mesh {dict(mesh.shape)}) and of {jax.process_count()} processes.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Fine-tunes `config.model` on `config.task`, evaluating and checkpointing as configured."""
+    mesh = sharding.make_mesh(config.mesh)
+    rules = tuple(tuple(rule) for rule in config.rules)
+    check_batch_sizes(config, mesh)
     task = build_task(config)
-    model, params, tokenizer = load_model(config, task)
+    model, params, tokenizer = load_model(config, task, mesh, rules)
     token_types = model.config.model_type == "bert"
     train = encode_split(task, "train", tokenizer, config, token_types, train=True)
     evals = {s: encode_split(task, s, tokenizer, config, token_types, train=False)
              for s in config.eval_splits}
-    if config.batch_size % config.grad_accum_steps:
-        raise TrainingError(f"batch_size={config.batch_size} is not a multiple of "
-                            f"grad_accum_steps={config.grad_accum_steps}.")
     os.makedirs(workdir, exist_ok=True)  # only once every input has been checked
     write_config(config, workdir)
     steps_per_epoch = len(train) // config.batch_size
@@ -223,24 +251,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     schedule = train_state.linear_schedule(config.lr, total_steps, warmup)
     tx = train_state.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                            weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm)
-    state = train_state.create(params, tx, config.seed)
+    state_shardings = train_state.shardings(hf.abstract_params(model), tx, mesh, rules)
+    state = train_state.create(params, tx, config.seed, state_shardings)
     del params
 
     checkpoints = Checkpoints(workdir, config.keep_checkpoints, task.metric_for_best)
     if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state)
+        state = checkpoints.restore(state)  # onto this run's shardings, whatever mesh wrote it
         log.info("Resumed from %s at step %d", workdir, int(state.step))
     start = int(state.step)
-    train_step = make_train_step(model, task.head, tx, config.grad_accum_steps)
-    eval_step = make_eval_step(model)
+    train_step = make_train_step(model, task.head, tx, config.grad_accum_steps, state_shardings,
+                                 mesh, rules)
+    eval_step = make_eval_step(model, state_shardings.params, mesh, rules)
     writer = MetricWriter(workdir)
     progress = Progress(total_steps, config.batch_size, start)
     eval_every = config.eval_every or steps_per_epoch
-    batches = prefetch(train_batches(train, config.batch_size, config.seed, start,
-                                     tokenizer.pad_token_id, tuple(config.buckets)))
+    process = (jax.process_index(), jax.process_count())
+    batches = prefetch(sharding.put_batch(batch, mesh, config.batch_size) for batch in train_batches(
+        train, config.batch_size, config.seed, start, tokenizer.pad_token_id, tuple(config.buckets),
+        process))
     pending: list[tuple[int, dict]] = []
     results: dict[str, Any] = {"task": task.name, "model": config.model, "total_steps": total_steps,
-                               "train_examples": len(train)}
+                               "train_examples": len(train), "mesh": dict(mesh.shape)}
     started = time.perf_counter()
 
     def flush_metrics(step: int):
@@ -259,6 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.write(step, mean)
             progress.report(step, mean)
 
+    evaluate = lambda params, splits, predictions=None: evaluate_splits(
+        eval_step, params, task, splits, config, tokenizer.pad_token_id, mesh, predictions)
     for step in range(start + 1, total_steps + 1):
         state, metrics = train_step(state, next(batches))
         pending.append((step, metrics))
@@ -266,21 +300,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             flush_metrics(step)
         if step % eval_every == 0 or step == total_steps:
             flush_metrics(step)
-            scores = evaluate_splits(eval_step, state.params, task, evals, config, tokenizer.pad_token_id)
+            scores = evaluate(state.params, evals)
             writer.write(step, {f"eval/{s}/{k}": v for s, m in scores.items() for k, v in m.items()})
             log.info("step %d eval %s", step, scores)
             if scores:
-                first = next(iter(scores.values()))
-                checkpoints.save_best(step, state.params, first)
+                checkpoints.save_best(step, state.params, next(iter(scores.values())))
         if step % config.checkpoint_every == 0 or step == total_steps:
             flush_metrics(step)
             checkpoints.save(step, state)
 
     train_seconds = time.perf_counter() - started
-    final = evaluate_splits(eval_step, state.params, task, {**evals, **{
-        s: encode_split(task, s, tokenizer, config, token_types, train=False)
-        for s in config.predict_splits}}, config, tokenizer.pad_token_id,
-        os.path.join(workdir, "predictions"))
+    tests = {s: encode_split(task, s, tokenizer, config, token_types, train=False)
+             for s in config.predict_splits}
+    final = evaluate(state.params, {**evals, **tests}, os.path.join(workdir, "predictions"))
     results.update({"eval": final, "train_seconds_this_run": train_seconds,
                     "steps_this_run": total_steps - start})
     if checkpoints.best_step() is not None:
@@ -288,23 +320,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpoints.close()
     writer.close()
     if config.save_model:
-        hf.save_pretrained(os.path.join(workdir, "model"), model, jax.device_get(state.params),
-                           tokenizer)
+        params = sharding.to_host(state.params, mesh)
+        if jax.process_index() == 0:
+            hf.save_pretrained(os.path.join(workdir, "model"), model, params, tokenizer)
     write_json(os.path.join(workdir, "results.json"), results)
     return results
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Evaluates a fine-tuned checkpoint (`config.model`) on `config.eval_splits` (+ predictions)."""
+    mesh = sharding.make_mesh(config.mesh)
+    rules = tuple(tuple(rule) for rule in config.rules)
+    check_batch_sizes(config, mesh)
     task = build_task(config)
-    model, params, tokenizer = load_model(config, task, require_trained_head=True)
+    model, params, tokenizer = load_model(config, task, mesh, rules, require_trained_head=True)
     token_types = model.config.model_type == "bert"
     splits = {s: encode_split(task, s, tokenizer, config, token_types, train=False)
               for s in (*config.eval_splits, *config.predict_splits)}
     os.makedirs(workdir, exist_ok=True)
     write_config(config, workdir)
-    scores = evaluate_splits(make_eval_step(model), params, task, splits, config,
-                             tokenizer.pad_token_id, os.path.join(workdir, "predictions"))
+    param_shardings = sharding.tree_shardings(hf.abstract_params(model), mesh, rules)
+    scores = evaluate_splits(make_eval_step(model, param_shardings, mesh, rules), params, task,
+                             splits, config, tokenizer.pad_token_id, mesh,
+                             os.path.join(workdir, "predictions"))
     results = {"task": task.name, "model": config.model, "eval": scores}
     write_json(os.path.join(workdir, "results.json"), results)
     return results

@@ -13,6 +13,9 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from distilbert_jax import sharding
 
 
 @flax.struct.dataclass
@@ -55,6 +58,19 @@ def adamw(schedule: optax.Schedule, *, b1: float, b2: float, eps: float, weight_
     return tx
 
 
-def create(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.PRNGKey(seed))
+def shardings(boxed_params, tx: optax.GradientTransformation, mesh, rules) -> TrainState:
+    """Where every leaf of the train state lives: params and optimiser moments by the logical
+    names of the params (optax builds its moments with the same boxes), counters replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return TrainState(step=replicated, params=sharding.tree_shardings(boxed_params, mesh, rules),
+                      opt_state=sharding.tree_shardings(jax.eval_shape(tx.init, boxed_params), mesh, rules),
+                      rng=replicated)
+
+
+def create(params, tx: optax.GradientTransformation, seed: int,
+           state_shardings: TrainState | None = None) -> TrainState:
+    """The initial state, built directly in its shardings (params are already placed)."""
+    def build(params):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.PRNGKey(seed))
+    return jax.jit(build, out_shardings=state_shardings)(params)

@@ -1,0 +1,77 @@
+"""Sharded runs equal the single-device run: dp, fsdp, tp and fsdp+tp on 8 virtual CPU devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from distilbert_jax import sharding
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def run(mesh, tmp_path, devices, restore_from=""):
+    out = tmp_path / f"{mesh}_{devices}.npz"
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "PYTHONPATH": REPO}
+    command = [sys.executable, os.path.join(HERE, "sharded_run.py"), f"--mesh={mesh}",
+               f"--workdir={tmp_path / f'{mesh}_{devices}'}", f"--out={out}"]
+    if restore_from:
+        command.append(f"--restore_from={restore_from}")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(out) as data:
+        params = {k: data[k] for k in data.files}
+    return params, json.load(open(str(out) + ".json"))
+
+
+@pytest.fixture(scope="module")
+def single_device(tmp_path_factory):
+    return run("dp", tmp_path_factory.mktemp("single"), 1)
+
+
+@pytest.mark.parametrize("mesh", ["dp", "fsdp", "tp", "fsdp_tp"])
+def test_preset_equals_single_device(mesh, single_device, tmp_path):
+    params, info = run(mesh, tmp_path, 8)
+    reference, reference_info = single_device
+    assert info["devices"] == 8
+    np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
+    for name, value in reference.items():
+        if name.endswith("k_lin/bias"):
+            # Softmax ignores a constant added to every key score, so this bias's gradient is zero in
+            # exact arithmetic; Adam turns the rounding noise left in it into lr-sized steps.
+            continue
+        np.testing.assert_allclose(params[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+    specs = info["specs"]
+    q = "distilbert/transformer/layer/0/attention/q_lin/kernel"
+    out = "distilbert/transformer/layer/0/attention/out_lin/kernel"
+    lin1 = "distilbert/transformer/layer/0/ffn/lin1/kernel"
+    expected = {  # (embed, heads), (heads, embed), (embed, mlp) -> mesh axes, by the rules
+        "dp": ([None, None],) * 3,
+        "fsdp": (["fsdp", None], [None, "fsdp"], ["fsdp", None]),
+        "tp": ([None, "tensor"], ["tensor", None], [None, None]),  # 37 FFN columns: not divisible by 8
+        "fsdp_tp": (["fsdp", "tensor"], ["tensor", "fsdp"], ["fsdp", None]),
+    }[mesh]
+    assert (specs[q], specs[out], specs[lin1]) == expected
+
+
+def test_checkpoint_restores_onto_another_mesh(tmp_path):
+    saved, _ = run("fsdp", tmp_path, 8)
+    restored, info = run("tp", tmp_path, 4, restore_from=str(tmp_path / "fsdp_8" / "run"))
+    assert info["devices"] == 4
+    assert info["specs"]["distilbert/transformer/layer/0/attention/q_lin/kernel"] == [None, "tensor"]
+    for name, value in saved.items():
+        np.testing.assert_array_equal(restored[name], value, err_msg=name)
+
+
+def test_mesh_from_config():
+    mesh = sharding.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
+    assert mesh.shape["data"] == len(mesh.devices.flat)
+    with pytest.raises(ValueError, match="must be exactly"):
+        sharding.make_mesh((("data", -1), ("model", 1)))
+    with pytest.raises(ValueError, match="does not fit 1 devices"):
+        sharding.make_mesh((("data", 2), ("fsdp", 1), ("tensor", 1)))
