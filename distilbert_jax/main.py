@@ -14,6 +14,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from distilbert_jax import distributed
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data.task import DataError
 from distilbert_jax.hf import CheckpointError
@@ -23,6 +24,11 @@ from distilbert_jax.train import finetune
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, e.g. configs/glue.py:sst2.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-host job through jax.distributed "
+                               "(TPU VMs find their peers; elsewhere give the three flags below).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes the job has.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
 JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_only}
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, finetune.TrainingError)
@@ -56,6 +62,8 @@ def _last_line(error: Exception) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _MULTIHOST.value or _COORDINATOR.value:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save INFO lines drown the progress
     logging.getLogger("distilbert_jax").setLevel(logging.INFO)
     try:

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import make_tiny_model_dir  # noqa: E402
 from test_finetune import tiny_config, write_sst2  # noqa: E402
 
-from distilbert_jax import hf, sharding  # noqa: E402
+from distilbert_jax import distributed, hf, sharding  # noqa: E402
 from distilbert_jax.train import checkpoint, finetune  # noqa: E402
 from distilbert_jax.train import state as train_state  # noqa: E402
 
@@ -37,9 +37,15 @@ def main():
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--restore_from", default="", help="only restore this workdir's checkpoint")
+    parser.add_argument("--coordinator", default="", help="host:port: run as one of several processes")
+    parser.add_argument("--num_processes", type=int, default=1)
+    parser.add_argument("--process_id", type=int, default=0)
     args = parser.parse_args()
-    model_dir = make_tiny_model_dir(os.path.join(args.workdir, "model_in"))
-    data = write_sst2(os.path.join(args.workdir, "SST-2"))
+    if args.coordinator:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    inputs = os.path.join(args.workdir, f"inputs_{jax.process_index()}")
+    model_dir = make_tiny_model_dir(os.path.join(inputs, "model_in"))
+    data = write_sst2(os.path.join(inputs, "SST-2"))
     config = tiny_config(model_dir, data, "sst2", mesh=args.mesh, max_steps=4, batch_size=16,
                          eval_batch_size=16, log_every=1, save_model=False)
     mesh = sharding.make_mesh(args.mesh)
@@ -51,7 +57,10 @@ def main():
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
             losses = [json.loads(line)["train/loss"] for line in f if "train/loss" in line]
     params = flax.traverse_util.flatten_dict(restore_params(config, run_dir, mesh, rules), sep="/")
-    np.savez(args.out, **sharding.to_host(params, mesh))
+    host_params = sharding.to_host(params, mesh)
+    if jax.process_index() != 0:
+        return
+    np.savez(args.out, **host_params)
     with open(args.out + ".json", "w") as f:
         json.dump({"specs": {k: [*v.sharding.spec] + [None] * (v.ndim - len(v.sharding.spec))
                              for k, v in params.items()},

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -75,3 +76,27 @@ def test_mesh_from_config():
         sharding.make_mesh((("data", -1), ("model", 1)))
     with pytest.raises(ValueError, match="does not fit 1 devices"):
         sharding.make_mesh((("data", 2), ("fsdp", 1), ("tensor", 1)))
+
+
+def test_two_processes_equal_one_device(single_device, tmp_path):
+    """2 processes x 4 CPU devices on localhost through jax.distributed, FSDP over all 8."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "multihost.npz"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PYTHONPATH": REPO}
+    processes = [subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "sharded_run.py"), "--mesh=fsdp", f"--workdir={tmp_path / 'w'}",
+         f"--out={out}", f"--coordinator=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in processes:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    info = json.load(open(str(out) + ".json"))
+    assert info["devices"] == 8
+    reference, reference_info = single_device
+    np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
+    with np.load(out) as params:
+        for name, value in reference.items():
+            if not name.endswith("k_lin/bias"):  # see test_preset_equals_single_device
+                np.testing.assert_allclose(params[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
