@@ -1,0 +1,177 @@
+"""Sweeps: a grid of tasks x learning rates x seeds expanded into runs, and their results gathered
+into the paper's Table 1 layout (median over seeds at the best learning rate per task, macro score).
+
+    python -m distilbert_jax.sweep run --config=configs/glue.py --tasks=rte,mrpc --lrs=2e-5,5e-5 \
+        --seeds=42,43,44 --root=runs/glue [--launcher=tpu] [--set=model=packaged:all-MiniLM-L6-v2]
+    python -m distilbert_jax.sweep table --root=runs/glue        # table.md, table.csv, table.png
+
+`run` trains each grid point in sequence here (a finished run is skipped, an interrupted one resumes),
+or with --launcher=tpu prints one `launch/tpu.sh run` line per point to start on TPU VMs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import itertools
+import json
+import os
+import shlex
+import statistics
+import sys
+from typing import Any
+
+# A task's score in the table: the mean of its metrics x 100 (GLUE's convention for MRPC, STS-B, QQP).
+MAIN_SPLIT = "dev"
+
+
+def grid(tasks, lrs, seeds) -> list[dict[str, Any]]:
+    return [{"task": t, "lr": lr, "seed": s} for t, lr, s in itertools.product(tasks, lrs, seeds)]
+
+
+def run_dir(root: str, point: dict) -> str:
+    return os.path.join(root, point["task"], f"lr{point['lr']:g}_seed{point['seed']}")
+
+
+def load_config(path: str, arg: str, overrides: dict[str, str]):
+    spec = importlib.util.spec_from_file_location("sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+    for key, value in overrides.items():
+        if key not in config:
+            raise KeyError(f"the config has no field {key!r}")
+        try:
+            config[key] = json.loads(value)  # numbers, booleans, lists
+        except json.JSONDecodeError:
+            config[key] = value  # plain strings: paths, model ids
+    return config
+
+
+def run_sweep(args) -> list[str]:
+    """Trains (or prints launch lines for) every grid point; returns the run directories."""
+    from distilbert_jax.train import finetune
+
+    overrides = dict(item.split("=", 1) for item in args.set)
+    points = grid(args.tasks.split(","), [float(x) for x in args.lrs.split(",")],
+                  [int(x) for x in args.seeds.split(",")])
+    dirs = []
+    for point in points:
+        workdir = run_dir(args.root, point)
+        dirs.append(workdir)
+        if args.launcher == "tpu":
+            flags = [f"--config.lr={point['lr']}", f"--config.seed={point['seed']}"] + [
+                f"--config.{k}={v}" for k, v in overrides.items()]
+            print(" ".join(["launch/tpu.sh", "run", f"{args.config}:{point['task']}", workdir]
+                           + [shlex.quote(f) for f in flags]))
+            continue
+        if os.path.exists(os.path.join(workdir, "results.json")):
+            continue
+        config = load_config(args.config, point["task"], overrides)
+        config.lr, config.seed = point["lr"], point["seed"]
+        finetune.train_and_evaluate(config, workdir)
+    return dirs
+
+
+def collect(root: str) -> list[dict]:
+    """Every results.json under root with its task, lr and seed (from the run's config.json)."""
+    rows = []
+    for directory, _, files in os.walk(root):
+        if "results.json" in files and "config.json" in files:
+            with open(os.path.join(directory, "results.json")) as f:
+                results = json.load(f)
+            with open(os.path.join(directory, "config.json")) as f:
+                config = json.load(f)
+            if MAIN_SPLIT in results.get("eval", {}):
+                rows.append({"task": config["task"], "lr": config["lr"], "seed": config["seed"],
+                             "metrics": results["eval"][MAIN_SPLIT]})
+    return rows
+
+
+def score(metrics: dict[str, float]) -> float:
+    return 100 * statistics.mean(metrics.values())
+
+
+def table(rows: list[dict]) -> tuple[list[str], list[dict]]:
+    """Per task: the lr with the best median score over seeds, and that median; then the macro score."""
+    tasks = sorted({r["task"] for r in rows})
+    summary = []
+    for task in tasks:
+        by_lr: dict[float, list[float]] = {}
+        for r in rows:
+            if r["task"] == task:
+                by_lr.setdefault(r["lr"], []).append(score(r["metrics"]))
+        best_lr = max(by_lr, key=lambda lr: statistics.median(by_lr[lr]))
+        summary.append({"task": task, "score": statistics.median(by_lr[best_lr]), "lr": best_lr,
+                        "seeds": len(by_lr[best_lr])})
+    return tasks, summary
+
+
+def write_table(root: str) -> str:
+    rows = collect(root)
+    if not rows:
+        raise SystemExit(f"No finished runs (results.json + config.json) under {root}.")
+    tasks, summary = table(rows)
+    macro = statistics.mean(s["score"] for s in summary)
+    header = ["Model", "Score", *tasks]
+    values = ["this sweep", f"{macro:.1f}", *(f"{s['score']:.1f}" for s in summary)]
+    markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                "| " + " | ".join(values) + " |", "",
+                "Best learning rate (seeds): " + ", ".join(
+                    f"{s['task']} {s['lr']:g} ({s['seeds']})" for s in summary)]
+    text = "\n".join(markdown) + "\n"
+    with open(os.path.join(root, "table.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(root, "table.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["task", "score", "best_lr", "seeds"])
+        for s in summary:
+            writer.writerow([s["task"], f"{s['score']:.2f}", s["lr"], s["seeds"]])
+        writer.writerow(["macro", f"{macro:.2f}", "", ""])
+    plot(summary, macro, os.path.join(root, "table.png"))
+    return text
+
+
+def plot(summary: list[dict], macro: float, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(1.2 * len(summary) + 2, 3))
+    ax.bar([s["task"] for s in summary], [s["score"] for s in summary], color="#4c72b0")
+    ax.axhline(macro, color="#c44e52", linestyle="--", label=f"macro {macro:.1f}")
+    ax.set_ylabel("dev score (median over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--config", required=True, help="a configs/*.py file taking the task as its arg")
+    r.add_argument("--tasks", required=True)
+    r.add_argument("--lrs", default="2e-5,3e-5,5e-5")
+    r.add_argument("--seeds", default="42,43,44")
+    r.add_argument("--root", required=True)
+    r.add_argument("--launcher", choices=("local", "tpu"), default="local")
+    r.add_argument("--set", action="append", default=[], help="field=value for every run")
+    t = sub.add_parser("table")
+    t.add_argument("--root", required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            run_sweep(args)
+            if args.launcher == "local":
+                print(write_table(args.root))
+        else:
+            print(write_table(args.root))
+    except (KeyError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# TPU VM (or pod slice) lifecycle for distilbert-jax: create, set up every worker, run a config on all
+# workers, tail the logs, tear down. Every step is one gcloud command; --dry-run prints them instead.
+#
+#   launch/tpu.sh [--dry-run] create
+#   launch/tpu.sh [--dry-run] setup                      # copy this checkout to every worker, install
+#   launch/tpu.sh [--dry-run] run configs/glue.py:sst2 runs/sst2 [--config.lr=3e-5 ...]
+#   launch/tpu.sh [--dry-run] tail runs/sst2
+#   launch/tpu.sh [--dry-run] delete
+#
+# Settings (environment): TPU_NAME, ZONE, ACCELERATOR (v4-8, v5litepod-16, ...), RUNTIME (TPU software
+# version), PROJECT (optional), BUCKET (a GCS bucket mounted with gcsfuse at /mnt/$BUCKET on every
+# worker, so the workdir is shared: every process writes its checkpoint shards there, process 0 the
+# metrics and results).
+set -euo pipefail
+
+TPU_NAME=${TPU_NAME:-distilbert-jax}
+ZONE=${ZONE:-us-central2-b}
+ACCELERATOR=${ACCELERATOR:-v4-8}
+RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
+BUCKET=${BUCKET:-}
+PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
+REMOTE_DIR=distilbert-jax
+
+DRY_RUN=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
+
+run() {  # prints the command; runs it unless --dry-run
+  printf '%q ' "$@"; printf '\n'
+  if [[ $DRY_RUN -eq 0 ]]; then "$@"; fi
+}
+
+tpu() { run gcloud compute tpus tpu-vm "$@" --zone="$ZONE" ${PROJECT_FLAG:+"$PROJECT_FLAG"}; }
+on_all() { tpu ssh "$TPU_NAME" --worker=all --command="$1"; }
+
+workdir_for() {  # runs/x -> /mnt/$BUCKET/runs/x when a bucket is mounted
+  if [[ -n "$BUCKET" ]]; then echo "/mnt/$BUCKET/$1"; else echo "$1"; fi
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  create)
+    tpu create "$TPU_NAME" --accelerator-type="$ACCELERATOR" --version="$RUNTIME"
+    ;;
+  setup)
+    here=$(cd "$(dirname "$0")/.." && pwd)
+    archive=/tmp/distilbert-jax.tar.gz
+    run tar -czf "$archive" -C "$here" --exclude=.git --exclude='.venv*' --exclude=runs .
+    tpu scp "$archive" "$TPU_NAME:/tmp/" --worker=all
+    install="mkdir -p $REMOTE_DIR && tar -xzf /tmp/distilbert-jax.tar.gz -C $REMOTE_DIR"
+    install+=" && pip install -U 'jax[tpu]' && pip install -e './$REMOTE_DIR'"
+    if [[ -n "$BUCKET" ]]; then
+      install+=" && sudo mkdir -p /mnt/$BUCKET && sudo chown \$USER /mnt/$BUCKET"
+      install+=" && (mountpoint -q /mnt/$BUCKET || gcsfuse --implicit-dirs $BUCKET /mnt/$BUCKET)"
+    fi
+    on_all "$install"
+    ;;
+  run)
+    config=${1:?usage: run CONFIG WORKDIR [--config.field=value ...]}
+    workdir=$(workdir_for "${2:?usage: run CONFIG WORKDIR [--config.field=value ...]}")
+    shift 2
+    extra=$(printf '%q ' "$@")
+    on_all "cd $REMOTE_DIR && mkdir -p $workdir && nohup python -m distilbert_jax.main --multihost \
+--config=$config --workdir=$workdir $extra > $workdir/log.\$(hostname).txt 2>&1 &"
+    ;;
+  tail)
+    workdir=$(workdir_for "${1:?usage: tail WORKDIR}")
+    tpu ssh "$TPU_NAME" --worker=0 --command="tail -n 50 -f $workdir/log.*.txt"
+    ;;
+  delete)
+    tpu delete "$TPU_NAME" --quiet
+    ;;
+  *)
+    sed -n '2,16p' "$0"
+    exit 2
+    ;;
+esac
