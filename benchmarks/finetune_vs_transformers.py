@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ DATA = {"cola": "glue/CoLA", "sst2": "glue/SST-2", "mrpc": "glue/MRPC", "stsb": 
         "rte": "glue/RTE", "wnli": "glue/WNLI", "qnli": "glue/QNLI", "conll2003": "conll2003/iob2"}
 
 
-def recipe(task: str, seed: int, args) -> "ml_collections.ConfigDict":
+def recipe(task: str, seed: int, args):
     c = finetune.default_config()
     c.task, c.seed, c.model = task, seed, args.model
     c.data_dir = os.path.join(args.data_root, DATA[task])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import distilbert_jax as dj

@@ -19,3 +19,12 @@ from distilbert_jax.modeling import (
 from distilbert_jax.tokenizer import Tokenizer, TokenizerError
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BertConfig", "BertForMaskedLM", "BertForMultipleChoice", "BertForQuestionAnswering",
+    "BertForSequenceClassification", "BertForTokenClassification", "BertModel", "CheckpointError",
+    "ConfigError", "DistilBertConfig", "DistilBertForMaskedLM", "DistilBertForMultipleChoice",
+    "DistilBertForQuestionAnswering", "DistilBertForSequenceClassification",
+    "DistilBertForTokenClassification", "DistilBertModel", "Tokenizer", "TokenizerError",
+    "from_pretrained", "save_pretrained",
+]
