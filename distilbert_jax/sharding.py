@@ -49,10 +49,9 @@ PRESETS = {
 
 
 def make_mesh(shape: str | Sequence[tuple[str, int]] = "dp", devices=None) -> Mesh:
-    """A mesh from a preset name or `(axis, size)` pairs; one size may be -1 (the rest)."""
-    axes = PRESETS[shape] if isinstance(shape, str) else tuple(tuple(a) for a in shape)
-    if isinstance(shape, str) and shape not in PRESETS:
-        raise ValueError(f"mesh preset {shape!r} is not one of {sorted(PRESETS)}.")
+    """A mesh from a preset name, "data:2,fsdp:-1,tensor:2", or (axis, size) pairs; one size may
+    be -1 (the remaining devices)."""
+    axes = _parse_mesh(shape)
     devices = np.asarray(jax.devices() if devices is None else devices)
     names = [name for name, _ in axes]
     if sorted(names) != sorted(MESH_AXES):
@@ -68,6 +67,19 @@ def make_mesh(shape: str | Sequence[tuple[str, int]] = "dp", devices=None) -> Me
         raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, "
                          f"{devices.size} are available.")
     return Mesh(devices.reshape(sizes), names)
+
+
+def _parse_mesh(shape) -> tuple[tuple[str, int], ...]:
+    if not isinstance(shape, str):
+        return tuple((str(name), int(size)) for name, size in shape)
+    if shape in PRESETS:
+        return PRESETS[shape]
+    try:
+        return tuple((name.strip(), int(size)) for name, size in
+                     (item.split(":") for item in shape.split(",")))
+    except ValueError:
+        raise ValueError(f"mesh {shape!r} is neither a preset ({', '.join(PRESETS)}) nor "
+                         "'data:N,fsdp:N,tensor:N'.") from None
 
 
 def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,

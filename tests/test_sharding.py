@@ -76,6 +76,9 @@ def test_mesh_from_config():
         sharding.make_mesh((("data", -1), ("model", 1)))
     with pytest.raises(ValueError, match="does not fit 1 devices"):
         sharding.make_mesh((("data", 2), ("fsdp", 1), ("tensor", 1)))
+    assert dict(sharding.make_mesh("data:1,fsdp:-1,tensor:1").shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+    with pytest.raises(ValueError, match="neither a preset"):
+        sharding.make_mesh("data=2")
 
 
 def test_two_processes_equal_one_device(single_device, tmp_path):

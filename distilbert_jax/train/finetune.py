@@ -50,7 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict()  # config fields to change, e.g. dropout
     c.dtype = "float32"  # compute dtype; "bfloat16" on TPU (params stay float32)
     c.seed = 42
-    c.mesh = "dp"  # a sharding.PRESETS name, or (axis, size) pairs over data/fsdp/tensor, -1 = rest
+    c.mesh = "dp"  # a sharding.PRESETS name, or "data:2,fsdp:-1,tensor:2" (-1: the remaining devices)
     c.rules = sharding.RULES  # logical axis name -> mesh axes
 
     c.max_length = 128
