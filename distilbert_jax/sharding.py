@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from distilbert_jax.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -55,16 +57,16 @@ def make_mesh(shape: str | Sequence[tuple[str, int]] = "dp", devices=None) -> Me
     devices = np.asarray(jax.devices() if devices is None else devices)
     names = [name for name, _ in axes]
     if sorted(names) != sorted(MESH_AXES):
-        raise ValueError(f"mesh axes {names} must be exactly {list(MESH_AXES)}.")
+        raise ConfigError(f"mesh axes {names} must be exactly {list(MESH_AXES)}.")
     sizes = [size for _, size in axes]
     if sizes.count(-1) > 1:
-        raise ValueError(f"mesh {axes}: at most one axis may be -1.")
+        raise ConfigError(f"mesh {axes}: at most one axis may be -1.")
     known = int(np.prod([s for s in sizes if s != -1]))
     if devices.size % known:
-        raise ValueError(f"mesh {axes} does not fit {devices.size} devices.")
+        raise ConfigError(f"mesh {axes} does not fit {devices.size} devices.")
     sizes = [devices.size // known if s == -1 else s for s in sizes]
     if int(np.prod(sizes)) != devices.size:
-        raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, "
+        raise ConfigError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, "
                          f"{devices.size} are available.")
     return Mesh(devices.reshape(sizes), names)
 
@@ -78,7 +80,7 @@ def _parse_mesh(shape) -> tuple[tuple[str, int], ...]:
         return tuple((name.strip(), int(size)) for name, size in
                      (item.split(":") for item in shape.split(",")))
     except ValueError:
-        raise ValueError(f"mesh {shape!r} is neither a preset ({', '.join(PRESETS)}) nor "
+        raise ConfigError(f"mesh {shape!r} is neither a preset ({', '.join(PRESETS)}) nor "
                          "'data:N,fsdp:N,tensor:N'.") from None
 
 
