@@ -93,3 +93,61 @@ def head_loss(head: str, outputs, labels: dict, config):
     if head == "masked_lm":
         return masked_lm_loss(outputs.logits, labels["labels"])
     raise ValueError(f"head {head!r} has no task loss.")
+
+
+# --- distillation (DistilBERT's triple loss) -----------------------------------------------------------
+# Each term is a mean over the tokens that `mask` selects, computed as (sum, count) with static shapes:
+# the JAX form of the reference code's masked_select. Logits and hidden states are cast to float32.
+
+def soft_target_kl_sums(student_logits, teacher_logits, mask, temperature: float):
+    """T² · KL(softmax(t/T) ‖ softmax(s/T)) summed over selected tokens, and their count
+    (nn.KLDivLoss(reduction='batchmean') over the selected rows, times T²)."""
+    s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+    per_token = jnp.sum(jnp.exp(t) * (t - s), axis=-1) * temperature ** 2
+    mask = mask.astype(bool)
+    return jnp.sum(jnp.where(mask, per_token, 0.0)), jnp.sum(mask)
+
+
+def cosine_sums(student_hidden, teacher_hidden, mask, eps: float = 1e-8):
+    """Σ (1 − cos(h_s, h_t)) over selected tokens, and their count (nn.CosineEmbeddingLoss, target 1)."""
+    s, t = student_hidden.astype(jnp.float32), teacher_hidden.astype(jnp.float32)
+    cos = jnp.sum(s * t, -1) / jnp.sqrt(jnp.maximum(jnp.sum(s * s, -1) * jnp.sum(t * t, -1), eps ** 2))
+    mask = mask.astype(bool)
+    return jnp.sum(jnp.where(mask, 1.0 - cos, 0.0)), jnp.sum(mask)
+
+
+def logit_mse_sums(student_logits, teacher_logits, mask):
+    """Σ over selected tokens of Σ_vocab (s − t)², and their count (MSELoss(sum) / N in the reference)."""
+    diff = student_logits.astype(jnp.float32) - teacher_logits.astype(jnp.float32)
+    mask = mask.astype(bool)
+    return jnp.sum(jnp.where(mask[..., None], diff * diff, 0.0)), jnp.sum(mask)
+
+
+def distillation_loss(student_logits, teacher_logits, student_hidden, teacher_hidden,
+                      attention_mask, mlm_labels, *, temperature: float, alpha_ce: float,
+                      alpha_mlm: float, alpha_cos: float, alpha_mse: float = 0.0,
+                      restrict_ce_to_mask: bool = False):
+    """α_ce·L_ce + α_mlm·L_mlm + α_cos·L_cos (+ α_mse·L_mse), each a mean over its tokens.
+
+    L_ce and L_mse cover every real token (or only the MLM targets with restrict_ce_to_mask), L_cos
+    every real token, L_mlm the MLM targets. Returns (loss, {term name: value}).
+    """
+    real = attention_mask.astype(bool)
+    ce_mask = (mlm_labels != IGNORE_INDEX) if restrict_ce_to_mask else real
+    terms = {}
+    if alpha_ce:
+        total, count = soft_target_kl_sums(student_logits, teacher_logits, ce_mask, temperature)
+        terms["ce"] = total / jnp.maximum(count, 1)
+    if alpha_mlm:
+        total, count = cross_entropy_sums(student_logits, mlm_labels)
+        terms["mlm"] = total / jnp.maximum(count, 1)
+    if alpha_cos:
+        total, count = cosine_sums(student_hidden, teacher_hidden, real)
+        terms["cos"] = total / jnp.maximum(count, 1)
+    if alpha_mse:
+        total, count = logit_mse_sums(student_logits, teacher_logits, ce_mask)
+        terms["mse"] = total / jnp.maximum(count, 1)
+    weights = {"ce": alpha_ce, "mlm": alpha_mlm, "cos": alpha_cos, "mse": alpha_mse}
+    loss = sum(weights[name] * value for name, value in terms.items())
+    return loss, terms
