@@ -42,6 +42,8 @@ class Tokenizer:
     def __init__(self, backend: tokenizers.Tokenizer, model_max_length: int = 512,
                  do_lower_case: bool = True):
         self.backend = backend
+        backend.no_truncation()  # a tokenizer.json may carry its own; every call sets what it needs
+        backend.no_padding()
         self.model_max_length = model_max_length
         self.do_lower_case = do_lower_case
         for attr, token in SPECIAL_TOKENS.items():
@@ -139,6 +141,12 @@ class Tokenizer:
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
         return [self.backend.id_to_token(int(i)) for i in ids]
+
+    def ids(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+        """Token ids of each text, whole (no truncation or padding): the fast path for corpora."""
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

@@ -1,5 +1,9 @@
-"""The distillation corpus: masked-LM masking with token-count smoothing (more to come: binarisation,
-token counts, length-grouped batches).
+"""The distillation corpus: binarisation, token counts, length-grouped batches, MLM masking.
+
+`prepare` tokenises plain-text files (one sequence per line) once with the teacher's tokenizer into
+a compact on-disk form: `[CLS] … [SEP]` sequences split at `max_length`, those of ≤ 11 tokens or at
+least half [UNK] dropped (the reference's cleaning), plus a token-count file. It works in chunks of
+lines, each written atomically, so an interrupted preparation resumes where it stopped.
 
 Masking follows the reference distiller, per batch: `ceil(mask_prop · real tokens)` positions are
 drawn without replacement with probability ∝ max(count, 1)^-smoothing (special tokens never), then
@@ -8,13 +12,22 @@ drawn without replacement with probability ∝ max(count, 1)^-smoothing (special
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+import glob
+import json
+import os
+import sys
+import time
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distilbert_jax.data.task import DataError
 from distilbert_jax.losses import IGNORE_INDEX
+
+MIN_LENGTH = 12  # sequences of 11 tokens or fewer are dropped
 
 
 def token_probs(counts: np.ndarray, special_ids: Sequence[int], smoothing: float = 0.7) -> np.ndarray:
@@ -51,3 +64,170 @@ def mask_tokens(key: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
     corrupted = jnp.where(selected, replaced, input_ids)
     labels = jnp.where(selected, input_ids, IGNORE_INDEX)
     return corrupted, labels
+
+
+# --- preparation ----------------------------------------------------------------------------------------
+
+def split_sequence(ids: np.ndarray, max_length: int, cls_id: int, sep_id: int) -> list[np.ndarray]:
+    """[CLS] … [SEP] pieces of at most max_length tokens, cut as the reference cuts long sequences."""
+    if len(ids) <= max_length:
+        return [ids]
+    pieces = []
+    for start in range(0, len(ids), max_length - 2):
+        piece = ids[start:start + max_length - 2]
+        if piece[0] != cls_id:
+            piece = np.insert(piece, 0, cls_id)
+        if piece[-1] != sep_id:
+            piece = np.append(piece, sep_id)
+        pieces.append(piece)
+    return pieces
+
+
+def clean(sequences: list[np.ndarray], unk_id: int, max_unk_fraction: float = 0.5) -> list[np.ndarray]:
+    """Drops sequences of ≤ 11 tokens and those at least `max_unk_fraction` [UNK]."""
+    return [s for s in sequences
+            if len(s) >= MIN_LENGTH and np.mean(s == unk_id) < max_unk_fraction]
+
+
+def _lines(files: Sequence[str]) -> Iterator[str]:
+    for path in files:
+        if not os.path.isfile(path):
+            raise DataError(f"Corpus file {path!r} does not exist.")
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    yield line
+
+
+def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512,
+            chunk_lines: int = 20_000, log_every_s: float = 10.0) -> dict:
+    """Tokenises `files` into `out_dir` (tokens.npy, lengths.npy, token_counts.npy, meta.json).
+
+    Resumable: chunk k covers lines [k·chunk_lines, (k+1)·chunk_lines) and is skipped when its file
+    exists. Returns meta.json's contents.
+    """
+    meta_path = os.path.join(out_dir, "meta.json")
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            return json.load(f)
+    os.makedirs(out_dir, exist_ok=True)
+    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    start, total_bytes = time.perf_counter(), sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    lines, chunk, done_lines, last_log = [], 0, 0, start
+    for line in _lines(files):
+        lines.append(line)
+        if len(lines) == chunk_lines:
+            _write_chunk(out_dir, chunk, lines, tokenizer, max_length, dtype)
+            chunk, done_lines, lines = chunk + 1, done_lines + len(lines), []
+            if time.perf_counter() - last_log > log_every_s:
+                last_log = time.perf_counter()
+                print(f"corpus: {done_lines} lines, {done_lines / (last_log - start):.0f} lines/s",
+                      file=sys.stderr, flush=True)
+    if lines:
+        _write_chunk(out_dir, chunk, lines, tokenizer, max_length, dtype)
+    parts = sorted(glob.glob(os.path.join(out_dir, "part-*.npz")))
+    if not parts:
+        raise DataError(f"The corpus files {list(files)} hold no text.")
+    tokens, lengths = [], []
+    for part in parts:
+        with np.load(part) as data:
+            tokens.append(data["tokens"])
+            lengths.append(data["lengths"])
+    tokens, lengths = np.concatenate(tokens), np.concatenate(lengths)
+    if not len(lengths):
+        raise DataError(f"No sequence of {MIN_LENGTH} tokens or more in {list(files)}.")
+    counts = np.bincount(tokens, minlength=tokenizer.vocab_size).astype(np.int64)
+    for name, array in (("tokens", tokens), ("lengths", lengths), ("token_counts", counts)):
+        np.save(os.path.join(out_dir, name + ".tmp.npy"), array)
+        os.replace(os.path.join(out_dir, name + ".tmp.npy"), os.path.join(out_dir, name + ".npy"))
+    meta = {"files": list(files), "sequences": int(len(lengths)), "tokens": int(len(tokens)),
+            "max_length": max_length, "vocab_size": tokenizer.vocab_size,
+            "seconds": round(time.perf_counter() - start, 1), "bytes": total_bytes}
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(meta_path + ".tmp", meta_path)
+    for part in parts:
+        os.remove(part)
+    return meta
+
+
+def _write_chunk(out_dir, chunk, lines, tokenizer, max_length, dtype):
+    path = os.path.join(out_dir, f"part-{chunk:06d}.npz")
+    if os.path.exists(path):
+        return
+    sequences = []
+    for token_ids in tokenizer.ids(lines):
+        ids = np.array([tokenizer.cls_token_id, *token_ids, tokenizer.sep_token_id], dtype)
+        sequences.extend(split_sequence(ids, max_length, tokenizer.cls_token_id, tokenizer.sep_token_id))
+    sequences = clean(sequences, tokenizer.unk_token_id)
+    tokens = np.concatenate(sequences) if sequences else np.zeros((0,), dtype)
+    lengths = np.array([len(s) for s in sequences], np.int32)
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, tokens=tokens, lengths=lengths)
+    os.replace(path + ".tmp", path)
+
+
+# --- batches --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Corpus:
+    """A prepared corpus in memory: concatenated token ids and per-sequence lengths."""
+    tokens: np.ndarray
+    lengths: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def load(cls, directory: str) -> "Corpus":
+        paths = {n: os.path.join(directory, n + ".npy") for n in ("tokens", "lengths", "token_counts")}
+        missing = [p for p in paths.values() if not os.path.exists(p)]
+        if missing:
+            raise DataError(f"{directory} is not a prepared corpus (missing {missing}); run prepare first.")
+        return cls(*(np.load(p) for p in paths.values()))
+
+    def __post_init__(self):
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+
+    def sequence(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    def batches(self, batch_size: int, seed: int, start_step: int, pad_id: int,
+                length_multiple: int = 32, pool: int = 50,
+                process: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
+        """Endless length-grouped batches; batch k depends only on (seed, k), so resuming is exact.
+
+        Each epoch shuffles the sequences, sorts pools of `pool` batches by length (the reference's
+        length grouping) and shuffles the batches; a batch is padded to a multiple of
+        `length_multiple`, so XLA compiles a handful of shapes. Each process takes its share.
+        """
+        per_epoch = len(self.lengths) // batch_size
+        if per_epoch == 0:
+            raise DataError(f"{len(self.lengths)} sequences cannot fill one batch of {batch_size}.")
+        epoch_batches, epoch = None, -1
+        step = start_step
+        while True:
+            e, index = divmod(step, per_epoch)
+            if e != epoch:
+                epoch, epoch_batches = e, self._epoch(batch_size, seed, e, pool)
+            rows = epoch_batches[index]
+            length = int(-(-self.lengths[rows].max() // length_multiple) * length_multiple)
+            share = batch_size // process[1]
+            rows = rows[process[0] * share:(process[0] + 1) * share]
+            ids = np.full((len(rows), length), pad_id, np.int32)
+            for r, i in enumerate(rows):
+                seq = self.sequence(i)
+                ids[r, :len(seq)] = seq
+            yield {"input_ids": ids, "attention_mask": (np.arange(length)[None] <
+                                                         self.lengths[rows][:, None]).astype(np.int32)}
+            step += 1
+
+    def _epoch(self, batch_size: int, seed: int, epoch: int, pool: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        batches = []
+        size = batch_size * pool
+        for start in range(0, len(order) - batch_size + 1, size):
+            group = order[start:start + size]
+            group = group[np.argsort(self.lengths[group], kind="stable")]
+            batches.extend(group[i:i + batch_size] for i in range(0, len(group) - batch_size + 1, batch_size))
+        return [batches[i] for i in rng.permutation(len(batches))]
