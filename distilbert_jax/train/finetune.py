@@ -23,17 +23,15 @@ from distilbert_jax import hf, losses, sharding
 from distilbert_jax.data import Features, Task, get_task
 from distilbert_jax.data.task import eval_batches, prefetch, train_batches
 from distilbert_jax.tokenizer import Tokenizer
+from distilbert_jax.train import loop
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.checkpoint import Checkpoints
 from distilbert_jax.train.logging import MetricWriter, Progress
+from distilbert_jax.train.loop import TrainingError
 
 log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, a head that does not fit the task)."""
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -264,55 +262,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  mesh, rules)
     eval_step = make_eval_step(model, state_shardings.params, mesh, rules)
     writer = MetricWriter(workdir)
-    progress = Progress(total_steps, config.batch_size, start)
-    eval_every = config.eval_every or steps_per_epoch
     process = (jax.process_index(), jax.process_count())
     batches = prefetch(sharding.put_batch(batch, mesh, config.batch_size) for batch in train_batches(
         train, config.batch_size, config.seed, start, tokenizer.pad_token_id, tuple(config.buckets),
         process))
-    pending: list[tuple[int, dict]] = []
     results: dict[str, Any] = {"task": task.name, "model": config.model, "total_steps": total_steps,
                                "train_examples": len(train), "mesh": dict(mesh.shape)}
-    started = time.perf_counter()
-
-    def flush_metrics(step: int):
-        """Moves pending step metrics to the host, stops on a non-finite loss, logs the mean."""
-        fetched = jax.device_get(pending)
-        pending.clear()
-        for s, m in fetched:
-            if not np.isfinite(m["train/loss"]):
-                raise TrainingError(
-                    f"The training loss became {m['train/loss']} at step {s}; stopped. The last "
-                    f"checkpoint (step {checkpoints.latest_step()}) is kept in {workdir}.")
-        if fetched:
-            mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
-            mean["train/lr"] = float(schedule(step - 1))
-            mean.update(progress.rates(step))
-            writer.write(step, mean)
-            progress.report(step, mean)
-
     evaluate = lambda params, splits, predictions=None: evaluate_splits(
         eval_step, params, task, splits, config, tokenizer.pad_token_id, mesh, predictions)
-    for step in range(start + 1, total_steps + 1):
-        state, metrics = train_step(state, next(batches))
-        pending.append((step, metrics))
-        if step % config.log_every == 0 or step == total_steps:
-            flush_metrics(step)
-        if step % eval_every == 0 or step == total_steps:
-            flush_metrics(step)
-            scores = evaluate(state.params, evals)
-            writer.write(step, {f"eval/{s}/{k}": v for s, m in scores.items() for k, v in m.items()})
-            log.info("step %d eval %s", step, scores)
-            if scores:
-                checkpoints.save_best(step, state.params, next(iter(scores.values())))
-        if step % config.checkpoint_every == 0 or step == total_steps:
-            flush_metrics(step)
-            checkpoints.save(step, state)
 
-    train_seconds = time.perf_counter() - started
     tests = {s: encode_split(task, s, tokenizer, config, token_types, train=False)
              for s in config.predict_splits}
-    final = evaluate(state.params, {**evals, **tests}, os.path.join(workdir, "predictions"))
+    predictions_dir = os.path.join(workdir, "predictions")
+    final: dict[str, dict[str, float]] = {}
+
+    def evaluate_and_keep_best(state, step):
+        """Dev metrics (and best params); at the last step also test predictions and files."""
+        last = step == total_steps
+        scores = evaluate(state.params, {**evals, **tests} if last else evals,
+                          predictions_dir if last else None)
+        if scores:
+            checkpoints.save_best(step, state.params, next(iter(scores.values())))
+        if last:
+            final.update(scores)
+        return scores
+
+    started = time.perf_counter()
+    state = loop.run(
+        state, train_step, batches,
+        loop.Schedule(total_steps, config.log_every, config.checkpoint_every,
+                      config.eval_every or steps_per_epoch),
+        workdir=workdir, checkpoints=checkpoints, writer=writer,
+        progress=Progress(total_steps, config.batch_size, start), learning_rate=schedule,
+        evaluate=evaluate_and_keep_best)
+    train_seconds = time.perf_counter() - started
+    if not final:  # the run had already finished: evaluate what it left
+        final = evaluate(state.params, {**evals, **tests}, predictions_dir)
     results.update({"eval": final, "train_seconds_this_run": train_seconds,
                     "steps_this_run": total_steps - start})
     if checkpoints.best_step() is not None:

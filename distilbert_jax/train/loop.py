@@ -1,0 +1,76 @@
+"""The step loop every job shares: run the jitted step, log, evaluate, checkpoint, stop on a
+non-finite loss. Fine-tuning and distillation differ only in the step and the evaluation they pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+from distilbert_jax.train.checkpoint import Checkpoints
+from distilbert_jax.train.logging import MetricWriter, Progress
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a head that does not fit the task)."""
+
+
+@dataclasses.dataclass
+class Schedule:
+    """When to log, evaluate and checkpoint (in steps; evaluate_every 0 = never during training)."""
+    total_steps: int
+    log_every: int
+    checkpoint_every: int
+    evaluate_every: int = 0
+
+
+def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, workdir: str,
+        checkpoints: Checkpoints, writer: MetricWriter, progress: Progress,
+        learning_rate: Callable[[int], float],
+        evaluate: Callable[[Any, int], dict[str, dict[str, float]]] | None = None):
+    """Runs from `state.step` to `schedule.total_steps`; returns the final state.
+
+    Step metrics stay on device until a log, evaluation or checkpoint boundary, where they are
+    fetched together; a non-finite value of any `*loss*` metric stops the run naming the step and
+    the term, and the last checkpoint stays as it was.
+    """
+    pending: list[tuple[int, dict]] = []
+
+    def flush(step: int):
+        fetched = jax.device_get(pending)
+        pending.clear()
+        for s, metrics in fetched:
+            for name, value in metrics.items():
+                if "loss" in name and not np.isfinite(value):
+                    raise TrainingError(
+                        f"{name} became {value} at step {s}; stopped. The last checkpoint "
+                        f"(step {checkpoints.latest_step()}) is kept in {workdir}.")
+        if fetched:
+            mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
+            mean["train/lr"] = float(learning_rate(step - 1))
+            mean.update(progress.rates(step))
+            writer.write(step, mean)
+            progress.report(step, mean)
+
+    for step in range(int(state.step) + 1, schedule.total_steps + 1):
+        state, metrics = step_fn(state, next(batches))
+        pending.append((step, metrics))
+        last = step == schedule.total_steps
+        if step % schedule.log_every == 0 or last:
+            flush(step)
+        if evaluate is not None and ((schedule.evaluate_every and step % schedule.evaluate_every == 0)
+                                     or last):
+            flush(step)
+            scores = evaluate(state, step)
+            writer.write(step, {f"eval/{s}/{k}": v for s, m in scores.items() for k, v in m.items()})
+            log.info("step %d eval %s", step, scores)
+        if step % schedule.checkpoint_every == 0 or last:
+            flush(step)
+            checkpoints.save(step, state)
+    return state
