@@ -2,7 +2,7 @@
 
     python -m distilbert_jax.main --config=configs/glue.py:sst2 --workdir=/path/run [--config.lr=3e-5 ...]
 
-`config.job` picks the job ('finetune' or 'evaluate'); the work lives in importable functions that
+`config.job` picks the job ('finetune', 'evaluate' or 'distill'); the work lives in importable functions that
 tests and notebooks call directly.
 """
 
@@ -19,7 +19,7 @@ from distilbert_jax.config import ConfigError
 from distilbert_jax.data.task import DataError
 from distilbert_jax.hf import CheckpointError
 from distilbert_jax.tokenizer import TokenizerError
-from distilbert_jax.train import finetune
+from distilbert_jax.train import distill, finetune
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, e.g. configs/glue.py:sst2.",
                                           lock_config=True)
@@ -30,7 +30,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes the job has.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
-JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_only}
+JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_only,
+        "distill": distill.distill}
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, finetune.TrainingError)
 
 

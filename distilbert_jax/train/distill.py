@@ -1,0 +1,260 @@
+"""Pre-training distillation, the paper's recipe: `distill(config, workdir)`.
+
+A DistilBERT student (initialised from every other teacher layer, or at random) learns from a frozen
+BERT teacher on masked text with the triple loss: α_ce·T²·KL(teacher ‖ student) + α_mlm·MLM +
+α_cos·(1 − cos) of the last hidden states. Masking happens on device inside the jitted step, from
+the step's key; the teacher runs in eval mode in the same step, under stop_gradient, sharded by the
+same rules as the student. Resume order as in fine-tuning: this workdir's checkpoint, else the
+teacher-initialised (or random) student.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from distilbert_jax import hf, losses, modeling, sharding, student
+from distilbert_jax.config import ConfigError
+from distilbert_jax.data import corpus
+from distilbert_jax.data.task import prefetch
+from distilbert_jax.tokenizer import Tokenizer
+from distilbert_jax.train import loop
+from distilbert_jax.train import state as train_state
+from distilbert_jax.train.checkpoint import Checkpoints
+from distilbert_jax.train.finetune import DTYPES, write_config, write_json
+from distilbert_jax.train.logging import MetricWriter, Progress
+
+log = logging.getLogger(__name__)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The released DistilBERT's recipe (RECIPE.md §1-4), on a teacher and corpus of your choice."""
+    c = ml_collections.ConfigDict()
+    c.job = "distill"
+    c.teacher = "bert-base-uncased"  # HF checkpoint dir, hub id, or packaged:all-MiniLM-L6-v2
+    c.teacher_dtype = "float32"  # "bfloat16" halves the teacher's cost
+    c.corpus_files = ()  # plain-text files, one sequence per line
+    c.corpus_dir = ""  # the prepared corpus (default <workdir>/corpus, prepared on first run)
+    c.max_length = 512
+    c.student_layers = 6
+    c.student_init = "teacher"  # or "random" (the paper's ablation)
+    c.freeze_positions = True  # the reference trained with BERT's positions frozen
+    c.dtype = "float32"
+    c.seed = 56
+    c.mesh = "dp"
+    c.rules = sharding.RULES
+
+    c.temperature = 2.0
+    c.alpha_ce = 5.0
+    c.alpha_mlm = 2.0
+    c.alpha_cos = 1.0
+    c.alpha_mse = 0.0
+    c.restrict_ce_to_mask = False
+    c.mlm_mask_prop = 0.15
+    c.word_mask = 0.8
+    c.word_keep = 0.1
+    c.word_rand = 0.1
+    c.mlm_smoothing = 0.7
+
+    c.batch_size = 4000  # sequences per update ("up to 4K examples per batch")
+    c.grad_accum_steps = 50
+    c.num_epochs = 3.0
+    c.max_steps = 0
+    c.lr = 5e-4
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.98
+    c.adam_eps = 1e-6
+    c.weight_decay = 0.0
+    c.warmup_ratio = 0.05
+    c.max_grad_norm = 5.0
+    c.length_multiple = 32  # batches are padded to a multiple of this (few compiled shapes)
+
+    c.log_every = 50
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 2
+    c.save_model = True  # save_pretrained(<workdir>/student), loadable as DistilBertForMaskedLM
+    return c
+
+
+def check_recipe(config) -> None:
+    """Refuses recipes the reference's sanity checks refuse, before any compute."""
+    alphas = {k: config[k] for k in ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse")}
+    if min(alphas.values()) < 0 or sum(alphas.values()) <= 0:
+        raise ConfigError(f"The loss weights {alphas} must be non-negative with a positive sum.")
+    shares = config.word_mask + config.word_keep + config.word_rand
+    if abs(shares - 1.0) > 1e-6:
+        raise ConfigError(f"word_mask + word_keep + word_rand = {shares:g}, not 1.")
+    if not 0 < config.mlm_mask_prop < 1:
+        raise ConfigError(f"mlm_mask_prop={config.mlm_mask_prop} must be in (0, 1).")
+    if config.student_init not in ("teacher", "random"):
+        raise ConfigError(f"student_init={config.student_init!r} must be 'teacher' or 'random'.")
+    if config.temperature <= 0:
+        raise ConfigError(f"temperature={config.temperature} must be positive.")
+
+
+def load_teacher(config, mesh, rules):
+    """(teacher model, params, tokenizer): with its MLM head when the checkpoint has one."""
+    directory = hf.resolve(config.teacher)
+    saved, architectures = hf.read_config(directory)
+    if saved.model_type != "bert":
+        raise ConfigError(f"The teacher {config.teacher} is a {saved.model_type!r} model; "
+                          "distillation needs a BERT teacher.")
+    head = hf.head_from_architectures("bert", architectures)
+    needs_logits = config.alpha_ce > 0 or config.alpha_mse > 0
+    if head != "masked_lm" and needs_logits:
+        raise ConfigError(
+            f"The teacher {config.teacher} has no masked-LM head ({architectures}), so it gives no "
+            "soft targets: set --config.alpha_ce=0 --config.alpha_mse=0 (cosine + MLM only), or "
+            "use a teacher with an MLM head.")
+    place = lambda model: sharding.tree_shardings(hf.abstract_params(model), mesh, rules)
+    model, params = hf.from_pretrained(directory, head="masked_lm" if needs_logits else "base",
+                                       dtype=DTYPES[config.teacher_dtype], shardings=place)
+    return model, params, Tokenizer.from_pretrained(directory)
+
+
+def build_student(config, teacher, teacher_params, tokenizer):
+    """The student model and its initial params (teacher layers, or random)."""
+    cfg = student.student_config(teacher.config, config.student_layers)
+    model = modeling.DistilBertForMaskedLM(cfg, dtype=DTYPES[config.dtype])
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the student's "
+                          f"vocab_size is {cfg.vocab_size}; teacher and student must share a vocabulary.")
+    params = jax.device_get(hf.init_params(model, config.seed))
+    if config.student_init == "teacher":
+        layers = student.teacher_layers(teacher.config.num_hidden_layers, config.student_layers)
+        params, fresh = student.init_from_teacher(params, jax.device_get(teacher_params), layers)
+        log.info("Student layers from teacher layers %s%s", layers,
+                 f"; fresh: {', '.join(fresh)}" if fresh else "")
+    return model, params
+
+
+def make_distill_step(student_model, teacher_model, tx, config, probs, state_shardings,
+                      teacher_shardings, mesh, rules, mask_id: int):
+    """One update: mask on device, teacher forward (frozen), student forward, triple loss."""
+    terms_weights = dict(temperature=config.temperature, alpha_ce=config.alpha_ce,
+                         alpha_mlm=config.alpha_mlm, alpha_cos=config.alpha_cos,
+                         alpha_mse=config.alpha_mse, restrict_ce_to_mask=config.restrict_ce_to_mask)
+    vocab = student_model.config.vocab_size
+
+    def loss_fn(params, teacher_params, batch, key):
+        mask_key, dropout_key = jax.random.split(key)
+        ids, labels = corpus.mask_tokens(
+            mask_key, batch["input_ids"], batch["attention_mask"], probs,
+            mask_prop=config.mlm_mask_prop, word_mask=config.word_mask, word_keep=config.word_keep,
+            word_rand=config.word_rand, mask_id=mask_id, vocab_size=vocab)
+        mask = batch["attention_mask"]
+        teacher_out = teacher_model.apply({"params": teacher_params}, ids, attention_mask=mask,
+                                          output_hidden_states=True)
+        teacher_logits = getattr(teacher_out, "logits", None)
+        teacher_logits = None if teacher_logits is None else jax.lax.stop_gradient(teacher_logits)
+        teacher_hidden = jax.lax.stop_gradient(teacher_out.hidden_states[-1])
+        out = student_model.apply({"params": params}, ids, attention_mask=mask, deterministic=False,
+                                  rngs={"dropout": dropout_key}, output_hidden_states=True)
+        loss, terms = losses.distillation_loss(out.logits, teacher_logits, out.hidden_states[-1],
+                                               teacher_hidden, mask, labels, **terms_weights)
+        return loss, terms
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    accum = config.grad_accum_steps
+
+    def step(state, teacher_params, batch):
+        key = jax.random.fold_in(state.rng, state.step)
+        micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
+
+        def body(carry, xs):
+            index, micro_batch = xs
+            (loss, terms), grads = grad_fn(state.params, teacher_params, micro_batch,
+                                           jax.random.fold_in(key, index))
+            return jax.tree.map(jnp.add, carry, (loss, terms, grads)), None
+
+        shapes = jax.eval_shape(grad_fn, state.params, teacher_params,
+                                jax.tree.map(lambda x: x[0], micro), key)
+        (loss_shape, terms_shape), grads_shape = shapes
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                             (loss_shape, terms_shape, grads_shape))
+        (loss, terms, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+        loss, terms, grads = jax.tree.map(lambda x: x / accum, (loss, terms, grads))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"distill/loss": loss, **{f"distill/loss_{k}": v for k, v in terms.items()},
+                   "train/grad_norm": optax.global_norm(grads)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = jax.jit(step, in_shardings=(state_shardings, teacher_shardings,
+                                         sharding.batch_sharding(mesh)),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    return sharding.in_mesh(jitted, mesh, rules)
+
+
+def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Distils a student from `config.teacher` on `config.corpus_*`; returns the run's summary."""
+    check_recipe(config)
+    mesh = sharding.make_mesh(config.mesh)
+    rules = tuple(tuple(rule) for rule in config.rules)
+    teacher, teacher_params, tokenizer = load_teacher(config, mesh, rules)
+    student_model, params = build_student(config, teacher, teacher_params, tokenizer)
+    if student_model.config.dim != teacher.config.hidden_size:
+        raise ConfigError(f"The student's dim ({student_model.config.dim}) differs from the teacher's "
+                          f"hidden_size ({teacher.config.hidden_size}); the cosine loss needs them equal.")
+    corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
+    if not os.path.exists(os.path.join(corpus_dir, "meta.json")):
+        if not config.corpus_files:
+            raise ConfigError(f"No prepared corpus in {corpus_dir} and no corpus_files to prepare one.")
+        corpus.prepare(list(config.corpus_files), tokenizer, corpus_dir, config.max_length)
+    data = corpus.Corpus.load(corpus_dir)
+    if data.counts.shape[0] != student_model.config.vocab_size:
+        raise ConfigError(f"{corpus_dir} was tokenised with a {data.counts.shape[0]}-token vocabulary, "
+                          f"the student has {student_model.config.vocab_size}.")
+    os.makedirs(workdir, exist_ok=True)
+    write_config(config, workdir)
+
+    steps_per_epoch = len(data.lengths) // config.batch_size
+    total = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
+    schedule = train_state.linear_schedule(config.lr, total, int(config.warmup_ratio * total))
+    frozen = None
+    if config.freeze_positions:
+        frozen = lambda p: flax.traverse_util.unflatten_dict(
+            {k: "position_embeddings" in k for k in flax.traverse_util.flatten_dict(p)})
+    tx = train_state.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                           weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+                           frozen=frozen)
+    state_shardings = train_state.shardings(hf.abstract_params(student_model), tx, mesh, rules)
+    params = jax.device_put(params, state_shardings.params)
+    state = train_state.create(params, tx, config.seed, state_shardings)
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+    if checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state)
+        log.info("Resumed from %s at step %d", workdir, int(state.step))
+    start = int(state.step)
+
+    probs = jnp.asarray(corpus.token_probs(data.counts, tokenizer.all_special_ids, config.mlm_smoothing))
+    teacher_shardings = sharding.tree_shardings(hf.abstract_params(teacher), mesh, rules)
+    step = make_distill_step(student_model, teacher, tx, config, probs, state_shardings,
+                             teacher_shardings, mesh, rules, tokenizer.mask_token_id)
+    batches = prefetch(sharding.put_batch(b, mesh, config.batch_size) for b in data.batches(
+        config.batch_size, config.seed, start, tokenizer.pad_token_id, config.length_multiple,
+        process=(jax.process_index(), jax.process_count())))
+    writer = MetricWriter(workdir)
+    state = loop.run(state, lambda s, b: step(s, teacher_params, b), batches,
+                     loop.Schedule(total, config.log_every, config.checkpoint_every),
+                     workdir=workdir, checkpoints=checkpoints, writer=writer,
+                     progress=Progress(total, config.batch_size, start), learning_rate=schedule)
+    checkpoints.close()
+    writer.close()
+    if config.save_model:
+        params = sharding.to_host(state.params, mesh)
+        if jax.process_index() == 0:
+            hf.save_pretrained(os.path.join(workdir, "student"), student_model, params, tokenizer)
+    results = {"teacher": config.teacher, "student_layers": config.student_layers,
+               "sequences": int(len(data.lengths)), "total_steps": total, "steps_this_run": total - start}
+    write_json(os.path.join(workdir, "results.json"), results)
+    return results
