@@ -185,7 +185,8 @@ def make_distill_step(student_model, teacher_model, tx, config, probs, state_sha
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"distill/loss": loss, **{f"distill/loss_{k}": v for k, v in terms.items()},
-                   "train/grad_norm": optax.global_norm(grads)}
+                   "train/grad_norm": train_state.global_norm(grads),
+                   "train/param_norm": train_state.global_norm(params)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())

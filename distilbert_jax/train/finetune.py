@@ -155,18 +155,14 @@ def make_train_step(model, head: str, tx, accum_steps: int, state_shardings, mes
             loss, grads = jax.tree.map(lambda x: x / accum_steps, (loss, grads))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: p + u, state.params, updates)
-        metrics = {"train/loss": loss, "train/grad_norm": _global_norm(grads),
-                   "train/param_norm": _global_norm(params)}
+        metrics = {"train/loss": loss, "train/grad_norm": train_state.global_norm(grads),
+                   "train/param_norm": train_state.global_norm(params)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
     jitted = jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                      out_shardings=(state_shardings, replicated), donate_argnums=0)
     return sharding.in_mesh(jitted, mesh, rules)
-
-
-def _global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def make_eval_step(model, param_shardings, mesh, rules) -> Callable:

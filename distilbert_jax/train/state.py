@@ -26,6 +26,11 @@ class TrainState:
     rng: jax.Array  # a raw uint32[2] key, so checkpoints store it as a plain array
 
 
+def global_norm(tree) -> jax.Array:
+    """The float32 L2 norm of a whole tree (gradients, params) for logging."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 def decay_mask(params) -> Any:
     """True where weight decay applies: not on biases nor on LayerNorm scales (HF's no-decay rule)."""
     flat = flax.traverse_util.flatten_dict(params)

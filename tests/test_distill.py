@@ -1,0 +1,109 @@
+"""Distillation end to end on a tiny teacher: the loss falls, the student exports, resume is exact,
+and bad input stops before any compute."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+import distilbert_jax as dj
+from distilbert_jax.config import ConfigError
+from distilbert_jax.train import distill, loop
+from conftest import make_tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("teacher"), "bert_mlm")
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    rng = np.random.default_rng(0)
+    words = ["the", "movie", "was", "good", "and", "film", "is", "great", "paris", "city", "not", "bad"]
+    path.write_text("\n".join(" ".join(rng.choice(words, rng.integers(12, 40))) for _ in range(160)))
+    return str(path)
+
+
+def tiny(teacher, corpus_file, **overrides):
+    c = distill.default_config()
+    c.teacher, c.corpus_files = teacher, (corpus_file,)
+    c.max_length, c.length_multiple = 64, 16
+    c.student_layers, c.batch_size, c.grad_accum_steps = 1, 16, 2
+    c.max_steps, c.lr, c.log_every, c.checkpoint_every = 12, 1e-3, 1, 4
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def losses_of(workdir):
+    return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_distillation_loss_falls_and_the_student_exports(teacher, corpus_file, tmp_path):
+    results = distill.distill(tiny(teacher, corpus_file, max_steps=20), str(tmp_path / "run"))
+    assert results["steps_this_run"] == 20
+    lines = losses_of(tmp_path / "run")
+    assert {"distill/loss", "distill/loss_ce", "distill/loss_mlm", "distill/loss_cos"} <= set(lines[0])
+    first, last = np.mean([l["distill/loss"] for l in lines[:3]]), np.mean([l["distill/loss"] for l in lines[-3:]])
+    assert last < 0.9 * first
+    model, params = dj.from_pretrained(tmp_path / "run" / "student")
+    assert isinstance(model, dj.DistilBertForMaskedLM) and model.config.n_layers == 1
+    _, teacher_params = dj.from_pretrained(teacher)
+    np.testing.assert_array_equal(  # positions frozen at the teacher's
+        params["distilbert"]["embeddings"]["position_embeddings"]["embedding"],
+        teacher_params["bert"]["embeddings"]["position_embeddings"]["embedding"])
+    assert not np.allclose(  # everything else trained
+        params["distilbert"]["transformer"]["layer"]["0"]["ffn"]["lin1"]["kernel"],
+        teacher_params["bert"]["encoder"]["layer"]["0"]["intermediate"]["dense"]["kernel"])
+
+
+def test_crash_then_resume_equals_uninterrupted(teacher, corpus_file, tmp_path, monkeypatch):
+    config = tiny(teacher, corpus_file)
+    distill.distill(config, str(tmp_path / "straight"))
+    real = distill.make_distill_step
+
+    def crashing(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def run(state, teacher_params, batch):
+            if int(state.step) == 9:
+                raise KeyboardInterrupt("simulated crash")
+            return step(state, teacher_params, batch)
+        return run
+
+    monkeypatch.setattr(distill, "make_distill_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        distill.distill(config, str(tmp_path / "resumed"))
+    monkeypatch.setattr(distill, "make_distill_step", real)
+    results = distill.distill(config, str(tmp_path / "resumed"))
+    assert results["steps_this_run"] in (4, 8)  # from step 8, or 4 if the crash beat the async save
+    a = safetensors.numpy.load_file(str(tmp_path / "straight" / "student" / "model.safetensors"))
+    b = safetensors.numpy.load_file(str(tmp_path / "resumed" / "student" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_non_finite_loss_stops_naming_step_and_term(teacher, corpus_file, tmp_path):
+    config = tiny(teacher, corpus_file, lr=1e30, max_grad_norm=0.0, warmup_ratio=0.0, max_steps=6)
+    with pytest.raises(loop.TrainingError, match=r"distill/loss\w* became (nan|inf) at step \d"):
+        distill.distill(config, str(tmp_path / "run"))
+    assert os.path.isdir(tmp_path / "run" / "checkpoints")
+
+
+def test_bad_recipes_are_refused_before_compute(teacher, corpus_file, minilm_dir, tmp_path):
+    with pytest.raises(ConfigError, match="has no masked-LM head"):
+        distill.distill(tiny(minilm_dir, corpus_file), str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match="must be non-negative"):
+        distill.distill(tiny(teacher, corpus_file, alpha_cos=-1.0), str(tmp_path / "b"))
+    with pytest.raises(ConfigError, match="word_mask \\+ word_keep \\+ word_rand = 1.1"):
+        distill.distill(tiny(teacher, corpus_file, word_rand=0.2), str(tmp_path / "c"))
+    # a corpus tokenised with another vocabulary (the 30,522-token MiniLM one) is refused
+    distill.corpus.prepare([corpus_file], dj.Tokenizer.from_pretrained(minilm_dir), str(tmp_path / "corpus"), 64)
+    with pytest.raises(ConfigError, match="30522-token vocabulary, the student has 99"):
+        distill.distill(tiny(teacher, corpus_file, corpus_dir=str(tmp_path / "corpus")), str(tmp_path / "d"))
+    assert not any((tmp_path / d).exists() for d in "abcd")
