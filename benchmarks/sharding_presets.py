@@ -53,11 +53,11 @@ def step_time(mesh, steps: int = 5) -> float:
              "attention_mask": np.ones((32, 128), np.int32),
              "labels": rng.integers(0, 2, (32,)).astype(np.int32)}
     batch = sharding.put_batch(batch, mesh, 32)
-    state, metrics = step(state, batch)  # compile
+    state, metrics = step(state, None, batch)  # compile
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, batch)
+        state, metrics = step(state, None, batch)
     jax.block_until_ready(metrics)
     return (time.perf_counter() - start) / steps
 

@@ -151,3 +151,31 @@ def distillation_loss(student_logits, teacher_logits, student_hidden, teacher_hi
     weights = {"ce": alpha_ce, "mlm": alpha_mlm, "cos": alpha_cos, "mse": alpha_mse}
     loss = sum(weights[name] * value for name, value in terms.items())
     return loss, terms
+
+
+def task_distillation_loss(head: str, student_out, teacher_out, attention_mask, temperature: float,
+                           problem_type: str | None = None):
+    """The second distillation step's soft-target term for a task head (the paper's DistilBERT (D)).
+
+    Classification and multiple choice: T²·KL(teacher ‖ student) on the logits, batch mean;
+    regression: MSE between the two predictions; token classification: the per-token KL over real
+    tokens; question answering: the mean of the start and end KLs (run_squad_w_distillation).
+    """
+    def kl(s, t, mask):
+        total, count = soft_target_kl_sums(s, t, mask, temperature)
+        return total / jnp.maximum(count, 1)
+
+    if head == "question_answering":
+        mask = attention_mask.astype(bool)
+        # positions outside the window must not take probability: mask them out of both softmaxes
+        s_start, t_start, s_end, t_end = (jnp.where(mask, x.astype(jnp.float32), -1e9) for x in (
+            student_out.start_logits, teacher_out.start_logits, student_out.end_logits,
+            teacher_out.end_logits))
+        rows = jnp.ones(mask.shape[:1], bool)
+        return (kl(s_start, t_start, rows) + kl(s_end, t_end, rows)) / 2
+    s, t = student_out.logits, teacher_out.logits
+    if head == "token_classification":
+        return kl(s, t, attention_mask)
+    if head == "sequence_classification" and problem_type == "regression":
+        return jnp.mean((s.astype(jnp.float32) - t.astype(jnp.float32)) ** 2)
+    return kl(s, t, jnp.ones(s.shape[:1], bool))

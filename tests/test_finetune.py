@@ -141,3 +141,38 @@ def test_bfloat16_compute_keeps_float32_params(tiny_model, tmp_path):
     assert np.isfinite(results["eval"]["dev"]["accuracy"])
     model, params = dj.from_pretrained(tmp_path / "run" / "model")
     assert all(v.dtype == np.float32 for v in jax.tree.leaves(params))
+
+
+def test_task_distillation_from_a_fine_tuned_bert_teacher(tiny_model, tiny_bert, tmp_path):
+    """The second distillation step: a DistilBERT student learns from a fine-tuned BERT teacher."""
+    data = write_sst2(tmp_path / "SST-2")
+    finetune.train_and_evaluate(tiny_config(tiny_bert, data, "sst2"), str(tmp_path / "teacher"))
+    results = finetune.train_and_evaluate(
+        tiny_config(tiny_model, data, "sst2", teacher=str(tmp_path / "teacher" / "model")),
+        str(tmp_path / "student"))
+    assert results["teacher"] == str(tmp_path / "teacher" / "model")
+    assert 0.0 <= results["eval"]["dev"]["accuracy"] <= 1.0
+    with pytest.raises(finetune.TrainingError, match="needs a sequence_classification head"):
+        finetune.train_and_evaluate(tiny_config(tiny_model, data, "sst2", teacher=tiny_bert),
+                                    str(tmp_path / "bad"))
+
+
+def test_task_distillation_terms_against_numpy():
+    from types import SimpleNamespace as NS
+    from distilbert_jax import losses
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    T = 2.0
+    ls = s / T - np.log(np.exp(s / T).sum(-1, keepdims=True))
+    lt = t / T - np.log(np.exp(t / T).sum(-1, keepdims=True))
+    kl = (np.exp(lt) * (lt - ls)).sum(-1).mean() * T * T
+    mask = np.ones((4, 5))
+    got = losses.task_distillation_loss("sequence_classification", NS(logits=s), NS(logits=t), mask, T)
+    np.testing.assert_allclose(got, kl, rtol=1e-5)
+    reg = losses.task_distillation_loss("sequence_classification", NS(logits=s[:, :1]), NS(logits=t[:, :1]),
+                                        mask, T, "regression")
+    np.testing.assert_allclose(reg, np.mean((s[:, 0] - t[:, 0]) ** 2), rtol=1e-5)
+    qa = losses.task_distillation_loss("question_answering", NS(start_logits=s, end_logits=t),
+                                       NS(start_logits=t, end_logits=s), np.ones((4, 3)), T)
+    kl_ts = (np.exp(ls) * (ls - lt)).sum(-1).mean() * T * T
+    np.testing.assert_allclose(qa, (kl + kl_ts) / 2, rtol=1e-5)

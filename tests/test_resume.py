@@ -46,10 +46,10 @@ def test_crash_then_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatc
     def crashing(*args, **kwargs):  # dies while running step 7 (after the step-6 checkpoint)
         step_fn = real_step(*args, **kwargs)
 
-        def step(state, batch):
+        def step(state, teacher_params, batch):
             if int(state.step) == 6:
                 raise KeyboardInterrupt("simulated crash")
-            return step_fn(state, batch)
+            return step_fn(state, teacher_params, batch)
         return step
 
     monkeypatch.setattr(finetune, "make_train_step", crashing)

@@ -77,6 +77,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_splits = ("dev",)
     c.predict_splits = ()  # e.g. ("test",): GLUE-server / SQuAD prediction files
     c.save_model = True  # save_pretrained(<workdir>/model) at the end, loadable by transformers
+
+    # The second distillation step: a teacher fine-tuned on this task (empty: plain fine-tuning).
+    c.teacher = ""
+    c.task_alpha = 0.5
+    c.distill_alpha = 0.5
+    c.distill_temperature = 2.0
     return c
 
 
@@ -87,9 +93,11 @@ def build_task(config) -> Task:
                     **dict(config.get("task_options", {})))
 
 
-def load_model(config, task: Task, mesh, rules, require_trained_head: bool = False):
-    """(model, params, tokenizer) with the task's head and label space on `config.model`,
-    params placed on `mesh` by `rules`."""
+def load_model(config, task: Task, mesh, rules, require_trained_head: bool = False,
+               path: str | None = None):
+    """(model, params, tokenizer) with the task's head and label space on `path` (default
+    `config.model`), params placed on `mesh` by `rules`."""
+    path = path or config.model
     overrides = dict(config.get("model_overrides", {}))
     if task.label_names:
         overrides["id2label"] = tuple(task.label_names)
@@ -97,13 +105,13 @@ def load_model(config, task: Task, mesh, rules, require_trained_head: bool = Fal
         overrides["problem_type"] = task.problem_type
     if config.dtype not in DTYPES:
         raise TrainingError(f"dtype={config.dtype!r} is not one of {sorted(DTYPES)}.")
-    directory = hf.resolve(config.model)
+    directory = hf.resolve(path)
     if require_trained_head:
         saved, architectures = hf.read_config(directory)
         head = hf.head_from_architectures(saved.model_type, architectures)
         if head != task.head:
             raise TrainingError(
-                f"{config.model} is a {head} checkpoint ({architectures}); task {task.name} needs a "
+                f"{path} is a {head} checkpoint ({architectures}); task {task.name} needs a "
                 f"{task.head} head. Fine-tune it first, or evaluate a checkpoint trained on this task.")
     place = lambda model: sharding.tree_shardings(hf.abstract_params(model), mesh, rules)
     model, params = hf.from_pretrained(directory, head=task.head, num_labels=task.num_labels,
@@ -126,28 +134,45 @@ def encode_split(task: Task, split: str, tokenizer, config, token_types: bool,
     return task.encode(examples, tokenizer, config.max_length, token_types, train)
 
 
-def make_train_step(model, head: str, tx, accum_steps: int, state_shardings, mesh, rules) -> Callable:
-    """The jitted update: dropout key fold_in(rng, step), micro-batches by lax.scan, explicit
-    in/out shardings, the state donated."""
+def model_inputs(model, batch) -> dict:
+    """The batch entries `model` takes: DistilBERT has no token types (a BERT teacher may)."""
+    keys = MODEL_INPUTS if model.config.model_type == "bert" else MODEL_INPUTS[:2]
+    return {k: batch[k] for k in keys if k in batch}
 
-    def loss_fn(params, batch, key):
-        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+def make_train_step(model, head: str, tx, accum_steps: int, state_shardings, mesh, rules,
+                    teacher=None, teacher_shardings=None, distillation=None) -> Callable:
+    """The jitted update: dropout key fold_in(rng, step), micro-batches by lax.scan, explicit
+    in/out shardings, the state donated. With a fine-tuned `teacher`, the loss is
+    task_alpha·task loss + distill_alpha·soft-target loss (`distillation` holds the alphas and T);
+    the step then takes the teacher's params as its second argument."""
+
+    def loss_fn(params, teacher_params, batch, key):
         targets = {k: v for k, v in batch.items() if k not in MODEL_INPUTS and k != "weights"}
-        out = model.apply({"params": params}, **inputs, deterministic=False, rngs={"dropout": key})
-        return losses.head_loss(head, out, targets, model.config)
+        out = model.apply({"params": params}, **model_inputs(model, batch), deterministic=False,
+                          rngs={"dropout": key})
+        loss = losses.head_loss(head, out, targets, model.config)
+        if teacher is None:
+            return loss
+        teacher_out = jax.lax.stop_gradient(
+            teacher.apply({"params": teacher_params}, **model_inputs(teacher, batch)))
+        soft = losses.task_distillation_loss(head, out, teacher_out, batch["attention_mask"],
+                                             distillation["temperature"], model.config.problem_type)
+        return distillation["task_alpha"] * loss + distillation["distill_alpha"] * soft
 
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def step(state: train_state.TrainState, batch):
+    def step(state: train_state.TrainState, teacher_params, batch):
         key = jax.random.fold_in(state.rng, state.step)
         if accum_steps == 1:
-            loss, grads = grad_fn(state.params, batch, key)
+            loss, grads = grad_fn(state.params, teacher_params, batch, key)
         else:
             micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
 
             def body(carry, xs):
                 index, micro_batch = xs
-                loss, grads = grad_fn(state.params, micro_batch, jax.random.fold_in(key, index))
+                loss, grads = grad_fn(state.params, teacher_params, micro_batch,
+                                      jax.random.fold_in(key, index))
                 return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
             zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
@@ -160,15 +185,15 @@ def make_train_step(model, head: str, tx, accum_steps: int, state_shardings, mes
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+    jitted = jax.jit(step, in_shardings=(state_shardings, teacher_shardings or replicated,
+                                         sharding.batch_sharding(mesh)),
                      out_shardings=(state_shardings, replicated), donate_argnums=0)
     return sharding.in_mesh(jitted, mesh, rules)
 
 
 def make_eval_step(model, param_shardings, mesh, rules) -> Callable:
     def step(params, batch):
-        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-        out = model.apply({"params": params}, **inputs)
+        out = model.apply({"params": params}, **model_inputs(model, batch))
         return {k: getattr(out, k).astype(jnp.float32)
                 for k in ("logits", "start_logits", "end_logits") if getattr(out, k, None) is not None}
     jitted = jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
@@ -233,7 +258,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     check_batch_sizes(config, mesh)
     task = build_task(config)
     model, params, tokenizer = load_model(config, task, mesh, rules)
-    token_types = model.config.model_type == "bert"
+    teacher = teacher_params = teacher_shardings = None
+    if config.teacher:
+        teacher, teacher_params, teacher_tokenizer = load_model(
+            config, task, mesh, rules, require_trained_head=True, path=config.teacher)
+        if teacher_tokenizer.backend.get_vocab() != tokenizer.backend.get_vocab():
+            raise TrainingError(f"The teacher {config.teacher} tokenizes differently from "
+                                f"{config.model}; task distillation needs one vocabulary.")
+        teacher_shardings = sharding.tree_shardings(hf.abstract_params(teacher), mesh, rules)
+    token_types = any(m is not None and m.config.model_type == "bert" for m in (model, teacher))
     train = encode_split(task, "train", tokenizer, config, token_types, train=True)
     evals = {s: encode_split(task, s, tokenizer, config, token_types, train=False)
              for s in config.eval_splits}
@@ -254,8 +287,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = checkpoints.restore(state)  # onto this run's shardings, whatever mesh wrote it
         log.info("Resumed from %s at step %d", workdir, int(state.step))
     start = int(state.step)
+    distillation = {"task_alpha": config.task_alpha, "distill_alpha": config.distill_alpha,
+                    "temperature": config.distill_temperature}
     train_step = make_train_step(model, task.head, tx, config.grad_accum_steps, state_shardings,
-                                 mesh, rules)
+                                 mesh, rules, teacher, teacher_shardings, distillation)
     eval_step = make_eval_step(model, state_shardings.params, mesh, rules)
     writer = MetricWriter(workdir)
     process = (jax.process_index(), jax.process_count())
@@ -263,7 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train, config.batch_size, config.seed, start, tokenizer.pad_token_id, tuple(config.buckets),
         process))
     results: dict[str, Any] = {"task": task.name, "model": config.model, "total_steps": total_steps,
-                               "train_examples": len(train), "mesh": dict(mesh.shape)}
+                               "train_examples": len(train), "mesh": dict(mesh.shape),
+                               "teacher": config.teacher or None}
     evaluate = lambda params, splits, predictions=None: evaluate_splits(
         eval_step, params, task, splits, config, tokenizer.pad_token_id, mesh, predictions)
 
@@ -285,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     started = time.perf_counter()
     state = loop.run(
-        state, train_step, batches,
+        state, lambda state, batch: train_step(state, teacher_params, batch), batches,
         loop.Schedule(total_steps, config.log_every, config.checkpoint_every,
                       config.eval_every or steps_per_epoch),
         workdir=workdir, checkpoints=checkpoints, writer=writer,
