@@ -2,7 +2,7 @@
 
     python -m distilbert_jax.main --config=configs/glue.py:sst2 --workdir=/path/run [--config.lr=3e-5 ...]
 
-`config.job` picks the job ('finetune', 'evaluate' or 'distill'); the work lives in importable functions that
+`config.job` picks the job ('finetune', 'evaluate', 'distill' or 'fit_teacher_head'); the work lives in importable functions that
 tests and notebooks call directly.
 """
 
@@ -31,7 +31,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
 JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_only,
-        "distill": distill.distill}
+        "distill": distill.distill, "fit_teacher_head": distill.fit_teacher_head}
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, finetune.TrainingError)
 
 

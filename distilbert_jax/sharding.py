@@ -100,6 +100,8 @@ def tree_shardings(boxed_abstract, mesh: Mesh, rules=RULES):
     """NamedShardings for a tree whose leaves are `nn.LogicallyPartitioned` (others: replicated)."""
     def one(leaf):
         if isinstance(leaf, nn.LogicallyPartitioned):
+            if not hasattr(leaf.value, "shape"):  # e.g. optax's MaskedNode: no array to place
+                return leaf.value
             return NamedSharding(mesh, spec_for(leaf.names, leaf.value.shape, mesh, rules))
         return NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(one, boxed_abstract, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))

@@ -107,3 +107,22 @@ def test_bad_recipes_are_refused_before_compute(teacher, corpus_file, minilm_dir
     with pytest.raises(ConfigError, match="30522-token vocabulary, the student has 99"):
         distill.distill(tiny(teacher, corpus_file, corpus_dir=str(tmp_path / "corpus")), str(tmp_path / "d"))
     assert not any((tmp_path / d).exists() for d in "abcd")
+
+
+def test_fit_a_head_on_a_bare_teacher_then_distil_with_soft_targets(teacher, corpus_file, tmp_path):
+    bare = tmp_path / "bare"
+    model, params = dj.from_pretrained(teacher, head="base")
+    dj.save_pretrained(bare, model, params, dj.Tokenizer.from_pretrained(teacher))
+    config = tiny(str(bare), corpus_file, job="fit_teacher_head", max_steps=20, lr=1e-2)
+    distill.fit_teacher_head(config, str(tmp_path / "head"))
+    lines = losses_of(tmp_path / "head")
+    assert lines[-1]["head/mlm_loss"] < lines[0]["head/mlm_loss"]
+    fitted, fitted_params = dj.from_pretrained(tmp_path / "head" / "teacher")
+    assert isinstance(fitted, dj.BertForMaskedLM)
+    np.testing.assert_array_equal(  # the encoder did not move
+        fitted_params["bert"]["encoder"]["layer"]["1"]["output"]["dense"]["kernel"],
+        params["encoder"]["layer"]["1"]["output"]["dense"]["kernel"])
+    results = distill.distill(tiny(str(tmp_path / "head" / "teacher"), corpus_file, max_steps=2),
+                              str(tmp_path / "student"))
+    assert results["steps_this_run"] == 2
+    assert "distill/loss_ce" in losses_of(tmp_path / "student")[0]

@@ -259,3 +259,78 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                "sequences": int(len(data.lengths)), "total_steps": total, "steps_this_run": total - start}
     write_json(os.path.join(workdir, "results.json"), results)
     return results
+
+
+def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Gives a bare BERT teacher (all-MiniLM-L6-v2 ships without one) a masked-LM head: the
+    transform and output bias are trained on the corpus with MLM, the encoder and the tied word
+    embeddings frozen. Saves `<workdir>/teacher`, a BertForMaskedLM to distil from with α_ce > 0."""
+    mesh = sharding.make_mesh(config.mesh)
+    rules = tuple(tuple(rule) for rule in config.rules)
+    directory = hf.resolve(config.teacher)
+    place = lambda model: sharding.tree_shardings(hf.abstract_params(model), mesh, rules)
+    model, params = hf.from_pretrained(directory, head="masked_lm", seed=config.seed, shardings=place)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
+    if not os.path.exists(os.path.join(corpus_dir, "meta.json")):
+        if not config.corpus_files:
+            raise ConfigError(f"No prepared corpus in {corpus_dir} and no corpus_files to prepare one.")
+        corpus.prepare(list(config.corpus_files), tokenizer, corpus_dir, config.max_length)
+    data = corpus.Corpus.load(corpus_dir)
+    os.makedirs(workdir, exist_ok=True)
+    write_config(config, workdir)
+
+    total = config.max_steps if config.max_steps > 0 else int(
+        config.num_epochs * (len(data.lengths) // config.batch_size))
+    schedule = train_state.linear_schedule(config.lr, total, int(config.warmup_ratio * total))
+    encoder_frozen = lambda p: flax.traverse_util.unflatten_dict(
+        {path: path[0] != "cls" for path in flax.traverse_util.flatten_dict(p)})
+    tx = train_state.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                           weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+                           frozen=encoder_frozen)
+    state_shardings = train_state.shardings(hf.abstract_params(model), tx, mesh, rules)
+    state = train_state.create(params, tx, config.seed, state_shardings)
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+    if checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state)
+    start = int(state.step)
+    probs = jnp.asarray(corpus.token_probs(data.counts, tokenizer.all_special_ids, config.mlm_smoothing))
+
+    def loss_fn(params, batch, key):
+        params = {"bert": jax.lax.stop_gradient(params["bert"]), "cls": params["cls"]}
+        ids, labels = corpus.mask_tokens(
+            key, batch["input_ids"], batch["attention_mask"], probs, mask_prop=config.mlm_mask_prop,
+            word_mask=config.word_mask, word_keep=config.word_keep, word_rand=config.word_rand,
+            mask_id=tokenizer.mask_token_id, vocab_size=model.config.vocab_size)
+        out = model.apply({"params": params}, ids, attention_mask=batch["attention_mask"])
+        return losses.masked_lm_loss(out.logits, labels)
+
+    def step(state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch,
+                                                  jax.random.fold_in(state.rng, state.step))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return (state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+                {"head/mlm_loss": loss})
+
+    jitted = sharding.in_mesh(jax.jit(
+        step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0),
+        mesh, rules)
+    batches = prefetch(sharding.put_batch(b, mesh, config.batch_size) for b in data.batches(
+        config.batch_size, config.seed, start, tokenizer.pad_token_id, config.length_multiple,
+        process=(jax.process_index(), jax.process_count())))
+    writer = MetricWriter(workdir)
+    state = loop.run(state, jitted, batches,
+                     loop.Schedule(total, config.log_every, config.checkpoint_every),
+                     workdir=workdir, checkpoints=checkpoints, writer=writer,
+                     progress=Progress(total, config.batch_size, start), learning_rate=schedule)
+    checkpoints.close()
+    writer.close()
+    params = sharding.to_host(state.params, mesh)
+    if jax.process_index() == 0:
+        hf.save_pretrained(os.path.join(workdir, "teacher"), model, params, tokenizer)
+    results = {"teacher": config.teacher, "total_steps": total,
+               "saved": os.path.join(workdir, "teacher")}
+    write_json(os.path.join(workdir, "results.json"), results)
+    return results
