@@ -5,10 +5,11 @@ import os
 
 import pytest
 
-from distilbert_jax.train import finetune
+from distilbert_jax.train import distill, finetune
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-CASES = [("smoke.py", ""), ("squad.py", "v1"), ("squad.py", "v2"), ("ner.py", "iob1"),
+CASES = [("distill.py", p) for p in ("paper", "minilm_head", "mini", "mini_no_ce", "mini_no_cos",
+                                      "mini_random")] + [("smoke.py", ""), ("squad.py", "v1"), ("squad.py", "v2"), ("ner.py", "iob1"),
          ("ner.py", "iob2"), ("swag.py", "")] + [
     ("glue.py", t) for t in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli",
                              "rte,minilm")]
@@ -24,9 +25,10 @@ def load(name):
 @pytest.mark.parametrize("name, arg", CASES)
 def test_config_loads_with_known_fields(name, arg):
     config = load(name).get_config(arg)
-    known = set(finetune.default_config().keys()) | {"sweep"}
+    defaults = distill.default_config() if name == "distill.py" else finetune.default_config()
+    known = set(defaults.keys()) | {"sweep"}
     assert set(config.keys()) <= known
-    assert config.task
+    assert config.job in ("finetune", "distill", "fit_teacher_head")
 
 
 def test_unknown_argument_is_refused():
