@@ -126,3 +126,46 @@ def test_fit_a_head_on_a_bare_teacher_then_distil_with_soft_targets(teacher, cor
                               str(tmp_path / "student"))
     assert results["steps_this_run"] == 2
     assert "distill/loss_ce" in losses_of(tmp_path / "student")[0]
+
+
+def test_corpus_preparation_splits_cleans_counts_and_resumes(minilm_dir, tmp_path):
+    from distilbert_jax.data import corpus
+    tok = dj.Tokenizer.from_pretrained(minilm_dir)
+    long_line = " ".join(["word"] * 300)
+    lines = ["short line", long_line, "[UNK] " * 20, "a sentence with exactly enough words to be kept here ok"]
+    (tmp_path / "a.txt").write_text("\n".join(lines) + "\n\n")
+    meta = corpus.prepare([str(tmp_path / "a.txt")], tok, str(tmp_path / "c"), max_length=128, chunk_lines=2)
+    data = corpus.Corpus.load(str(tmp_path / "c"))
+    # 300 words -> 302 tokens -> pieces of 127, 128, 51; the 4-token line and the [UNK] line are dropped
+    assert sorted(data.lengths.tolist()) == [13, 51, 127, 128]
+    for i in range(len(data.lengths)):
+        seq = data.sequence(i)
+        assert seq[0] == tok.cls_token_id and seq[-1] == tok.sep_token_id
+    assert data.counts[tok.convert_tokens_to_ids(["word"])[0]] == 300
+    assert meta["sequences"] == 4 and not list((tmp_path / "c").glob("part-*"))
+    # an interrupted preparation (a chunk file left, no meta.json) keeps finished chunks: chunk 0
+    # (lines 1-2) is taken from its file, here emptied to prove it is not tokenised again
+    os.remove(tmp_path / "c" / "meta.json")
+    np.savez(tmp_path / "c" / "part-000000.npz", tokens=np.zeros(0, np.uint16), lengths=np.zeros(0, np.int32))
+    corpus.prepare([str(tmp_path / "a.txt")], tok, str(tmp_path / "c"), max_length=128, chunk_lines=2)
+    assert corpus.Corpus.load(str(tmp_path / "c")).lengths.tolist() == [13]
+    with pytest.raises(corpus.DataError, match="does not exist"):
+        corpus.prepare([str(tmp_path / "missing.txt")], tok, str(tmp_path / "d"))
+    assert not (tmp_path / "d").exists()
+
+
+def test_length_grouped_batches_are_a_function_of_the_step(minilm_dir, tmp_path):
+    from distilbert_jax.data import corpus
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(12, 100, 300).astype(np.int32)
+    tokens = rng.integers(1000, 2000, lengths.sum()).astype(np.uint16)
+    data = corpus.Corpus(tokens, lengths, np.bincount(tokens, minlength=30522))
+    straight = data.batches(8, 3, 0, 0, length_multiple=16)
+    batches = [next(straight) for _ in range(50)]  # crosses an epoch (37 batches each)
+    resumed = data.batches(8, 3, 41, 0, length_multiple=16)
+    np.testing.assert_array_equal(next(resumed)["input_ids"], batches[41]["input_ids"])
+    for b in batches:
+        real = b["attention_mask"].sum(1)
+        assert b["input_ids"].shape[1] % 16 == 0 and b["input_ids"].shape[1] - real.max() < 16
+    spread = np.mean([np.ptp(b["attention_mask"].sum(1)) for b in batches])
+    assert spread < 20  # grouped by length: far less spread than random batches (~70)

@@ -91,8 +91,6 @@ def clean(sequences: list[np.ndarray], unk_id: int, max_unk_fraction: float = 0.
 
 def _lines(files: Sequence[str]) -> Iterator[str]:
     for path in files:
-        if not os.path.isfile(path):
-            raise DataError(f"Corpus file {path!r} does not exist.")
         with open(path, encoding="utf-8") as f:
             for line in f:
                 line = line.strip()
@@ -111,6 +109,9 @@ def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             return json.load(f)
+    for path in files:
+        if not os.path.isfile(path):
+            raise DataError(f"Corpus file {path!r} does not exist.")
     os.makedirs(out_dir, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
     start, total_bytes = time.perf_counter(), sum(os.path.getsize(f) for f in files if os.path.isfile(f))
@@ -231,3 +232,30 @@ class Corpus:
             group = group[np.argsort(self.lengths[group], kind="stable")]
             batches.extend(group[i:i + batch_size] for i in range(0, len(group) - batch_size + 1, batch_size))
         return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def main(argv=None):
+    """python -m distilbert_jax.data.corpus --tokenizer=<teacher dir> --out=<dir> FILE [FILE ...]"""
+    import argparse
+
+    from distilbert_jax import hf
+    from distilbert_jax.tokenizer import Tokenizer
+
+    parser = argparse.ArgumentParser(description="Tokenise text files (one sequence per line) "
+                                                 "into a distillation corpus.")
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--tokenizer", required=True, help="the teacher's checkpoint dir or hub id")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--max_length", type=int, default=512)
+    args = parser.parse_args(argv)
+    try:
+        tokenizer = Tokenizer.from_pretrained(hf.resolve(args.tokenizer))
+        meta = prepare(args.files, tokenizer, args.out, args.max_length)
+    except (DataError, hf.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(meta, indent=2))
+
+
+if __name__ == "__main__":
+    main()
