@@ -15,7 +15,7 @@ from conftest import make_tiny_model_dir  # noqa: E402
 from test_finetune import tiny_config, write_sst2  # noqa: E402
 
 from distilbert_jax import distributed, hf, sharding  # noqa: E402
-from distilbert_jax.train import checkpoint, finetune  # noqa: E402
+from distilbert_jax.train import checkpoint, distill, finetune  # noqa: E402
 from distilbert_jax.train import state as train_state  # noqa: E402
 
 
@@ -31,6 +31,30 @@ def restore_params(config, workdir, mesh, rules):
     return checkpoint.Checkpoints(workdir).restore(target).params
 
 
+def read_losses(run_dir, key):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line)[key] for line in f if key in line]
+
+
+def run_distill(inputs, mesh_name, run_dir):
+    """Four distillation steps of a 1-layer student from the tiny BERT teacher; (params, losses)."""
+    teacher = make_tiny_model_dir(os.path.join(inputs, "teacher"), "bert_mlm")
+    text = os.path.join(inputs, "corpus.txt")
+    rng = np.random.default_rng(0)
+    words = ["the", "movie", "was", "good", "and", "film", "is", "great", "paris", "city"]
+    with open(text, "w") as f:
+        f.write("\n".join(" ".join(rng.choice(words, rng.integers(12, 40))) for _ in range(64)))
+    c = distill.default_config()
+    c.teacher, c.corpus_files, c.max_length, c.length_multiple = teacher, (text,), 64, 16
+    c.student_layers, c.batch_size, c.grad_accum_steps, c.max_steps = 1, 16, 2, 4
+    c.lr, c.log_every, c.save_model, c.mesh = 1e-3, 1, True, mesh_name
+    distill.distill(c, run_dir)
+    if jax.process_index() != 0:  # process 0 exported the student
+        return None, None
+    _, params = hf.from_pretrained(os.path.join(run_dir, "student"))
+    return params, read_losses(run_dir, "distill/loss")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--mesh", default="dp")
@@ -40,23 +64,32 @@ def main():
     parser.add_argument("--coordinator", default="", help="host:port: run as one of several processes")
     parser.add_argument("--num_processes", type=int, default=1)
     parser.add_argument("--process_id", type=int, default=0)
+    parser.add_argument("--job", default="finetune", choices=("finetune", "distill"))
     args = parser.parse_args()
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     inputs = os.path.join(args.workdir, f"inputs_{jax.process_index()}")
+    mesh = sharding.make_mesh(args.mesh)
+    run_dir = args.restore_from or os.path.join(args.workdir, "run")
+    if args.job == "distill":
+        params, losses = run_distill(inputs, args.mesh, run_dir)
+        if params is not None:
+            flat = flax.traverse_util.flatten_dict(jax.device_get(params), sep="/")
+            np.savez(args.out, **flat)
+            with open(args.out + ".json", "w") as f:
+                json.dump({"devices": jax.device_count(), "losses": losses}, f)
+        return
     model_dir = make_tiny_model_dir(os.path.join(inputs, "model_in"))
     data = write_sst2(os.path.join(inputs, "SST-2"))
     config = tiny_config(model_dir, data, "sst2", mesh=args.mesh, max_steps=4, batch_size=16,
                          eval_batch_size=16, log_every=1, save_model=False)
-    mesh = sharding.make_mesh(args.mesh)
     rules = tuple(tuple(r) for r in config.rules)
     losses = []
-    run_dir = args.restore_from or os.path.join(args.workdir, "run")
     if not args.restore_from:
         finetune.train_and_evaluate(config, run_dir)
-        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            losses = [json.loads(line)["train/loss"] for line in f if "train/loss" in line]
-    params = flax.traverse_util.flatten_dict(restore_params(config, run_dir, mesh, rules), sep="/")
+        losses = read_losses(run_dir, "train/loss")
+    params = restore_params(config, run_dir, mesh, rules)
+    params = flax.traverse_util.flatten_dict(params, sep="/")
     host_params = sharding.to_host(params, mesh)
     if jax.process_index() != 0:
         return

@@ -15,11 +15,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 
-def run(mesh, tmp_path, devices, restore_from=""):
-    out = tmp_path / f"{mesh}_{devices}.npz"
+def run(mesh, tmp_path, devices, restore_from="", job="finetune"):
+    out = tmp_path / f"{job}_{mesh}_{devices}.npz"
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "PYTHONPATH": REPO}
-    command = [sys.executable, os.path.join(HERE, "sharded_run.py"), f"--mesh={mesh}",
+    command = [sys.executable, os.path.join(HERE, "sharded_run.py"), f"--mesh={mesh}", f"--job={job}",
                f"--workdir={tmp_path / f'{mesh}_{devices}'}", f"--out={out}"]
     if restore_from:
         command.append(f"--restore_from={restore_from}")
@@ -35,18 +35,27 @@ def single_device(tmp_path_factory):
     return run("dp", tmp_path_factory.mktemp("single"), 1)
 
 
-@pytest.mark.parametrize("mesh", ["dp", "fsdp", "tp", "fsdp_tp"])
-def test_preset_equals_single_device(mesh, single_device, tmp_path):
-    params, info = run(mesh, tmp_path, 8)
-    reference, reference_info = single_device
-    assert info["devices"] == 8
-    np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
+@pytest.fixture(scope="module")
+def single_device_distill(tmp_path_factory):
+    return run("dp", tmp_path_factory.mktemp("single_distill"), 1, job="distill")
+
+
+def assert_close_params(params, reference):
     for name, value in reference.items():
         if name.endswith("k_lin/bias"):
             # Softmax ignores a constant added to every key score, so this bias's gradient is zero in
             # exact arithmetic; Adam turns the rounding noise left in it into lr-sized steps.
             continue
         np.testing.assert_allclose(params[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("mesh", ["dp", "fsdp", "tp", "fsdp_tp"])
+def test_preset_equals_single_device(mesh, single_device, tmp_path):
+    params, info = run(mesh, tmp_path, 8)
+    reference, reference_info = single_device
+    assert info["devices"] == 8
+    np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
+    assert_close_params(params, reference)
     specs = info["specs"]
     q = "distilbert/transformer/layer/0/attention/q_lin/kernel"
     out = "distilbert/transformer/layer/0/attention/out_lin/kernel"
@@ -81,25 +90,46 @@ def test_mesh_from_config():
         sharding.make_mesh("data=2")
 
 
-def test_two_processes_equal_one_device(single_device, tmp_path):
+def two_processes(tmp_path, job):
     """2 processes x 4 CPU devices on localhost through jax.distributed, FSDP over all 8."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "multihost.npz"
+    out = tmp_path / f"multihost_{job}.npz"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PYTHONPATH": REPO}
     processes = [subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "sharded_run.py"), "--mesh=fsdp", f"--workdir={tmp_path / 'w'}",
-         f"--out={out}", f"--coordinator=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+        [sys.executable, os.path.join(HERE, "sharded_run.py"), "--mesh=fsdp", f"--job={job}",
+         f"--workdir={tmp_path / 'w'}", f"--out={out}", f"--coordinator=localhost:{port}",
+         "--num_processes=2", f"--process_id={i}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
     for p in processes:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
-    info = json.load(open(str(out) + ".json"))
-    assert info["devices"] == 8
+    with np.load(out) as data:
+        params = {k: data[k] for k in data.files}
+    return params, json.load(open(str(out) + ".json"))
+
+
+def test_two_processes_equal_one_device(single_device, tmp_path):
+    params, info = two_processes(tmp_path, "finetune")
     reference, reference_info = single_device
+    assert info["devices"] == 8
     np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
-    with np.load(out) as params:
-        for name, value in reference.items():
-            if not name.endswith("k_lin/bias"):  # see test_preset_equals_single_device
-                np.testing.assert_allclose(params[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+    assert_close_params(params, reference)
+
+
+@pytest.mark.parametrize("mesh", ["fsdp", "tp"])
+def test_distillation_on_a_mesh_equals_single_device(mesh, single_device_distill, tmp_path):
+    """Teacher and student sharded by the same rules give the single-device distillation."""
+    params, info = run(mesh, tmp_path, 8, job="distill")
+    reference, reference_info = single_device_distill
+    np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
+    assert_close_params(params, reference)
+
+
+def test_two_processes_distill_equal_one_device(single_device_distill, tmp_path):
+    params, info = two_processes(tmp_path, "distill")
+    reference, reference_info = single_device_distill
+    assert info["devices"] == 8
+    np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
+    assert_close_params(params, reference)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from distilbert_jax import hf, losses, modeling, sharding, student
@@ -120,7 +121,7 @@ def load_teacher(config, mesh, rules):
     return model, params, Tokenizer.from_pretrained(directory)
 
 
-def build_student(config, teacher, teacher_params, tokenizer):
+def build_student(config, teacher, teacher_params, tokenizer, mesh):
     """The student model and its initial params (teacher layers, or random)."""
     cfg = student.student_config(teacher.config, config.student_layers)
     model = modeling.DistilBertForMaskedLM(cfg, dtype=DTYPES[config.dtype])
@@ -130,10 +131,24 @@ def build_student(config, teacher, teacher_params, tokenizer):
     params = jax.device_get(hf.init_params(model, config.seed))
     if config.student_init == "teacher":
         layers = student.teacher_layers(teacher.config.num_hidden_layers, config.student_layers)
-        params, fresh = student.init_from_teacher(params, jax.device_get(teacher_params), layers)
+        params, fresh = student.init_from_teacher(params, sharding.to_host(teacher_params, mesh), layers)
         log.info("Student layers from teacher layers %s%s", layers,
                  f"; fresh: {', '.join(fresh)}" if fresh else "")
     return model, params
+
+
+def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
+    """The prepared corpus, tokenising `corpus_files` first if needed (process 0 only; the others
+    wait for it, so no two processes write the same files)."""
+    corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
+    if not os.path.exists(os.path.join(corpus_dir, "meta.json")):
+        if not config.corpus_files:
+            raise ConfigError(f"No prepared corpus in {corpus_dir} and no corpus_files to prepare one.")
+        if jax.process_index() == 0:
+            corpus.prepare(list(config.corpus_files), tokenizer, corpus_dir, config.max_length)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("corpus prepared")
+    return corpus.Corpus.load(corpus_dir)
 
 
 def make_distill_step(student_model, teacher_model, tx, config, probs, state_shardings,
@@ -202,16 +217,11 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = sharding.make_mesh(config.mesh)
     rules = tuple(tuple(rule) for rule in config.rules)
     teacher, teacher_params, tokenizer = load_teacher(config, mesh, rules)
-    student_model, params = build_student(config, teacher, teacher_params, tokenizer)
+    student_model, params = build_student(config, teacher, teacher_params, tokenizer, mesh)
     if student_model.config.dim != teacher.config.hidden_size:
         raise ConfigError(f"The student's dim ({student_model.config.dim}) differs from the teacher's "
                           f"hidden_size ({teacher.config.hidden_size}); the cosine loss needs them equal.")
-    corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
-    if not os.path.exists(os.path.join(corpus_dir, "meta.json")):
-        if not config.corpus_files:
-            raise ConfigError(f"No prepared corpus in {corpus_dir} and no corpus_files to prepare one.")
-        corpus.prepare(list(config.corpus_files), tokenizer, corpus_dir, config.max_length)
-    data = corpus.Corpus.load(corpus_dir)
+    data = load_corpus(config, tokenizer, workdir)
     if data.counts.shape[0] != student_model.config.vocab_size:
         raise ConfigError(f"{corpus_dir} was tokenised with a {data.counts.shape[0]}-token vocabulary, "
                           f"the student has {student_model.config.vocab_size}.")
@@ -271,12 +281,7 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     place = lambda model: sharding.tree_shardings(hf.abstract_params(model), mesh, rules)
     model, params = hf.from_pretrained(directory, head="masked_lm", seed=config.seed, shardings=place)
     tokenizer = Tokenizer.from_pretrained(directory)
-    corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
-    if not os.path.exists(os.path.join(corpus_dir, "meta.json")):
-        if not config.corpus_files:
-            raise ConfigError(f"No prepared corpus in {corpus_dir} and no corpus_files to prepare one.")
-        corpus.prepare(list(config.corpus_files), tokenizer, corpus_dir, config.max_length)
-    data = corpus.Corpus.load(corpus_dir)
+    data = load_corpus(config, tokenizer, workdir)
     os.makedirs(workdir, exist_ok=True)
     write_config(config, workdir)
 
