@@ -52,7 +52,8 @@ def _ours(model, params, inputs):
                          else getattr(out, name))
 
 
-@pytest.mark.parametrize("index, name", enumerate(sorted(os.listdir(os.path.join(FIXTURES, "models")))))
+@pytest.mark.parametrize("index, name",
+                         list(enumerate(sorted(os.listdir(os.path.join(FIXTURES, "models"))))))
 def test_transformers_checkpoint_loads_here_and_ours_loads_there(index, name, make_reference, tmp_path):
     import torch
     import transformers

@@ -223,7 +223,8 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                           f"hidden_size ({teacher.config.hidden_size}); the cosine loss needs them equal.")
     data = load_corpus(config, tokenizer, workdir)
     if data.counts.shape[0] != student_model.config.vocab_size:
-        raise ConfigError(f"{corpus_dir} was tokenised with a {data.counts.shape[0]}-token vocabulary, "
+        raise ConfigError(f"The corpus {config.corpus_dir or os.path.join(workdir, 'corpus')} was "
+                          f"tokenised with a {data.counts.shape[0]}-token vocabulary, "
                           f"the student has {student_model.config.vocab_size}.")
     os.makedirs(workdir, exist_ok=True)
     write_config(config, workdir)
