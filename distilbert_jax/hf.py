@@ -267,10 +267,12 @@ def _init_shape(model, input_shape):
     return (1, *input_shape) if isinstance(model, choice) and len(input_shape) == 2 else input_shape
 
 
-def init_params(model: nn.Module, seed: int = 0, input_shape=(1, 1)) -> Params:
-    """Freshly initialised params (HF's initialisation), unboxed."""
+def init_params(model: nn.Module, seed: int = 0, input_shape=(1, 1), shardings=None) -> Params:
+    """Freshly initialised params (HF's initialisation), unboxed; created directly in `shardings`
+    (a tree like the params') when given, so no device ever holds a full copy."""
     ids = jnp.zeros(_init_shape(model, input_shape), jnp.int32)
-    return nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), ids)["params"])
+    init = lambda key: nn.meta.unbox(model.init(key, ids)["params"])
+    return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
 def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
@@ -308,10 +310,13 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
                               + " | ".join(problems) + ".")
 
     fresh_keys = [k for k in report.missing if k not in encoder_missing]
-    flat = {p: np.asarray(v, param_dtype) for p, v in loaded.items()}
+    placement = shardings(model) if shardings else None
+    where = flax.traverse_util.flatten_dict(placement) if placement else {}
+    # Host arrays go straight to their shards: no full copy on one device first.
+    flat = {p: jax.device_put(np.asarray(v, param_dtype), where.get(p)) for p, v in loaded.items()}
     if fresh_keys:
-        fresh = flax.traverse_util.flatten_dict(jax.device_get(init_params(model, seed)))
-        flat.update({p: np.asarray(v, param_dtype) for p, v in fresh.items() if p not in flat})
+        fresh = flax.traverse_util.flatten_dict(init_params(model, seed, shardings=placement))
+        flat.update({p: v for p, v in fresh.items() if p not in flat})
     messages = []
     if fresh_keys:
         messages.append("newly initialised (train them before use): " + ", ".join(fresh_keys))
@@ -319,9 +324,7 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
         messages.append("unused checkpoint tensors: " + ", ".join(report.unused))
     if messages:
         log.warning("Loading %s into %s: %s.", directory, type(model).__name__, "; ".join(messages))
-    params = flax.traverse_util.unflatten_dict(flat)
-    # Host arrays go straight to their shards: no full copy on one device first.
-    return model, jax.device_put(params, shardings(model) if shardings else None)
+    return model, flax.traverse_util.unflatten_dict(flat)
 
 
 def _is_encoder_key(key: str, family: str, config) -> bool:

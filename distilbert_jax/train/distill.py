@@ -128,7 +128,8 @@ def build_student(config, teacher, teacher_params, tokenizer, mesh):
     if tokenizer.vocab_size != cfg.vocab_size:
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the student's "
                           f"vocab_size is {cfg.vocab_size}; teacher and student must share a vocabulary.")
-    params = jax.device_get(hf.init_params(model, config.seed))
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):  # built on the host, then placed
+        params = jax.device_get(hf.init_params(model, config.seed))
     if config.student_init == "teacher":
         layers = student.teacher_layers(teacher.config.num_hidden_layers, config.student_layers)
         params, fresh = student.init_from_teacher(params, sharding.to_host(teacher_params, mesh), layers)
