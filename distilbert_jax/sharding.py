@@ -71,6 +71,17 @@ def make_mesh(shape: str | Sequence[tuple[str, int]] = "dp", devices=None) -> Me
     return Mesh(devices.reshape(sizes), names)
 
 
+def from_config(config) -> tuple[Mesh, tuple]:
+    """The mesh and the logical-axis rules a job's config asks for."""
+    return make_mesh(config.mesh), tuple(tuple(rule) for rule in config.rules)
+
+
+def param_placement(mesh: Mesh, rules=RULES):
+    """model -> where each of its params goes (the `shardings` argument of hf.from_pretrained)."""
+    from distilbert_jax.hf import abstract_params
+    return lambda model: tree_shardings(abstract_params(model), mesh, rules)
+
+
 def _parse_mesh(shape) -> tuple[tuple[str, int], ...]:
     if not isinstance(shape, str):
         return tuple((str(name), int(size)) for name, size in shape)

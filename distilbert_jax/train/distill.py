@@ -115,9 +115,9 @@ def load_teacher(config, mesh, rules):
             f"The teacher {config.teacher} has no masked-LM head ({architectures}), so it gives no "
             "soft targets: set --config.alpha_ce=0 --config.alpha_mse=0 (cosine + MLM only), or "
             "use a teacher with an MLM head.")
-    place = lambda model: sharding.tree_shardings(hf.abstract_params(model), mesh, rules)
     model, params = hf.from_pretrained(directory, head="masked_lm" if needs_logits else "base",
-                                       dtype=DTYPES[config.teacher_dtype], shardings=place)
+                                       dtype=DTYPES[config.teacher_dtype],
+                                       shardings=sharding.param_placement(mesh, rules))
     return model, params, Tokenizer.from_pretrained(directory)
 
 
@@ -150,6 +150,13 @@ def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("corpus prepared")
     return corpus.Corpus.load(corpus_dir)
+
+
+def corpus_batches(data: corpus.Corpus, config, pad_id: int, mesh, start: int):
+    """Global length-grouped batches from batch `start` on, each process loading its own share."""
+    return prefetch(sharding.put_batch(b, mesh, config.batch_size) for b in data.batches(
+        config.batch_size, config.seed, start, pad_id, config.length_multiple,
+        process=(jax.process_index(), jax.process_count())))
 
 
 def make_distill_step(student_model, teacher_model, tx, config, probs, state_shardings,
@@ -215,8 +222,7 @@ def make_distill_step(student_model, teacher_model, tx, config, probs, state_sha
 def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Distils a student from `config.teacher` on `config.corpus_*`; returns the run's summary."""
     check_recipe(config)
-    mesh = sharding.make_mesh(config.mesh)
-    rules = tuple(tuple(rule) for rule in config.rules)
+    mesh, rules = sharding.from_config(config)
     teacher, teacher_params, tokenizer = load_teacher(config, mesh, rules)
     student_model, params = build_student(config, teacher, teacher_params, tokenizer, mesh)
     if student_model.config.dim != teacher.config.hidden_size:
@@ -253,9 +259,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     teacher_shardings = sharding.tree_shardings(hf.abstract_params(teacher), mesh, rules)
     step = make_distill_step(student_model, teacher, tx, config, probs, state_shardings,
                              teacher_shardings, mesh, rules, tokenizer.mask_token_id)
-    batches = prefetch(sharding.put_batch(b, mesh, config.batch_size) for b in data.batches(
-        config.batch_size, config.seed, start, tokenizer.pad_token_id, config.length_multiple,
-        process=(jax.process_index(), jax.process_count())))
+    batches = corpus_batches(data, config, tokenizer.pad_token_id, mesh, start)
     writer = MetricWriter(workdir)
     state = loop.run(state, lambda s, b: step(s, teacher_params, b), batches,
                      loop.Schedule(total, config.log_every, config.checkpoint_every),
@@ -277,11 +281,10 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     """Gives a bare BERT teacher (all-MiniLM-L6-v2 ships without one) a masked-LM head: the
     transform and output bias are trained on the corpus with MLM, the encoder and the tied word
     embeddings frozen. Saves `<workdir>/teacher`, a BertForMaskedLM to distil from with α_ce > 0."""
-    mesh = sharding.make_mesh(config.mesh)
-    rules = tuple(tuple(rule) for rule in config.rules)
+    mesh, rules = sharding.from_config(config)
     directory = hf.resolve(config.teacher)
-    place = lambda model: sharding.tree_shardings(hf.abstract_params(model), mesh, rules)
-    model, params = hf.from_pretrained(directory, head="masked_lm", seed=config.seed, shardings=place)
+    model, params = hf.from_pretrained(directory, head="masked_lm", seed=config.seed,
+                                       shardings=sharding.param_placement(mesh, rules))
     tokenizer = Tokenizer.from_pretrained(directory)
     data = load_corpus(config, tokenizer, workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -324,9 +327,7 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
         step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
         out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0),
         mesh, rules)
-    batches = prefetch(sharding.put_batch(b, mesh, config.batch_size) for b in data.batches(
-        config.batch_size, config.seed, start, tokenizer.pad_token_id, config.length_multiple,
-        process=(jax.process_index(), jax.process_count())))
+    batches = corpus_batches(data, config, tokenizer.pad_token_id, mesh, start)
     writer = MetricWriter(workdir)
     state = loop.run(state, jitted, batches,
                      loop.Schedule(total, config.log_every, config.checkpoint_every),

@@ -113,10 +113,9 @@ def load_model(config, task: Task, mesh, rules, require_trained_head: bool = Fal
             raise TrainingError(
                 f"{path} is a {head} checkpoint ({architectures}); task {task.name} needs a "
                 f"{task.head} head. Fine-tune it first, or evaluate a checkpoint trained on this task.")
-    place = lambda model: sharding.tree_shardings(hf.abstract_params(model), mesh, rules)
     model, params = hf.from_pretrained(directory, head=task.head, num_labels=task.num_labels,
                                        dtype=DTYPES[config.dtype], seed=config.seed,
-                                       shardings=place, **overrides)
+                                       shardings=sharding.param_placement(mesh, rules), **overrides)
     tokenizer = Tokenizer.from_pretrained(directory)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise TrainingError(f"The tokenizer's vocabulary ({tokenizer.vocab_size}) is larger than "
@@ -253,8 +252,7 @@ def check_batch_sizes(config, mesh) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Fine-tunes `config.model` on `config.task`, evaluating and checkpointing as configured."""
-    mesh = sharding.make_mesh(config.mesh)
-    rules = tuple(tuple(rule) for rule in config.rules)
+    mesh, rules = sharding.from_config(config)
     check_batch_sizes(config, mesh)
     task = build_task(config)
     model, params, tokenizer = load_model(config, task, mesh, rules)
@@ -346,8 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Evaluates a fine-tuned checkpoint (`config.model`) on `config.eval_splits` (+ predictions)."""
-    mesh = sharding.make_mesh(config.mesh)
-    rules = tuple(tuple(rule) for rule in config.rules)
+    mesh, rules = sharding.from_config(config)
     check_batch_sizes(config, mesh)
     task = build_task(config)
     model, params, tokenizer = load_model(config, task, mesh, rules, require_trained_head=True)
