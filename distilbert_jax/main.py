@@ -2,8 +2,8 @@
 
     python -m distilbert_jax.main --config=configs/glue.py:sst2 --workdir=/path/run [--config.lr=3e-5 ...]
 
-`config.job` picks the job ('finetune', 'evaluate', 'distill' or 'fit_teacher_head'); the work lives in importable functions that
-tests and notebooks call directly.
+`config.job` picks the job ('finetune', 'evaluate', 'distill', 'fit_teacher_head' or 'miniature');
+the work lives in importable functions that tests and notebooks call directly.
 """
 
 import logging
@@ -14,7 +14,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from distilbert_jax import distributed
+from distilbert_jax import distributed, miniature
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data.task import DataError
 from distilbert_jax.hf import CheckpointError
@@ -31,7 +31,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
 JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_only,
-        "distill": distill.distill, "fit_teacher_head": distill.fit_teacher_head}
+        "distill": distill.distill, "fit_teacher_head": distill.fit_teacher_head,
+        "miniature": miniature.run}
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, finetune.TrainingError)
 
 

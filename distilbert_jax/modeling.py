@@ -197,11 +197,13 @@ class DistilBertForMaskedLM(_DistilBertHead):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+                 output_hidden_states: bool = False, output_attentions: bool = False,
+                 logit_positions=None):
         cfg = self.config
         out = self.encode(input_ids, attention_mask, deterministic, output_hidden_states,
                           output_attentions)
-        x = self._dense(cfg.dim, ("embed", "hidden"), "vocab_transform")(out.last_hidden_state)
+        x = _at_positions(out.last_hidden_state, logit_positions)
+        x = self._dense(cfg.dim, ("embed", "hidden"), "vocab_transform")(x)
         x = self._layer_norm("vocab_layer_norm")(layers.ACTIVATIONS[cfg.activation](x))
         x = x.astype(self.dtype)
         if cfg.tie_word_embeddings:
@@ -279,6 +281,15 @@ def _word_embeddings(module: nn.Module, path: tuple[str, ...]) -> Array:
     for key in path:
         tree = tree[key]
     return nn.meta.unbox(tree["embedding"])
+
+
+def _at_positions(hidden, positions):
+    """hidden [batch, length, dim] at flat token indices `positions` [n] -> [n, dim], or all of it.
+
+    The masked-LM classes take `logit_positions` (beyond HF's signature): the vocabulary projection
+    dominates a small model's cost, and the MLM loss needs logits only at its targets.
+    """
+    return hidden if positions is None else hidden.reshape(-1, hidden.shape[-1])[positions]
 
 
 class TiedProjection(_Base):
@@ -433,13 +444,13 @@ class BertForMaskedLM(_Base):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 output_attentions: bool = False):
+                 output_attentions: bool = False, logit_positions=None):
         out = BertModel(self.config, self.dtype, self.param_dtype, add_pooling_layer=False,
                         name="bert")(input_ids, attention_mask, token_type_ids, deterministic,
                                      output_hidden_states, output_attentions)
         table = _word_embeddings(self, ("bert", "embeddings", "word_embeddings"))
         logits = BertOnlyMLMHead(self.config, self.dtype, self.param_dtype, name="cls")(
-            out.last_hidden_state, table)
+            _at_positions(out.last_hidden_state, logit_positions), table)
         return LogitsOutput(logits, out.hidden_states, out.attentions)
 
 

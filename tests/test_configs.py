@@ -8,8 +8,7 @@ import pytest
 from distilbert_jax.train import distill, finetune
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-CASES = [("distill.py", p) for p in ("paper", "minilm_head", "mini", "mini_no_ce", "mini_no_cos",
-                                      "mini_random")] + [("smoke.py", ""), ("squad.py", "v1"), ("squad.py", "v2"), ("ner.py", "iob1"),
+CASES = [("distill.py", p) for p in ("paper", "minilm_head")] + [("smoke.py", ""), ("squad.py", "v1"), ("squad.py", "v2"), ("ner.py", "iob1"),
          ("ner.py", "iob2"), ("swag.py", "")] + [
     ("glue.py", t) for t in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli",
                              "rte,minilm")]

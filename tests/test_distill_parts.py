@@ -86,6 +86,19 @@ def test_masking_rates_and_specials():
     np.testing.assert_array_equal(first[0], results[0][0])  # deterministic in the key
 
 
+def test_target_positions_keep_every_target_and_its_label():
+    ids = jnp.asarray(np.random.default_rng(2).integers(200, 999, (6, 33)), jnp.int32)
+    mask = jnp.ones_like(ids)
+    for corrupted, labels in _mask_many(np.ones(1000), ids, mask, n=20):
+        positions, picked = jax.jit(corpus.target_positions, static_argnums=1)(labels, 0.15)
+        flat = labels.reshape(-1)
+        targets = np.flatnonzero(flat != -100)
+        assert positions.shape == picked.shape == (int(np.ceil(0.15 * flat.size)) + 1,)
+        np.testing.assert_array_equal(np.asarray(positions)[: len(targets)], targets)
+        np.testing.assert_array_equal(np.asarray(picked)[: len(targets)], flat[targets])
+        assert np.all(np.asarray(picked)[len(targets):] == -100)
+
+
 def test_frequency_smoothing_prefers_rare_tokens():
     vocab = 1000
     counts = np.ones(vocab)

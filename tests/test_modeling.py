@@ -89,6 +89,20 @@ def test_dropout_needs_a_key_and_is_reproducible():
     np.testing.assert_array_equal(eval_logits, model.apply({"params": params}, IDS, attention_mask=MASK).logits)
 
 
+@pytest.mark.parametrize("cls, cfg", [
+    (dj.DistilBertForMaskedLM, TINY),
+    (dj.BertForMaskedLM, dj.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=4, intermediate_size=37))])
+def test_logits_at_positions_equal_the_full_logits_there(cls, cfg):
+    model = cls(cfg)
+    params = model.init(jax.random.key(0), IDS)["params"]
+    full = model.apply({"params": params}, IDS, attention_mask=MASK).logits
+    positions = jnp.array([1, 3, 7, 0])  # flat indices into batch x length
+    picked = model.apply({"params": params}, IDS, attention_mask=MASK, logit_positions=positions).logits
+    assert picked.shape == (4, 99)
+    np.testing.assert_allclose(picked, full.reshape(-1, 99)[positions], rtol=1e-6, atol=1e-6)
+
+
 def test_output_shapes_of_every_head():
     cfg = TINY.replace(num_labels=2)
     expectations = {

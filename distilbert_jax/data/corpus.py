@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
 import os
 import sys
 import time
@@ -64,6 +65,21 @@ def mask_tokens(key: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
     corrupted = jnp.where(selected, replaced, input_ids)
     labels = jnp.where(selected, input_ids, IGNORE_INDEX)
     return corrupted, labels
+
+
+def target_positions(labels: jax.Array, mask_prop: float):
+    """(flat indices of the MLM targets, their labels), padded to a static ceil(mask_prop · size).
+
+    `mask_tokens` never selects more than that many tokens (one slot spare for float32 rounding), so
+    every target is kept; padding slots point at token 0 with label -100. Lets the loss compute
+    vocabulary logits at the targets only.
+    """
+    flat = labels.reshape(-1)
+    size = min(flat.size, math.ceil(mask_prop * flat.size) + 1)
+    is_target = flat != IGNORE_INDEX
+    positions = jnp.nonzero(is_target, size=size, fill_value=0)[0]
+    valid = jnp.arange(size) < jnp.sum(is_target)
+    return positions, jnp.where(valid, flat[positions], IGNORE_INDEX)
 
 
 # --- preparation ----------------------------------------------------------------------------------------

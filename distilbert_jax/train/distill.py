@@ -159,31 +159,48 @@ def corpus_batches(data: corpus.Corpus, config, pad_id: int, mesh, start: int):
         process=(jax.process_index(), jax.process_count())))
 
 
-def make_distill_step(student_model, teacher_model, tx, config, probs, state_shardings,
-                      teacher_shardings, mesh, rules, mask_id: int):
-    """One update: mask on device, teacher forward (frozen), student forward, triple loss."""
+def masker(config, data: corpus.Corpus, tokenizer, vocab_size: int):
+    """(key, batch) -> (corrupted ids, MLM labels): the corpus's smoothed masking, config's rates."""
+    probs = jnp.asarray(corpus.token_probs(data.counts, tokenizer.all_special_ids, config.mlm_smoothing))
+
+    def mask(key, batch):
+        return corpus.mask_tokens(
+            key, batch["input_ids"], batch["attention_mask"], probs, mask_prop=config.mlm_mask_prop,
+            word_mask=config.word_mask, word_keep=config.word_keep, word_rand=config.word_rand,
+            mask_id=tokenizer.mask_token_id, vocab_size=vocab_size)
+    return mask
+
+
+def make_distill_step(student_model, teacher_model, tx, config, mask, state_shardings,
+                      teacher_shardings, mesh, rules):
+    """One update: mask on device, teacher forward (frozen), student forward, triple loss.
+
+    Vocabulary logits cost most of a small model's step; when no term needs them at every token
+    (restrict_ce_to_mask, or no soft targets), both models compute them at the MLM targets only.
+    """
     terms_weights = dict(temperature=config.temperature, alpha_ce=config.alpha_ce,
                          alpha_mlm=config.alpha_mlm, alpha_cos=config.alpha_cos,
                          alpha_mse=config.alpha_mse, restrict_ce_to_mask=config.restrict_ce_to_mask)
-    vocab = student_model.config.vocab_size
+    teacher_logits = isinstance(teacher_model, modeling.BertForMaskedLM)
+    at_targets = config.restrict_ce_to_mask or not teacher_logits
 
     def loss_fn(params, teacher_params, batch, key):
         mask_key, dropout_key = jax.random.split(key)
-        ids, labels = corpus.mask_tokens(
-            mask_key, batch["input_ids"], batch["attention_mask"], probs,
-            mask_prop=config.mlm_mask_prop, word_mask=config.word_mask, word_keep=config.word_keep,
-            word_rand=config.word_rand, mask_id=mask_id, vocab_size=vocab)
-        mask = batch["attention_mask"]
-        teacher_out = teacher_model.apply({"params": teacher_params}, ids, attention_mask=mask,
-                                          output_hidden_states=True)
-        teacher_logits = getattr(teacher_out, "logits", None)
-        teacher_logits = None if teacher_logits is None else jax.lax.stop_gradient(teacher_logits)
-        teacher_hidden = jax.lax.stop_gradient(teacher_out.hidden_states[-1])
-        out = student_model.apply({"params": params}, ids, attention_mask=mask, deterministic=False,
-                                  rngs={"dropout": dropout_key}, output_hidden_states=True)
-        loss, terms = losses.distillation_loss(out.logits, teacher_logits, out.hidden_states[-1],
-                                               teacher_hidden, mask, labels, **terms_weights)
-        return loss, terms
+        ids, labels = mask(mask_key, batch)
+        positions = None
+        if at_targets:
+            positions, labels = corpus.target_positions(labels, config.mlm_mask_prop)
+        attention = batch["attention_mask"]
+        teacher_out = teacher_model.apply(
+            {"params": teacher_params}, ids, attention_mask=attention, output_hidden_states=True,
+            **({"logit_positions": positions} if teacher_logits else {}))
+        t_logits = jax.lax.stop_gradient(teacher_out.logits) if teacher_logits else None
+        t_hidden = jax.lax.stop_gradient(teacher_out.hidden_states[-1])
+        out = student_model.apply({"params": params}, ids, attention_mask=attention,
+                                  deterministic=False, rngs={"dropout": dropout_key},
+                                  output_hidden_states=True, logit_positions=positions)
+        return losses.distillation_loss(out.logits, t_logits, out.hidden_states[-1], t_hidden,
+                                        attention, labels, **terms_weights)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     accum = config.grad_accum_steps
@@ -209,7 +226,8 @@ def make_distill_step(student_model, teacher_model, tx, config, probs, state_sha
         params = optax.apply_updates(state.params, updates)
         metrics = {"distill/loss": loss, **{f"distill/loss_{k}": v for k, v in terms.items()},
                    "train/grad_norm": train_state.global_norm(grads),
-                   "train/param_norm": train_state.global_norm(params)}
+                   "train/param_norm": train_state.global_norm(params),
+                   "batch/tokens": jnp.sum(batch["attention_mask"])}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -217,6 +235,45 @@ def make_distill_step(student_model, teacher_model, tx, config, probs, state_sha
                                          sharding.batch_sharding(mesh)),
                      out_shardings=(state_shardings, replicated), donate_argnums=0)
     return sharding.in_mesh(jitted, mesh, rules)
+
+
+def frozen_where(predicate):
+    """An optax mask builder: True for the parameters whose path satisfies `predicate`."""
+    return lambda params: flax.traverse_util.unflatten_dict(
+        {path: predicate(path) for path in flax.traverse_util.flatten_dict(params)})
+
+
+def train_on_corpus(config, workdir: str, model, params, data: corpus.Corpus, tokenizer, frozen,
+                    make_step, mesh, rules):
+    """The loop both corpus jobs share: AdamW with the config's schedule (parameters `frozen` says
+    stay fixed), resumed from this workdir's checkpoint, over length-grouped corpus batches.
+
+    `make_step(tx, state_shardings)` returns the jitted `(state, batch) -> (state, metrics)`.
+    Returns (final state, total steps, the step this run started at).
+    """
+    steps_per_epoch = len(data.lengths) // config.batch_size
+    total = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
+    schedule = train_state.linear_schedule(config.lr, total, int(config.warmup_ratio * total))
+    tx = train_state.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                           weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+                           frozen=frozen)
+    state_shardings = train_state.shardings(hf.abstract_params(model), tx, mesh, rules)
+    state = train_state.create(jax.device_put(params, state_shardings.params), tx, config.seed,
+                               state_shardings)
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+    if checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state)
+        log.info("Resumed from %s at step %d", workdir, int(state.step))
+    start = int(state.step)
+    batches = corpus_batches(data, config, tokenizer.pad_token_id, mesh, start)
+    writer = MetricWriter(workdir)
+    state = loop.run(state, make_step(tx, state_shardings), batches,
+                     loop.Schedule(total, config.log_every, config.checkpoint_every),
+                     workdir=workdir, checkpoints=checkpoints, writer=writer,
+                     progress=Progress(total, config.batch_size, start), learning_rate=schedule)
+    checkpoints.close()
+    writer.close()
+    return state, total, start
 
 
 def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -236,37 +293,17 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     write_config(config, workdir)
 
-    steps_per_epoch = len(data.lengths) // config.batch_size
-    total = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
-    schedule = train_state.linear_schedule(config.lr, total, int(config.warmup_ratio * total))
-    frozen = None
-    if config.freeze_positions:
-        frozen = lambda p: flax.traverse_util.unflatten_dict(
-            {k: "position_embeddings" in k for k in flax.traverse_util.flatten_dict(p)})
-    tx = train_state.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                           weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-                           frozen=frozen)
-    state_shardings = train_state.shardings(hf.abstract_params(student_model), tx, mesh, rules)
-    params = jax.device_put(params, state_shardings.params)
-    state = train_state.create(params, tx, config.seed, state_shardings)
-    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-    if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state)
-        log.info("Resumed from %s at step %d", workdir, int(state.step))
-    start = int(state.step)
-
-    probs = jnp.asarray(corpus.token_probs(data.counts, tokenizer.all_special_ids, config.mlm_smoothing))
+    frozen = frozen_where(lambda path: "position_embeddings" in path) if config.freeze_positions else None
     teacher_shardings = sharding.tree_shardings(hf.abstract_params(teacher), mesh, rules)
-    step = make_distill_step(student_model, teacher, tx, config, probs, state_shardings,
-                             teacher_shardings, mesh, rules, tokenizer.mask_token_id)
-    batches = corpus_batches(data, config, tokenizer.pad_token_id, mesh, start)
-    writer = MetricWriter(workdir)
-    state = loop.run(state, lambda s, b: step(s, teacher_params, b), batches,
-                     loop.Schedule(total, config.log_every, config.checkpoint_every),
-                     workdir=workdir, checkpoints=checkpoints, writer=writer,
-                     progress=Progress(total, config.batch_size, start), learning_rate=schedule)
-    checkpoints.close()
-    writer.close()
+    mask = masker(config, data, tokenizer, student_model.config.vocab_size)
+
+    def make_step(tx, state_shardings):
+        step = make_distill_step(student_model, teacher, tx, config, mask, state_shardings,
+                                 teacher_shardings, mesh, rules)
+        return lambda state, batch: step(state, teacher_params, batch)
+
+    state, total, start = train_on_corpus(config, workdir, student_model, params, data, tokenizer,
+                                          frozen, make_step, mesh, rules)
     if config.save_model:
         params = sharding.to_host(state.params, mesh)
         if jax.process_index() == 0:
@@ -289,52 +326,31 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     data = load_corpus(config, tokenizer, workdir)
     os.makedirs(workdir, exist_ok=True)
     write_config(config, workdir)
-
-    total = config.max_steps if config.max_steps > 0 else int(
-        config.num_epochs * (len(data.lengths) // config.batch_size))
-    schedule = train_state.linear_schedule(config.lr, total, int(config.warmup_ratio * total))
-    encoder_frozen = lambda p: flax.traverse_util.unflatten_dict(
-        {path: path[0] != "cls" for path in flax.traverse_util.flatten_dict(p)})
-    tx = train_state.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                           weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-                           frozen=encoder_frozen)
-    state_shardings = train_state.shardings(hf.abstract_params(model), tx, mesh, rules)
-    state = train_state.create(params, tx, config.seed, state_shardings)
-    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-    if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state)
-    start = int(state.step)
-    probs = jnp.asarray(corpus.token_probs(data.counts, tokenizer.all_special_ids, config.mlm_smoothing))
+    mask = masker(config, data, tokenizer, model.config.vocab_size)
 
     def loss_fn(params, batch, key):
         params = {"bert": jax.lax.stop_gradient(params["bert"]), "cls": params["cls"]}
-        ids, labels = corpus.mask_tokens(
-            key, batch["input_ids"], batch["attention_mask"], probs, mask_prop=config.mlm_mask_prop,
-            word_mask=config.word_mask, word_keep=config.word_keep, word_rand=config.word_rand,
-            mask_id=tokenizer.mask_token_id, vocab_size=model.config.vocab_size)
-        out = model.apply({"params": params}, ids, attention_mask=batch["attention_mask"])
+        ids, labels = mask(key, batch)
+        positions, labels = corpus.target_positions(labels, config.mlm_mask_prop)
+        out = model.apply({"params": params}, ids, attention_mask=batch["attention_mask"],
+                          logit_positions=positions)
         return losses.masked_lm_loss(out.logits, labels)
 
-    def step(state, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch,
-                                                  jax.random.fold_in(state.rng, state.step))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return (state.replace(step=state.step + 1, params=params, opt_state=opt_state),
-                {"head/mlm_loss": loss})
+    def make_step(tx, state_shardings):
+        def step(state, batch):
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch,
+                                                      jax.random.fold_in(state.rng, state.step))
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            return (state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+                    {"head/mlm_loss": loss, "batch/tokens": jnp.sum(batch["attention_mask"])})
+        return sharding.in_mesh(jax.jit(
+            step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+            out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0),
+            mesh, rules)
 
-    jitted = sharding.in_mesh(jax.jit(
-        step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0),
-        mesh, rules)
-    batches = corpus_batches(data, config, tokenizer.pad_token_id, mesh, start)
-    writer = MetricWriter(workdir)
-    state = loop.run(state, jitted, batches,
-                     loop.Schedule(total, config.log_every, config.checkpoint_every),
-                     workdir=workdir, checkpoints=checkpoints, writer=writer,
-                     progress=Progress(total, config.batch_size, start), learning_rate=schedule)
-    checkpoints.close()
-    writer.close()
+    state, total, _ = train_on_corpus(config, workdir, model, params, data, tokenizer,
+                                      frozen_where(lambda path: path[0] != "cls"), make_step, mesh, rules)
     params = sharding.to_host(state.params, mesh)
     if jax.process_index() == 0:
         hf.save_pretrained(os.path.join(workdir, "teacher"), model, params, tokenizer)

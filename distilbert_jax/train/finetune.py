@@ -180,7 +180,8 @@ def make_train_step(model, head: str, tx, accum_steps: int, state_shardings, mes
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: p + u, state.params, updates)
         metrics = {"train/loss": loss, "train/grad_norm": train_state.global_norm(grads),
-                   "train/param_norm": train_state.global_norm(params)}
+                   "train/param_norm": train_state.global_norm(params),
+                   "batch/tokens": jnp.sum(batch["attention_mask"])}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())

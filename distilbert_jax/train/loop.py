@@ -37,7 +37,7 @@ def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, work
     """Runs from `state.step` to `schedule.total_steps`; returns the final state.
 
     Step metrics stay on device until a log, evaluation or checkpoint boundary, where they are
-    fetched together; a non-finite value of any `*loss*` metric stops the run naming the step and
+    fetched together (a `batch/tokens` metric also gives `perf/tokens_per_sec`); a non-finite value of any `*loss*` metric stops the run naming the step and
     the term, and the last checkpoint stays as it was.
     """
     pending: list[tuple[int, dict]] = []
@@ -55,6 +55,8 @@ def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, work
             mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
             mean["train/lr"] = float(learning_rate(step - 1))
             mean.update(progress.rates(step))
+            if "batch/tokens" in mean:  # real (non-padding) tokens per step, from the step's metrics
+                mean["perf/tokens_per_sec"] = mean["batch/tokens"] * mean["perf/steps_per_sec"]
             writer.write(step, mean)
             progress.report(step, mean)
 

@@ -1,0 +1,235 @@
+"""The paper in miniature: distil a small student from all-MiniLM-L6-v2 on real text, fine-tune
+teacher and students on GLUE, and print the paper's Tables 1, 3 and 4 at this scale.
+
+    python -m distilbert_jax.main --config=configs/miniature.py --workdir=runs/miniature
+
+Stages, each in its own sub-directory of the workdir and skipped once its results.json exists (each
+also resumes from its own checkpoints), so an interrupted pipeline picks up where it stopped:
+  text/      the text of the GLUE training and unlabelled test splits (never dev), one example a line
+  corpus/    that text plus `corpus_files` (WikiText-2), tokenised once for every stage
+  head/      the teacher's masked-LM head, fitted with its encoder frozen (MiniLM ships without one)
+  distill/   one student per variant: the triple loss, then the paper's Table 4 ablations
+  glue/      teacher and every student fine-tuned on each task and seed with one recipe
+  speed.json parameters and a batch-1 CPU pass over a dev set (Table 3)
+  tables.md  the tables, also printed
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from distilbert_jax import hf
+from distilbert_jax.config import ConfigError
+from distilbert_jax.data import glue
+from distilbert_jax.data.task import DataError
+from distilbert_jax.tokenizer import Tokenizer
+from distilbert_jax.train import distill, finetune
+from distilbert_jax.train.finetune import write_json
+
+log = logging.getLogger(__name__)
+
+WIKITEXT = ("../shared/corpus/wikitext-2-raw/wiki.valid.raw",
+            "../shared/corpus/wikitext-2-raw/wiki.test.raw")
+# The paper's Table 4 rows, as changes to the triple loss with teacher initialisation.
+VARIANTS = {"triple_loss": {}, "no_ce": {"alpha_ce": 0.0}, "no_cos": {"alpha_cos": 0.0},
+            "random_init": {"student_init": "random"}}
+TEXT_SPLITS = ("train", "test")  # never dev: the students are scored on it
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """A run of well under an hour on a 2-core CPU; every budget is a field to raise."""
+    c = ml_collections.ConfigDict()
+    c.job = "miniature"
+    c.teacher = "packaged:all-MiniLM-L6-v2"
+    c.corpus_files = WIKITEXT
+    c.glue_dir = "../shared/evaldata/glue"  # every task folder found here gives its text
+    c.tasks = ("cola", "sst2", "mrpc", "stsb", "rte", "wnli")  # fine-tuned and scored
+    c.variants = tuple(VARIANTS)
+    c.seeds = (42,)
+    c.speed_task = "stsb"  # Table 3 times a batch-1 pass over this task's dev set
+    c.compilation_cache = True  # students share shapes: compile each step once for all of them
+
+    # The stages' own configs; the pipeline sets their teacher, corpus, model and data paths.
+    c.head = distill.default_config()
+    c.head.update(job="fit_teacher_head", max_length=128, batch_size=64, grad_accum_steps=1,
+                  max_steps=300, lr=5e-3, log_every=25, checkpoint_every=100)
+    c.distill = distill.default_config()
+    c.distill.update(max_length=128, batch_size=64, grad_accum_steps=1, max_steps=150,
+                     student_layers=3, restrict_ce_to_mask=True, log_every=10, checkpoint_every=50)
+    c.finetune = finetune.default_config()
+    c.finetune.update(max_length=128, buckets=(32, 64, 128), batch_size=32, num_epochs=2.0,
+                      warmup_ratio=0.1, weight_decay=0.01, limit_train_examples=1000, lr=1e-4,
+                      log_every=25, checkpoint_every=10**9, save_model=False)
+    return c
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Every stage in order (finished ones skipped); returns and writes the tables' numbers."""
+    unknown = set(config.variants) - set(VARIANTS)
+    if unknown:
+        raise ConfigError(f"Unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}.")
+    if config.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    text = write_glue_text(config.glue_dir, os.path.join(workdir, "text", "glue.txt"))
+    corpus_dir = os.path.join(workdir, "corpus")
+
+    head = copy.deepcopy(config.head)
+    head.update(teacher=config.teacher, corpus_files=(*config.corpus_files, text), corpus_dir=corpus_dir)
+    _stage(distill.fit_teacher_head, head, os.path.join(workdir, "head"))
+
+    models = {"teacher": config.teacher}
+    for variant in config.variants:
+        c = copy.deepcopy(config.distill)
+        c.update(teacher=os.path.join(workdir, "head", "teacher"), corpus_dir=corpus_dir,
+                 **VARIANTS[variant])
+        _stage(distill.distill, c, os.path.join(workdir, "distill", variant))
+        models[variant] = os.path.join(workdir, "distill", variant, "student")
+
+    scores = {}
+    for name, model in models.items():
+        for task in config.tasks:
+            for seed in config.seeds:
+                c = copy.deepcopy(config.finetune)
+                c.update(task=task, model=model, seed=seed,
+                         data_dir=os.path.join(config.glue_dir, glue.SPECS[task].directory))
+                results = _stage(finetune.train_and_evaluate, c,
+                                 os.path.join(workdir, "glue", name, task, f"seed{seed}"))
+                scores.setdefault(name, {}).setdefault(task, []).append(task_score(results["eval"]["dev"]))
+
+    speed = _cached(os.path.join(workdir, "speed.json"), lambda: {
+        name: inference_speed(models[name], config.glue_dir, config.speed_task, config.finetune)
+        for name in ("teacher", "triple_loss") if name in models})
+    summary = {"scores": {m: {t: statistics.median(v) for t, v in s.items()} for m, s in scores.items()},
+               "speed": speed, "distill_tokens_per_sec": {
+                   v: distill_throughput(os.path.join(workdir, "distill", v)) for v in config.variants}}
+    write_json(os.path.join(workdir, "results.json"), summary)
+    text = tables(summary, config)
+    with open(os.path.join(workdir, "tables.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text)
+    return summary
+
+
+def _stage(job, config, workdir: str) -> dict:
+    """Runs `job(config, workdir)` unless it already finished there; returns its results.json."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        log.info("miniature: %s -> %s", job.__name__, workdir)
+        job(config, workdir)
+    with open(path) as f:
+        return json.load(f)
+
+
+def _cached(path: str, compute) -> dict:
+    if not os.path.exists(path):
+        write_json(path, compute())
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_glue_text(glue_dir: str, path: str) -> str:
+    """The text of every GLUE training and unlabelled test split under `glue_dir`, one example a
+    line (a pair's two texts joined by a space); dev splits are left out. Returns `path`."""
+    if os.path.exists(path):
+        return path
+    lines = []
+    for name, spec in glue.SPECS.items():
+        folder = os.path.join(glue_dir, spec.directory)
+        for split in TEXT_SPLITS:
+            task = glue.GlueTask(name, folder)
+            if os.path.exists(task.split_file(split)):
+                lines += [" ".join(t.strip() for t in e.texts) for e in task.load(split)]
+    if not lines:
+        raise DataError(f"No GLUE training or test split under {glue_dir}.")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def task_score(metrics: dict[str, float]) -> float:
+    """A task's score: the mean of its metrics x 100 (GLUE's convention for MRPC, STS-B)."""
+    return 100 * statistics.mean(metrics.values())
+
+
+def inference_speed(model_dir: str, glue_dir: str, task: str, recipe) -> dict[str, float]:
+    """Parameters (no task head) and the seconds of a batch-1 forward pass over `task`'s dev set on this
+    host's CPU (the paper's Table 3 protocol), each example padded to a multiple of 32 tokens."""
+    directory = hf.resolve(model_dir)
+    cpu = jax.local_devices(backend="cpu")[0]
+    with jax.default_device(cpu):
+        model, params = hf.from_pretrained(directory, head="base")
+        params = jax.device_put(params, cpu)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    spec_task = glue.GlueTask(task, os.path.join(glue_dir, glue.SPECS[task].directory))
+    examples = spec_task.load("dev")
+    features = spec_task.encode(examples, tokenizer, recipe.max_length, token_types=False, train=False)
+    forward = jax.jit(lambda p, ids: model.apply({"params": p}, ids, attention_mask=ids != 0)
+                      .last_hidden_state)
+    padded = [np.pad(ids, (0, -len(ids) % 32))[None] for ids in features.inputs["input_ids"]]
+    for length in sorted({x.shape[1] for x in padded}):  # compile every shape before timing
+        forward(params, jnp.zeros((1, length), jnp.int32)).block_until_ready()
+    start = time.perf_counter()
+    for ids in padded:
+        forward(params, jax.device_put(ids, cpu)).block_until_ready()
+    seconds = time.perf_counter() - start
+    return {"parameters": int(sum(x.size for x in jax.tree.leaves(params))), "seconds": seconds,
+            "examples": len(padded)}
+
+
+def distill_throughput(run_dir: str) -> float:
+    """Median real tokens/s over a distillation run's logged windows (robust to compile windows)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    with open(path) as f:
+        rates = [r["perf/tokens_per_sec"] for r in map(json.loads, f) if "perf/tokens_per_sec" in r]
+    return statistics.median(rates) if rates else float("nan")
+
+
+def tables(summary: dict, config) -> str:
+    """Markdown for the paper's Tables 1, 3 and 4 in miniature."""
+    scores, tasks = summary["scores"], list(config.tasks)
+    macro = {m: statistics.mean(s[t] for t in tasks) for m, s in scores.items()}
+    seeds = f"median of {len(config.seeds)} seed(s)" if len(config.seeds) > 1 else "one seed"
+    lines = [f"Table 1: GLUE dev ({seeds}); Score = macro average of the tasks", "",
+             "| Model | Score | " + " | ".join(tasks) + " |", "|---|---:|" + "---:|" * len(tasks)]
+    for name in ("teacher", "triple_loss"):
+        if name in scores:
+            label = "teacher (all-MiniLM-L6-v2)" if name == "teacher" else "student (triple loss)"
+            lines.append(f"| {label} | {macro[name]:.1f} | "
+                         + " | ".join(f"{scores[name][t]:.1f}" for t in tasks) + " |")
+    if "teacher" in macro and "triple_loss" in macro:
+        lines += ["", f"The student keeps {100 * macro['triple_loss'] / macro['teacher']:.1f}% of the "
+                      "teacher's score."]
+    speed = summary["speed"]
+    if speed:
+        lines += ["", f"Table 3: parameters and a batch-1 pass over {config.speed_task} dev on "
+                      "this CPU", "", "| Model | # params (M, no head) | inference time (s) |", "|---|---:|---:|"]
+        lines += [f"| {name} | {s['parameters'] / 1e6:.1f} | {s['seconds']:.1f} |"
+                  for name, s in speed.items()]
+        if len(speed) == 2:
+            t, s = speed["teacher"], speed["triple_loss"]
+            lines += ["", f"The student has {100 * (1 - s['parameters'] / t['parameters']):.0f}% fewer "
+                          f"parameters and runs {100 * (t['seconds'] / s['seconds'] - 1):.0f}% faster."]
+    ablations = [v for v in config.variants if v != "triple_loss" and v in macro]
+    if "triple_loss" in macro and ablations:
+        lines += ["", "Table 4: ablations, GLUE macro score and its change from the triple loss", "",
+                  "| Ablation | Score | Δ |", "|---|---:|---:|"]
+        lines += [f"| {v} | {macro[v]:.1f} | {macro[v] - macro['triple_loss']:+.2f} |" for v in ablations]
+    rates = summary.get("distill_tokens_per_sec", {})
+    if rates:
+        lines += ["", "Distillation throughput (teacher + student, real tokens/s, median over log "
+                      "windows): " + ", ".join(f"{v} {r:,.0f}" for v, r in rates.items())]
+    return "\n".join(lines) + "\n"
