@@ -154,6 +154,28 @@ def test_corpus_preparation_splits_cleans_counts_and_resumes(minilm_dir, tmp_pat
     assert not (tmp_path / "d").exists()
 
 
+def test_corpus_from_a_tfds_text_dataset(minilm_dir, tmp_path, monkeypatch):
+    import sys
+    import types
+    from distilbert_jax.data import corpus
+    articles = [b"First paragraph of an article that has more than eleven word pieces in it.\n\n"
+                b"Second paragraph, also long enough to be kept by the cleaning rule here.",
+                "A str article with one paragraph that is long enough to be kept as well."]
+    requested = []
+    fake = types.SimpleNamespace(data_source=lambda name, split: requested.append((name, split))
+                                 or [{"text": a, "title": b"t"} for a in articles])
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    tok = dj.Tokenizer.from_pretrained(minilm_dir)
+    meta = corpus.prepare(["tfds:wikipedia/20230601.en"], tok, str(tmp_path / "c"), max_length=128)
+    assert requested == [("wikipedia/20230601.en", "train")]
+    assert meta["sequences"] == 3  # one per paragraph
+    data = corpus.Corpus.load(str(tmp_path / "c"))
+    assert tok.decode(data.sequence(2).tolist(), skip_special_tokens=True).startswith("a str article")
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # not installed
+    with pytest.raises(corpus.DataError, match="needs tensorflow-datasets"):
+        corpus.prepare(["tfds:wikipedia/20230601.en:train[:1%]"], tok, str(tmp_path / "d"))
+
+
 def test_length_grouped_batches_are_a_function_of_the_step(minilm_dir, tmp_path):
     from distilbert_jax.data import corpus
     rng = np.random.default_rng(0)

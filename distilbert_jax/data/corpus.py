@@ -1,6 +1,6 @@
 """The distillation corpus: binarisation, token counts, length-grouped batches, MLM masking.
 
-`prepare` tokenises plain-text files (one sequence per line) once with the teacher's tokenizer into
+`prepare` tokenises plain-text files (one sequence per line) or TFDS text datasets once with the teacher's tokenizer into
 a compact on-disk form: `[CLS] … [SEP]` sequences split at `max_length`, those of ≤ 11 tokens or at
 least half [UNK] dropped (the reference's cleaning), plus a token-count file. It works in chunks of
 lines, each written atomically, so an interrupted preparation resumes where it stopped.
@@ -105,18 +105,41 @@ def clean(sequences: list[np.ndarray], unk_id: int, max_unk_fraction: float = 0.
             if len(s) >= MIN_LENGTH and np.mean(s == unk_id) < max_unk_fraction]
 
 
-def _lines(files: Sequence[str]) -> Iterator[str]:
-    for path in files:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
+TFDS_PREFIX = "tfds:"  # a source "tfds:<name>[:<split>]" reads a TFDS dataset's `text` feature
+
+
+def _lines(sources: Sequence[str]) -> Iterator[str]:
+    """Non-empty stripped lines of every source: text files, or TFDS documents split at newlines."""
+    for source in sources:
+        for text in _tfds_texts(source) if source.startswith(TFDS_PREFIX) else _file_lines(source):
+            for line in text.splitlines():
                 line = line.strip()
                 if line:
                     yield line
 
 
+def _file_lines(path: str) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        yield from f
+
+
+def _tfds_texts(source: str) -> Iterator[str]:
+    """The `text` feature of each record of "tfds:<name>[:<split>]" (e.g. tfds:wikipedia/20230601.en)."""
+    name, _, split = source[len(TFDS_PREFIX):].partition(":")
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError(f"The corpus source {source!r} needs tensorflow-datasets: "
+                        "pip install -e '.[tfds]'.") from None
+    for record in tfds.data_source(name, split=split or "train"):
+        text = record["text"]
+        yield text.decode("utf-8") if isinstance(text, bytes) else str(text)
+
+
 def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512,
             chunk_lines: int = 20_000, log_every_s: float = 10.0) -> dict:
-    """Tokenises `files` into `out_dir` (tokens.npy, lengths.npy, token_counts.npy, meta.json).
+    """Tokenises `files` (text files or "tfds:<name>[:<split>]" sources) into `out_dir`
+    (tokens.npy, lengths.npy, token_counts.npy, meta.json).
 
     Resumable: chunk k covers lines [k·chunk_lines, (k+1)·chunk_lines) and is skipped when its file
     exists. Returns meta.json's contents.
@@ -125,12 +148,13 @@ def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             return json.load(f)
-    for path in files:
+    paths = [f for f in files if not f.startswith(TFDS_PREFIX)]
+    for path in paths:
         if not os.path.isfile(path):
             raise DataError(f"Corpus file {path!r} does not exist.")
     os.makedirs(out_dir, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-    start, total_bytes = time.perf_counter(), sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    start, total_bytes = time.perf_counter(), sum(os.path.getsize(f) for f in paths)
     lines, chunk, done_lines, last_log = [], 0, 0, start
     for line in _lines(files):
         lines.append(line)
@@ -259,7 +283,8 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description="Tokenise text files (one sequence per line) "
                                                  "into a distillation corpus.")
-    parser.add_argument("files", nargs="+")
+    parser.add_argument("files", nargs="+", help='text files, or "tfds:<name>[:<split>]" '
+                                                 "(e.g. tfds:wikipedia/20230601.en)")
     parser.add_argument("--tokenizer", required=True, help="the teacher's checkpoint dir or hub id")
     parser.add_argument("--out", required=True)
     parser.add_argument("--max_length", type=int, default=512)

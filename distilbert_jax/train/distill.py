@@ -42,7 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.job = "distill"
     c.teacher = "bert-base-uncased"  # HF checkpoint dir, hub id, or packaged:all-MiniLM-L6-v2
     c.teacher_dtype = "float32"  # "bfloat16" halves the teacher's cost
-    c.corpus_files = ()  # plain-text files, one sequence per line
+    c.corpus_files = ()  # plain-text files (one sequence per line) or "tfds:<name>[:<split>]"
     c.corpus_dir = ""  # the prepared corpus (default <workdir>/corpus, prepared on first run)
     c.max_length = 512
     c.student_layers = 6
