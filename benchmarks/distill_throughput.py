@@ -20,7 +20,6 @@ import os
 import sys
 import tempfile
 import time
-import types
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +79,7 @@ def run_jax(args, restrict: bool) -> float:
                                                  shardings=sharding.param_placement(mesh, rules))
     tokenizer = Tokenizer.from_pretrained(directory)
     model, params = distill.build_student(config, teacher, teacher_params, tokenizer, mesh)
-    counts = types.SimpleNamespace(counts=np.ones(model.config.vocab_size))  # uniform masking weights
+    counts = np.ones(model.config.vocab_size)  # uniform masking weights
     mask = distill.masker(config, counts, tokenizer, model.config.vocab_size)
     tx = train_state.adamw(train_state.linear_schedule(config.lr, 1000, 10), b1=0.9, b2=0.98,
                            eps=1e-6, weight_decay=0.0, max_grad_norm=5.0)

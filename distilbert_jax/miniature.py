@@ -35,7 +35,7 @@ from distilbert_jax.data import glue
 from distilbert_jax.data.task import DataError
 from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import distill, finetune
-from distilbert_jax.train.finetune import write_json
+from distilbert_jax.train.finetune import write_config, write_json
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.head.update(job="fit_teacher_head", max_length=128, batch_size=64, grad_accum_steps=1,
                   max_steps=300, lr=5e-3, log_every=25, checkpoint_every=100)
     c.distill = distill.default_config()
-    c.distill.update(max_length=128, batch_size=64, grad_accum_steps=1, max_steps=150,
+    c.distill.update(max_length=128, batch_size=64, grad_accum_steps=1, max_steps=100,
                      student_layers=3, restrict_ce_to_mask=True, log_every=10, checkpoint_every=50)
     c.finetune = finetune.default_config()
     c.finetune.update(max_length=128, buckets=(32, 64, 128), batch_size=32, num_epochs=2.0,
-                      warmup_ratio=0.1, weight_decay=0.01, limit_train_examples=1000, lr=1e-4,
-                      log_every=25, checkpoint_every=10**9, save_model=False)
+                      warmup_ratio=0.1, weight_decay=0.01, limit_train_examples=600, lr=1e-4,
+                      log_every=25, eval_every=10**9, checkpoint_every=10**9, save_model=False)
     return c
 
 
@@ -79,6 +79,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     unknown = set(config.variants) - set(VARIANTS)
     if unknown:
         raise ConfigError(f"Unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}.")
+    os.makedirs(workdir, exist_ok=True)
+    write_config(config, workdir)
     if config.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -159,9 +159,10 @@ def corpus_batches(data: corpus.Corpus, config, pad_id: int, mesh, start: int):
         process=(jax.process_index(), jax.process_count())))
 
 
-def masker(config, data: corpus.Corpus, tokenizer, vocab_size: int):
-    """(key, batch) -> (corrupted ids, MLM labels): the corpus's smoothed masking, config's rates."""
-    probs = jnp.asarray(corpus.token_probs(data.counts, tokenizer.all_special_ids, config.mlm_smoothing))
+def masker(config, token_counts, tokenizer, vocab_size: int):
+    """(key, batch) -> (corrupted ids, MLM labels): masking smoothed by the corpus's token counts,
+    at the config's rates."""
+    probs = jnp.asarray(corpus.token_probs(token_counts, tokenizer.all_special_ids, config.mlm_smoothing))
 
     def mask(key, batch):
         return corpus.mask_tokens(
@@ -295,7 +296,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     frozen = frozen_where(lambda path: "position_embeddings" in path) if config.freeze_positions else None
     teacher_shardings = sharding.tree_shardings(hf.abstract_params(teacher), mesh, rules)
-    mask = masker(config, data, tokenizer, student_model.config.vocab_size)
+    mask = masker(config, data.counts, tokenizer, student_model.config.vocab_size)
 
     def make_step(tx, state_shardings):
         step = make_distill_step(student_model, teacher, tx, config, mask, state_shardings,
@@ -326,7 +327,7 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     data = load_corpus(config, tokenizer, workdir)
     os.makedirs(workdir, exist_ok=True)
     write_config(config, workdir)
-    mask = masker(config, data, tokenizer, model.config.vocab_size)
+    mask = masker(config, data.counts, tokenizer, model.config.vocab_size)
 
     def loss_fn(params, batch, key):
         params = {"bert": jax.lax.stop_gradient(params["bert"]), "cls": params["cls"]}
