@@ -180,7 +180,7 @@ def main(argv=None):
             rows.append((framework, "at MLM targets" if restrict else "every token", seconds,
                          tokens / seconds, 100 * per_token * tokens / seconds / peak))
             print(f"{rows[-1]}", file=sys.stderr, flush=True)
-    print(f"\nDistillation update, teacher {os.path.basename(hf.resolve(args.teacher))} "
+    print(f"\nDistillation update, teacher {args.teacher} "
           f"(fp32) -> {args.student_layers}-layer student, batch {args.batch} x {args.length}, "
           f"{jax.devices()[0].platform} ({os.cpu_count()} cores); peak = measured float32 matmul "
           f"{peak / 1e9:.0f} GFLOP/s\n")
