@@ -76,9 +76,10 @@ def default_config() -> ml_collections.ConfigDict:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Every stage in order (finished ones skipped); returns and writes the tables' numbers."""
-    unknown = set(config.variants) - set(VARIANTS)
-    if unknown:
-        raise ConfigError(f"Unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}.")
+    for field, chosen, known in (("variants", config.variants, VARIANTS), ("tasks", config.tasks, glue.SPECS)):
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            raise ConfigError(f"Unknown {field} {unknown}; choose from {list(known)}.")
     os.makedirs(workdir, exist_ok=True)
     write_config(config, workdir)
     if config.compilation_cache:
@@ -117,17 +118,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                "speed": speed, "distill_tokens_per_sec": {
                    v: distill_throughput(os.path.join(workdir, "distill", v)) for v in config.variants}}
     write_json(os.path.join(workdir, "results.json"), summary)
-    text = tables(summary, config)
+    markdown = tables(summary, config)
     with open(os.path.join(workdir, "tables.md"), "w", encoding="utf-8") as f:
-        f.write(text)
-    print(text)
+        f.write(markdown)
+    print(markdown)
     return summary
 
 
 def _stage(job, config, workdir: str) -> dict:
-    """Runs `job(config, workdir)` unless it already finished there; returns its results.json."""
+    """Runs `job(config, workdir)` unless it already finished there with this same config (another
+    config is refused: its results would be reused silently); returns its results.json."""
     path = os.path.join(workdir, "results.json")
-    if not os.path.exists(path):
+    if os.path.exists(path):
+        with open(os.path.join(workdir, "config.json")) as f:
+            saved = json.load(f)
+        wanted = json.loads(json.dumps(config.to_dict()))
+        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        if changed:
+            raise ConfigError(f"{workdir} finished with other values of {changed}; use a new workdir "
+                              "or remove that stage's directory.")
+    else:
         log.info("miniature: %s -> %s", job.__name__, workdir)
         job(config, workdir)
     with open(path) as f:

@@ -68,11 +68,16 @@ def test_every_stage_runs_and_a_rerun_reuses_them(setup, tmp_path):
     again = miniature.run(config, workdir)
     assert os.path.getmtime(stage) == before
     assert again["scores"] == summary["scores"]
+    config.distill.max_steps = 4  # a finished stage is never reused under another config
+    with pytest.raises(ConfigError, match=r"distill/triple_loss finished with other values of \['max_steps'\]"):
+        miniature.run(config, workdir)
 
 
-def test_unknown_variant_is_refused(setup, tmp_path):
+@pytest.mark.parametrize("field, value", [("variants", ("triple_loss", "no_mlm_please")),
+                                          ("tasks", ("sst2", "sst3"))])
+def test_unknown_variant_or_task_is_refused(setup, tmp_path, field, value):
     config = tiny(*setup)
-    config.variants = ("triple_loss", "no_mlm_please")
-    with pytest.raises(ConfigError, match="no_mlm_please"):
+    config[field] = value
+    with pytest.raises(ConfigError, match=value[1]):
         miniature.run(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
