@@ -1,7 +1,6 @@
 """The paper in miniature on a tiny teacher and tiny GLUE folders: every stage runs, the tables hold
 every model, dev text never reaches the corpus, and a second run reuses every finished stage."""
 
-import json
 import os
 
 import numpy as np

@@ -95,3 +95,19 @@ def test_tokenizer_on_more_text(minilm_dir):
         for key in a:
             assert [list(map(list, r)) if key == "offset_mapping" else r for r in a[key]] == \
                    [list(map(list, r)) if key == "offset_mapping" else r for r in b[key]], key
+
+
+@pytest.mark.parametrize("index, name", list(enumerate(sorted(
+    f.removesuffix(".npz") for f in os.listdir(os.path.join(FIXTURES, "training"))))))
+def test_training_fixture_is_what_transformers_does_now(index, name, make_reference, tmp_path):
+    """The committed fine-tuning trajectories (which test_parity holds our updates to) are what the
+    installed transformers and torch compute today."""
+    make_reference.make_training_fixture(name, out_dir=str(tmp_path))
+    with np.load(os.path.join(FIXTURES, "training", f"{name}.npz")) as committed, \
+            np.load(tmp_path / f"{name}.npz") as fresh:
+        assert set(committed.files) == set(fresh.files)
+        for key in committed.files:
+            if key.startswith("params/") or key == "losses":
+                assert relative_error(fresh[key], committed[key]) <= TOL, key
+            else:
+                np.testing.assert_array_equal(fresh[key], committed[key], err_msg=key)
