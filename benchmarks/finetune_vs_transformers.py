@@ -37,7 +37,6 @@ DATA = {"cola": "glue/CoLA", "sst2": "glue/SST-2", "mrpc": "glue/MRPC", "stsb": 
 
 
 VARIANTS = ("default", "same_init", "same_init_no_dropout")
-NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # a BERT checkpoint
 
 
 def recipe(task: str, seed: int, args, model: str):
@@ -56,10 +55,12 @@ def recipe(task: str, seed: int, args, model: str):
 def save_initial_model(config, variant: str, out_dir: str) -> str:
     """The model both sides start from: the checkpoint with this seed's new head (and no dropout)."""
     task = finetune.build_task(config)
-    overrides = NO_DROPOUT if variant == "same_init_no_dropout" else {}
+    directory = hf.resolve(config.model)
+    saved, _ = hf.read_config(directory)
+    overrides = ({field: 0.0 for field in saved.dropout_fields()}
+                 if variant == "same_init_no_dropout" else {})
     if task.label_names:
         overrides = {**overrides, "id2label": tuple(task.label_names)}
-    directory = hf.resolve(config.model)
     model, params = hf.from_pretrained(directory, head=task.head, num_labels=task.num_labels,
                                        seed=config.seed, problem_type=task.problem_type, **overrides)
     hf.save_pretrained(out_dir, model, params, Tokenizer.from_pretrained(directory))

@@ -58,10 +58,16 @@ class _ConfigBase:
             width = self.attribute_map.get("hidden_size", "hidden_size")
             raise ConfigError(
                 f"{heads}={self.num_attention_heads} does not divide {width}={self.hidden_size}.")
-        for name, value in dataclasses.asdict(self).items():
-            if name.endswith("dropout") or name.endswith("_prob"):
-                if value is not None and not 0.0 <= value < 1.0:
-                    raise ConfigError(f"{name}={value} must be in [0, 1).")
+        for name in self.dropout_fields():
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name}={value} must be in [0, 1).")
+
+    @classmethod
+    def dropout_fields(cls) -> tuple[str, ...]:
+        """Every dropout rate (HF names), e.g. to turn dropout off: {f: 0.0 for f in dropout_fields()}."""
+        return tuple(f.name for f in dataclasses.fields(cls)
+                     if f.name.endswith("dropout") or f.name.endswith("_prob"))
 
     def __getattr__(self, name):  # only called when normal lookup fails: resolve HF aliases
         own = type(self).attribute_map.get(name)

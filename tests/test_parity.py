@@ -16,8 +16,6 @@ from conftest import FIXTURES, load_reference, relative_error
 TOL = 1e-5
 MODEL_FIXTURES = sorted(os.listdir(os.path.join(FIXTURES, "models")))
 TRAINING_FIXTURES = sorted(f.removesuffix(".npz") for f in os.listdir(os.path.join(FIXTURES, "training")))
-NO_DROPOUT = {"distilbert": dict(dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0),
-              "bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)}
 
 
 def run(model, params, ref):
@@ -91,7 +89,8 @@ def test_fine_tuning_updates_match_transformers(name):
     directory = os.path.join(FIXTURES, "models", name)
     saved, architectures = hf.read_config(directory)
     head = hf.head_from_architectures(saved.model_type, architectures)
-    model, params = hf.from_pretrained(directory, head=head, **NO_DROPOUT[saved.model_type])
+    no_dropout = {field: 0.0 for field in saved.dropout_fields()}
+    model, params = hf.from_pretrained(directory, head=head, **no_dropout)
     mesh = sharding.make_mesh("dp", jax.devices()[:1])
     tx = train_state.adamw(
         train_state.linear_schedule(recipe["lr"], recipe["updates"], recipe["warmup"]),
