@@ -10,8 +10,10 @@ WikiText-2, so it can give soft targets. The whole miniature of the paper (head,
 ablations, GLUE, tables) is one command: configs/miniature.py.
 """
 
-from distilbert_jax import miniature
-from distilbert_jax.train.distill import default_config
+from distilbert_jax.train.distill import default_config, head_config
+
+WIKITEXT = ("../shared/corpus/wikitext-2-raw/wiki.valid.raw",
+            "../shared/corpus/wikitext-2-raw/wiki.test.raw")
 
 PRESETS = ("paper", "minilm_head")
 
@@ -21,7 +23,6 @@ def get_config(arg: str = "paper"):
         raise ValueError(f"Unknown distillation preset {arg!r}; choose one of {PRESETS}.")
     if arg == "paper":
         return default_config()  # the released model's recipe: T=2, α = 5/2/1, AdamW 5e-4 (0.9, 0.98)
-    c = miniature.default_config().head
-    c.teacher = "packaged:all-MiniLM-L6-v2"
-    c.corpus_files = miniature.WIKITEXT
+    c = head_config()
+    c.update(teacher="packaged:all-MiniLM-L6-v2", corpus_files=WIKITEXT)
     return c

@@ -1,4 +1,4 @@
-"""The paper in miniature (`distilbert_jax/miniature.py`): one command, well under an hour on a CPU.
+"""The paper in miniature (`distilbert_jax/experiments/miniature.py`): one command, well under an hour on a CPU.
 
     python -m distilbert_jax.main --config=configs/miniature.py --workdir=runs/miniature
 
@@ -8,7 +8,7 @@ and every student on the GLUE tasks, and prints Tables 1, 3 and 4. Budgets are f
 `--config.distill.max_steps=1000 --config.seeds='(42,43,44)' --config.finetune.limit_train_examples=0`.
 """
 
-from distilbert_jax.miniature import default_config
+from distilbert_jax.experiments.miniature import default_config
 
 
 def get_config():

@@ -30,25 +30,6 @@ log = logging.getLogger(__name__)
 
 Params = Mapping[str, Any]
 
-# head name -> class, per model family. Head names are also the `head=` argument of from_pretrained.
-MODEL_CLASSES: dict[str, dict[str, type[nn.Module]]] = {
-    "distilbert": {
-        "base": modeling.DistilBertModel,
-        "masked_lm": modeling.DistilBertForMaskedLM,
-        "sequence_classification": modeling.DistilBertForSequenceClassification,
-        "multiple_choice": modeling.DistilBertForMultipleChoice,
-        "token_classification": modeling.DistilBertForTokenClassification,
-        "question_answering": modeling.DistilBertForQuestionAnswering,
-    },
-    "bert": {
-        "base": modeling.BertModel,
-        "masked_lm": modeling.BertForMaskedLM,
-        "sequence_classification": modeling.BertForSequenceClassification,
-        "multiple_choice": modeling.BertForMultipleChoice,
-        "token_classification": modeling.BertForTokenClassification,
-        "question_answering": modeling.BertForQuestionAnswering,
-    },
-}
 # HF architecture names that map to one of ours without being the same class name.
 _ARCHITECTURE_ALIASES = {"BertForPreTraining": "masked_lm", "BertLMHeadModel": "masked_lm"}
 BASE_PREFIX = {"distilbert": "distilbert", "bert": "bert"}
@@ -243,37 +224,17 @@ def head_from_architectures(family: str, architectures: list[str] | None) -> str
     arch = architectures[0]
     if arch in _ARCHITECTURE_ALIASES:
         return _ARCHITECTURE_ALIASES[arch]
-    for head, cls in MODEL_CLASSES[family].items():
+    for head, cls in modeling.MODEL_CLASSES[family].items():
         if cls.__name__ == arch:
             return head
     raise CheckpointError(
         f"architecture {arch!r} in config.json is not supported; pass head= one of "
-        f"{sorted(MODEL_CLASSES[family])}.")
+        f"{sorted(modeling.MODEL_CLASSES[family])}.")
 
 
 # ------------------------------------------------------------------------------------------------
 # Public API
 # ------------------------------------------------------------------------------------------------
-
-def abstract_params(model: nn.Module, input_shape=(1, 1)) -> Params:
-    """Shapes and dtypes of the model's params (boxed with logical axis names), without allocating."""
-    ids = jnp.zeros(_init_shape(model, input_shape), jnp.int32)
-    return jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
-
-
-def _init_shape(model, input_shape):
-    """Multiple-choice models take [batch, choices, length]."""
-    choice = (modeling.DistilBertForMultipleChoice, modeling.BertForMultipleChoice)
-    return (1, *input_shape) if isinstance(model, choice) and len(input_shape) == 2 else input_shape
-
-
-def init_params(model: nn.Module, seed: int = 0, input_shape=(1, 1), shardings=None) -> Params:
-    """Freshly initialised params (HF's initialisation), unboxed; created directly in `shardings`
-    (a tree like the params') when given, so no device ever holds a full copy."""
-    ids = jnp.zeros(_init_shape(model, input_shape), jnp.int32)
-    init = lambda key: nn.meta.unbox(model.init(key, ids)["params"])
-    return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
-
 
 def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
                     num_labels: int | None = None, *, dtype=jnp.float32, param_dtype=jnp.float32,
@@ -282,21 +243,21 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
     """Loads a DistilBERT or BERT checkpoint (local directory or hub id) -> (model, params).
 
     The head comes from config.json's `architectures` unless `head` names one of
-    `MODEL_CLASSES[family]`. Parameters the checkpoint lacks for the head (e.g. a fresh classifier)
+    `modeling.MODEL_CLASSES[family]`. Parameters the checkpoint lacks for the head (e.g. a fresh classifier)
     are initialised with `seed` and reported; any missing encoder tensor or shape mismatch is an error.
     `config_overrides` replace config fields (e.g. dropout=0.0). `shardings(model)` may return
-    where each param goes (see `sharding.tree_shardings`); by default the default device.
+    where each param goes (e.g. `sharding.Layout.params`); by default the default device.
     """
     directory = resolve(path_or_id)
     config, architectures = read_config(directory, num_labels, **config_overrides)
     family = config.model_type
     head = head or head_from_architectures(family, architectures)
-    if head not in MODEL_CLASSES[family]:
+    if head not in modeling.MODEL_CLASSES[family]:
         raise CheckpointError(
             f"head={head!r} is not available for {family} checkpoints; choose one of "
-            f"{sorted(MODEL_CLASSES[family])}.")
-    model = MODEL_CLASSES[family][head](config, dtype=dtype, param_dtype=param_dtype)
-    abstract = abstract_params(model)
+            f"{sorted(modeling.MODEL_CLASSES[family])}.")
+    model = modeling.MODEL_CLASSES[family][head](config, dtype=dtype, param_dtype=param_dtype)
+    abstract = modeling.abstract_params(model)
     loaded, report = from_pytorch_state_dict(read_state_dict(directory, allow_pickle), abstract, family)
 
     problems = []
@@ -315,7 +276,7 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
     # Host arrays go straight to their shards: no full copy on one device first.
     flat = {p: jax.device_put(np.asarray(v, param_dtype), where.get(p)) for p, v in loaded.items()}
     if fresh_keys:
-        fresh = flax.traverse_util.flatten_dict(init_params(model, seed, shardings=placement))
+        fresh = flax.traverse_util.flatten_dict(modeling.init_params(model, seed, shardings=placement))
         flat.update({p: v for p, v in fresh.items() if p not in flat})
     messages = []
     if fresh_keys:

@@ -2,8 +2,8 @@
 
     python -m distilbert_jax.main --config=configs/glue.py:sst2 --workdir=/path/run [--config.lr=3e-5 ...]
 
-`config.job` picks the job ('finetune', 'evaluate', 'distill', 'fit_teacher_head' or 'miniature');
-the work lives in importable functions that tests and notebooks call directly.
+`config.job` picks the job (see `jobs.JOBS`: 'finetune', 'evaluate', 'distill', 'fit_teacher_head'
+or 'miniature'); the work lives in importable functions that tests and notebooks call directly.
 """
 
 import logging
@@ -14,12 +14,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from distilbert_jax import distributed, miniature
-from distilbert_jax.config import ConfigError
-from distilbert_jax.data.task import DataError
-from distilbert_jax.hf import CheckpointError
-from distilbert_jax.tokenizer import TokenizerError
-from distilbert_jax.train import distill, finetune
+from distilbert_jax import distributed, jobs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, e.g. configs/glue.py:sst2.",
                                           lock_config=True)
@@ -29,18 +24,6 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-host job throug
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes the job has.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
-
-JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_only,
-        "distill": distill.distill, "fit_teacher_head": distill.fit_teacher_head,
-        "miniature": miniature.run}
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, finetune.TrainingError)
-
-
-def run(config, workdir: str):
-    if config.job not in JOBS:
-        raise ConfigError(f"job={config.job!r} is not one of {sorted(JOBS)}.")
-    return JOBS[config.job](config, workdir)
-
 
 def parse_flags(argv):
     """absl's flag parsing, with an unknown or ill-typed --config.field as one sentence, not a trace."""
@@ -76,8 +59,8 @@ def main(argv):
               f"{_last_line(e)}", file=sys.stderr)
         sys.exit(2)
     try:
-        results = run(config, _WORKDIR.value)
-    except USER_ERRORS as e:  # one clear sentence, a non-zero exit
+        results = jobs.run(config, _WORKDIR.value)
+    except jobs.USER_ERRORS as e:  # one clear sentence, a non-zero exit
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     print("results:", results.get("eval", results))

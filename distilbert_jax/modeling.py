@@ -530,3 +530,54 @@ class BertForQuestionAnswering(_BertHead):
         logits = self._dense(2, ("embed", "classes"), "qa_outputs")(out.last_hidden_state)
         return QuestionAnsweringOutput(logits[..., 0], logits[..., 1], out.hidden_states,
                                        out.attentions)
+
+
+# --- the model classes by family and head, and what every job asks of a model -----------------------
+
+# head name -> class, per model family. Head names are also the `head=` argument of from_pretrained.
+MODEL_CLASSES: dict[str, dict[str, type[nn.Module]]] = {
+    "distilbert": {
+        "base": DistilBertModel,
+        "masked_lm": DistilBertForMaskedLM,
+        "sequence_classification": DistilBertForSequenceClassification,
+        "multiple_choice": DistilBertForMultipleChoice,
+        "token_classification": DistilBertForTokenClassification,
+        "question_answering": DistilBertForQuestionAnswering,
+    },
+    "bert": {
+        "base": BertModel,
+        "masked_lm": BertForMaskedLM,
+        "sequence_classification": BertForSequenceClassification,
+        "multiple_choice": BertForMultipleChoice,
+        "token_classification": BertForTokenClassification,
+        "question_answering": BertForQuestionAnswering,
+    },
+}
+
+
+def abstract_params(model: nn.Module, input_shape=(1, 1)):
+    """Shapes and dtypes of the model's params (boxed with logical axis names), without allocating."""
+    ids = jnp.zeros(_init_shape(model, input_shape), jnp.int32)
+    return jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
+
+
+def _init_shape(model, input_shape):
+    """Multiple-choice models take [batch, choices, length]."""
+    choice = (DistilBertForMultipleChoice, BertForMultipleChoice)
+    return (1, *input_shape) if isinstance(model, choice) and len(input_shape) == 2 else input_shape
+
+
+def init_params(model: nn.Module, seed: int = 0, input_shape=(1, 1), shardings=None):
+    """Freshly initialised params (HF's initialisation), unboxed; created directly in `shardings`
+    (a tree like the params') when given, so no device ever holds a full copy."""
+    ids = jnp.zeros(_init_shape(model, input_shape), jnp.int32)
+    init = lambda key: nn.meta.unbox(model.init(key, ids)["params"])
+    return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+
+
+def model_inputs(model: nn.Module, inputs: dict) -> dict:
+    """The entries of a batch's `inputs` that `model` takes: BERT reads token types, DistilBERT
+    has none (tasks always encode them, so this is the one place that decides)."""
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    keys = keys if isinstance(model.config, BertConfig) else keys[:2]
+    return {k: inputs[k] for k in keys if k in inputs}

@@ -1,15 +1,16 @@
 """Device mesh, logical-axis rules, and placing params, train states and batches on the mesh.
 
 Sharding is declared once: every parameter and key activation carries logical axis names (see
-`layers.py`); `RULES` map those names to the mesh axes `data`, `fsdp` and `tensor`. The mesh shape
+`layers.py`); rules (a config's `rules`, `RULES` by default) map those names to the mesh axes `data`, `fsdp` and `tensor`. The mesh shape
 picks the strategy with the same rules: all devices on `data` is data parallel, on `fsdp` shards
 parameters and optimiser state, on `tensor` splits attention heads, FFN columns and the vocabulary.
 A dimension a mesh axis does not divide stays whole (e.g. a 30,522-row vocabulary on 4 devices).
+A `Layout` (mesh + rules) is the one value every job passes around to place things.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -17,9 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from distilbert_jax import modeling
 from distilbert_jax.config import ConfigError
-
-log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -71,17 +71,6 @@ def make_mesh(shape: str | Sequence[tuple[str, int]] = "dp", devices=None) -> Me
     return Mesh(devices.reshape(sizes), names)
 
 
-def from_config(config) -> tuple[Mesh, tuple]:
-    """The mesh and the logical-axis rules a job's config asks for."""
-    return make_mesh(config.mesh), tuple(tuple(rule) for rule in config.rules)
-
-
-def param_placement(mesh: Mesh, rules=RULES):
-    """model -> where each of its params goes (the `shardings` argument of hf.from_pretrained)."""
-    from distilbert_jax.hf import abstract_params
-    return lambda model: tree_shardings(abstract_params(model), mesh, rules)
-
-
 def _parse_mesh(shape) -> tuple[tuple[str, int], ...]:
     if not isinstance(shape, str):
         return tuple((str(name), int(size)) for name, size in shape)
@@ -95,51 +84,82 @@ def _parse_mesh(shape) -> tuple[tuple[str, int], ...]:
                          "'data:N,fsdp:N,tensor:N'.") from None
 
 
-def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-             rules=RULES) -> PartitionSpec:
+def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules) -> PartitionSpec:
     """Logical names -> a PartitionSpec, leaving whole any dimension its mesh axes do not divide."""
     spec = nn.logical_to_mesh_axes(tuple(names), rules)
     fitted = []
     for dim, axes in zip(shape, spec):
-        group = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        size = int(np.prod([mesh.shape[a] for a in group])) if group else 1
+        size = _ways(mesh, axes)
         fitted.append(axes if size > 1 and dim % size == 0 else None)
     return PartitionSpec(*fitted)
 
 
-def tree_shardings(boxed_abstract, mesh: Mesh, rules=RULES):
-    """NamedShardings for a tree whose leaves are `nn.LogicallyPartitioned` (others: replicated)."""
-    def one(leaf):
-        if isinstance(leaf, nn.LogicallyPartitioned):
-            if not hasattr(leaf.value, "shape"):  # e.g. optax's MaskedNode: no array to place
-                return leaf.value
-            return NamedSharding(mesh, spec_for(leaf.names, leaf.value.shape, mesh, rules))
-        return NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(one, boxed_abstract, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+def _ways(mesh: Mesh, axes) -> int:
+    """How many devices a PartitionSpec entry (None, an axis, or a tuple of axes) splits over."""
+    group = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return int(np.prod([mesh.shape[a] for a in group])) if group else 1
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches split along their first axis over the data-like mesh axes."""
-    return NamedSharding(mesh, spec_for(("batch",), (mesh.shape["data"] * mesh.shape["fsdp"],), mesh))
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where everything lives: a device mesh and the logical-axis rules that map names onto it.
 
+    Every placement (params, train states, batches, jitted steps) goes through one Layout, so the
+    rules of a run's config are honoured everywhere and never silently replaced by a default.
+    """
+    mesh: Mesh
+    rules: tuple
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, global_rows: int) -> dict[str, jax.Array]:
-    """A global batch from this process's rows (every process holds only its own slice)."""
-    sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v, (global_rows, *v.shape[1:]))
-            for k, v in batch.items()}
+    @classmethod
+    def from_config(cls, config, devices=None) -> "Layout":
+        """The mesh (`config.mesh`) and rules (`config.rules`) a job's config asks for."""
+        return cls(make_mesh(config.mesh, devices), tuple(tuple(rule) for rule in config.rules))
 
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
 
-def in_mesh(fn, mesh: Mesh, rules=RULES):
-    """`fn` run with `mesh` and `rules` in scope, so activation constraints by name take effect."""
-    def wrapped(*args, **kwargs):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            return fn(*args, **kwargs)
-    return wrapped
+    @property
+    def batch(self) -> NamedSharding:
+        """Batches split along their first axis over the mesh axes the rules give `batch`."""
+        return NamedSharding(self.mesh, PartitionSpec(nn.logical_to_mesh_axes(("batch",), self.rules)[0]))
 
+    @property
+    def data_ways(self) -> int:
+        """How many slices a batch is split into (batch sizes must be multiples of it)."""
+        return _ways(self.mesh, self.batch.spec[0])
 
-def to_host(tree, mesh: Mesh):
-    """A sharded tree as numpy arrays on every process (gathered through a replicated copy)."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    gathered = jax.jit(lambda t: t, out_shardings=replicated)(tree)
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), gathered)
+    def shardings(self, boxed_abstract):
+        """NamedShardings for a tree whose leaves are `nn.LogicallyPartitioned` (others replicated)."""
+        def one(leaf):
+            if isinstance(leaf, nn.LogicallyPartitioned):
+                if not hasattr(leaf.value, "shape"):  # e.g. optax's MaskedNode: no array to place
+                    return leaf.value
+                return NamedSharding(self.mesh, spec_for(leaf.names, leaf.value.shape, self.mesh, self.rules))
+            return self.replicated
+        return jax.tree.map(one, boxed_abstract, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+    def params(self, model):
+        """Where each of `model`'s params goes (the `shardings` argument of hf.from_pretrained)."""
+        return self.shardings(modeling.abstract_params(model))
+
+    def put_batch(self, batch, global_rows: int):
+        """A global batch (a tree of arrays) from this process's rows (each holds only its slice)."""
+        return jax.tree.map(lambda v: jax.make_array_from_process_local_data(
+            self.batch, v, (global_rows, *v.shape[1:])), batch)
+
+    def jit(self, fn, in_shardings, out_shardings, donate_argnums=()):
+        """`jax.jit` with explicit shardings, run with the mesh and rules in scope so activation
+        constraints by logical name take effect."""
+        jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                         donate_argnums=donate_argnums)
+
+        def wrapped(*args, **kwargs):
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+                return jitted(*args, **kwargs)
+        return wrapped
+
+    def to_host(self, tree):
+        """A sharded tree as numpy arrays on every process (gathered through a replicated copy)."""
+        gathered = jax.jit(lambda t: t, out_shardings=self.replicated)(tree)
+        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), gathered)

@@ -15,6 +15,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from distilbert_jax import io
+
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                   "cls_token": "[CLS]", "mask_token": "[MASK]"}
 _TRUNCATION = {True: "longest_first", "longest_first": "longest_first", "only_first": "only_first",
@@ -121,10 +123,7 @@ class Tokenizer:
             "special_tokens_map.json": json.dumps(SPECIAL_TOKENS, indent=2),
         }
         for name, text in files.items():
-            target = os.path.join(directory, name)
-            with open(target + ".tmp", "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(target + ".tmp", target)
+            io.write_text(os.path.join(directory, name), text)
 
     # --- vocabulary ----------------------------------------------------------------------------------
     @property

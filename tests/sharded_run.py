@@ -19,15 +19,12 @@ from distilbert_jax.train import checkpoint, distill, finetune  # noqa: E402
 from distilbert_jax.train import state as train_state  # noqa: E402
 
 
-def restore_params(config, workdir, mesh, rules):
-    """The params of `workdir`'s latest checkpoint, restored onto `mesh` (whatever mesh saved them)."""
+def restore_params(config, workdir, layout):
+    """The params of `workdir`'s latest checkpoint, restored onto `layout` (whatever mesh saved them)."""
     task = finetune.build_task(config)
-    model, params, _ = finetune.load_model(config, task, mesh, rules)
-    tx = train_state.adamw(train_state.linear_schedule(config.lr, 1, 0), b1=config.adam_b1,
-                           b2=config.adam_b2, eps=config.adam_eps, weight_decay=config.weight_decay,
-                           max_grad_norm=config.max_grad_norm)
-    shardings = train_state.shardings(hf.abstract_params(model), tx, mesh, rules)
-    target = train_state.create(params, tx, config.seed, shardings)
+    model, params, _ = finetune.load_model(config, task, layout)
+    tx, _ = train_state.optimizer(config, total_steps=1)
+    target, _ = train_state.create(model, params, tx, config.seed, layout)
     return checkpoint.Checkpoints(workdir).restore(target).params
 
 
@@ -69,7 +66,6 @@ def main():
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     inputs = os.path.join(args.workdir, f"inputs_{jax.process_index()}")
-    mesh = sharding.make_mesh(args.mesh)
     run_dir = args.restore_from or os.path.join(args.workdir, "run")
     if args.job == "distill":
         params, losses = run_distill(inputs, args.mesh, run_dir)
@@ -83,14 +79,14 @@ def main():
     data = write_sst2(os.path.join(inputs, "SST-2"))
     config = tiny_config(model_dir, data, "sst2", mesh=args.mesh, max_steps=4, batch_size=16,
                          eval_batch_size=16, log_every=1, save_model=False)
-    rules = tuple(tuple(r) for r in config.rules)
+    layout = sharding.Layout.from_config(config)
     losses = []
     if not args.restore_from:
         finetune.train_and_evaluate(config, run_dir)
         losses = read_losses(run_dir, "train/loss")
-    params = restore_params(config, run_dir, mesh, rules)
+    params = restore_params(config, run_dir, layout)
     params = flax.traverse_util.flatten_dict(params, sep="/")
-    host_params = sharding.to_host(params, mesh)
+    host_params = layout.to_host(params)
     if jax.process_index() != 0:
         return
     np.savez(args.out, **host_params)

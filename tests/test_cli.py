@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from distilbert_jax import main as entry
+from distilbert_jax import jobs
 from distilbert_jax.data import DataError
 from distilbert_jax.hf import CheckpointError
 from distilbert_jax.train import finetune
@@ -42,18 +42,18 @@ def test_malformed_row_and_bad_label_name_file_and_line(tiny_model, tmp_path):
     lines = (data / "train.tsv").read_text().splitlines()
     (data / "train.tsv").write_text("\n".join(lines[:5] + ["no label here"] + lines[5:]) + "\n")
     with pytest.raises(DataError, match=r"train.tsv:6: expected 2 tab-separated fields, found 1"):
-        entry.run(tiny_config(tiny_model, data, "sst2"), str(tmp_path / "w"))
+        jobs.run(tiny_config(tiny_model, data, "sst2"), str(tmp_path / "w"))
     (data / "train.tsv").write_text("\n".join(lines[:3] + ["fine\t7"] + lines[3:]) + "\n")
     with pytest.raises(DataError, match=r"train.tsv:4: label '7' is not one of \['0', '1'\]"):
-        entry.run(tiny_config(tiny_model, data, "sst2"), str(tmp_path / "w"))
+        jobs.run(tiny_config(tiny_model, data, "sst2"), str(tmp_path / "w"))
 
 
 def test_checkpoint_whose_head_does_not_fit_the_task(tiny_model, tmp_path):
     data = write_sst2(tmp_path / "SST-2")
     with pytest.raises(finetune.TrainingError, match="needs a sequence_classification head"):
-        entry.run(tiny_config(tiny_model, data, "sst2", job="evaluate"), str(tmp_path / "w"))
+        jobs.run(tiny_config(tiny_model, data, "sst2", job="evaluate"), str(tmp_path / "w"))
     with pytest.raises(CheckpointError, match="does not fit"):  # 3 classes where the task has 2
-        entry.run(tiny_config(os.path.join(REPO, "tests", "fixtures", "models", "distilbert_seqcls"),
+        jobs.run(tiny_config(os.path.join(REPO, "tests", "fixtures", "models", "distilbert_seqcls"),
                               data, "sst2"), str(tmp_path / "w"))
 
 
@@ -63,7 +63,8 @@ def test_a_failed_start_leaves_an_existing_run_untouched(tiny_model, tmp_path):
     finetune.train_and_evaluate(tiny_config(tiny_model, data, "sst2"), str(workdir))
     before = {p: (workdir / p).read_bytes() for p in ("config.json", "results.json")}
     with pytest.raises(DataError):
-        entry.run(tiny_config(tiny_model, tmp_path / "missing", "sst2"), str(workdir))
+        jobs.run(tiny_config(tiny_model, tmp_path / "missing", "sst2", allow_config_change=True),
+                 str(workdir))
     assert {p: (workdir / p).read_bytes() for p in before} == before
     assert json.loads(before["config.json"])["data_dir"] == str(data)
 

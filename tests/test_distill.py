@@ -64,7 +64,7 @@ def test_distillation_loss_falls_and_the_student_exports(teacher, corpus_file, t
 def test_crash_then_resume_equals_uninterrupted(teacher, corpus_file, tmp_path, monkeypatch):
     config = tiny(teacher, corpus_file)
     distill.distill(config, str(tmp_path / "straight"))
-    real = distill.make_distill_step
+    real = distill.make_step
 
     def crashing(*args, **kwargs):
         step = real(*args, **kwargs)
@@ -75,10 +75,10 @@ def test_crash_then_resume_equals_uninterrupted(teacher, corpus_file, tmp_path, 
             return step(state, teacher_params, batch)
         return run
 
-    monkeypatch.setattr(distill, "make_distill_step", crashing)
+    monkeypatch.setattr(distill, "make_step", crashing)
     with pytest.raises(KeyboardInterrupt):
         distill.distill(config, str(tmp_path / "resumed"))
-    monkeypatch.setattr(distill, "make_distill_step", real)
+    monkeypatch.setattr(distill, "make_step", real)
     results = distill.distill(config, str(tmp_path / "resumed"))
     assert results["steps_this_run"] in (4, 8)  # from step 8, or 4 if the crash beat the async save
     a = safetensors.numpy.load_file(str(tmp_path / "straight" / "student" / "model.safetensors"))
@@ -116,7 +116,7 @@ def test_fit_a_head_on_a_bare_teacher_then_distil_with_soft_targets(teacher, cor
     config = tiny(str(bare), corpus_file, job="fit_teacher_head", max_steps=20, lr=1e-2)
     distill.fit_teacher_head(config, str(tmp_path / "head"))
     lines = losses_of(tmp_path / "head")
-    assert lines[-1]["head/mlm_loss"] < lines[0]["head/mlm_loss"]
+    assert lines[-1]["head/loss"] < lines[0]["head/loss"]
     fitted, fitted_params = dj.from_pretrained(tmp_path / "head" / "teacher")
     assert isinstance(fitted, dj.BertForMaskedLM)
     np.testing.assert_array_equal(  # the encoder did not move

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from distilbert_jax import miniature
+from distilbert_jax.experiments import miniature
 from distilbert_jax.config import ConfigError
 from conftest import make_tiny_model_dir
 from test_finetune import write_sst2, write_stsb
@@ -68,7 +68,7 @@ def test_every_stage_runs_and_a_rerun_reuses_them(setup, tmp_path):
     assert os.path.getmtime(stage) == before
     assert again["scores"] == summary["scores"]
     config.distill.max_steps = 4  # a finished stage is never reused under another config
-    with pytest.raises(ConfigError, match=r"distill/triple_loss finished with other values of \['max_steps'\]"):
+    with pytest.raises(ConfigError, match=r"holds a run with other values of \['distill.max_steps'\]"):
         miniature.run(config, workdir)
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import distilbert_jax as dj
-from distilbert_jax import hf, losses, sharding
+from distilbert_jax import hf, losses, modeling, sharding
 from distilbert_jax.train import finetune
 from distilbert_jax.train import state as train_state
+from distilbert_jax.train.step import make_step
 from conftest import FIXTURES, compared_after_training, load_reference, relative_error
 
 TOL = 1e-5
@@ -62,7 +63,8 @@ def test_losses_match_transformers(name):
     model, params = dj.from_pretrained(directory)
     out = run(model, params, ref)
     labels = {k.split("/", 1)[1]: jnp.asarray(v) for k, v in ref.items() if k.startswith("label/")}
-    head = next(h for h, cls in hf.MODEL_CLASSES[model.config.model_type].items() if cls is type(model))
+    head = next(h for h, cls in modeling.MODEL_CLASSES[model.config.model_type].items()
+                if cls is type(model))
     loss = losses.head_loss(head, out, labels, model.config)
     assert relative_error(loss, ref["output/loss"]) <= TOL
 
@@ -91,18 +93,19 @@ def test_fine_tuning_updates_match_transformers(name):
     head = hf.head_from_architectures(saved.model_type, architectures)
     no_dropout = {field: 0.0 for field in saved.dropout_fields()}
     model, params = hf.from_pretrained(directory, head=head, **no_dropout)
-    mesh = sharding.make_mesh("dp", jax.devices()[:1])
+    layout = sharding.Layout(sharding.make_mesh("dp", jax.devices()[:1]), sharding.RULES)
     tx = train_state.adamw(
         train_state.linear_schedule(recipe["lr"], recipe["updates"], recipe["warmup"]),
         b1=recipe["b1"], b2=recipe["b2"], eps=recipe["eps"], weight_decay=recipe["weight_decay"],
         max_grad_norm=recipe["max_grad_norm"])
-    shardings = train_state.shardings(hf.abstract_params(model), tx, mesh, sharding.RULES)
-    state = train_state.create(params, tx, seed=0, state_shardings=shardings)
-    step = finetune.make_train_step(model, head, tx, int(ref["accum"]), shardings, mesh, sharding.RULES)
+    state, shardings = train_state.create(model, params, tx, 0, layout)
+    step = make_step(finetune.loss_fn(model, head), tx, layout, shardings, int(ref["accum"]))
     update_losses = []
     for update in range(recipe["updates"]):
-        batch = {k.split("/", 1)[1]: jnp.asarray(v[update]) for k, v in ref.items()
-                 if k.startswith("batch/")}
+        arrays = {k.split("/", 1)[1]: jnp.asarray(v[update]) for k, v in ref.items()
+                  if k.startswith("batch/")}
+        inputs = {k: v for k, v in arrays.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        batch = {"inputs": inputs, "targets": {k: v for k, v in arrays.items() if k not in inputs}}
         state, metrics = step(state, None, batch)
         update_losses.append(float(metrics["train/loss"]))
     np.testing.assert_allclose(update_losses, ref["losses"], rtol=TOL)

@@ -41,7 +41,7 @@ def test_crash_then_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatc
     config = tiny_config(tiny_model, data, "sst2", max_steps=10)
     finetune.train_and_evaluate(config, str(tmp_path / "straight"))
 
-    real_step = finetune.make_train_step
+    real_step = finetune.make_step
 
     def crashing(*args, **kwargs):  # dies while running step 7 (after the step-6 checkpoint)
         step_fn = real_step(*args, **kwargs)
@@ -52,10 +52,10 @@ def test_crash_then_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatc
             return step_fn(state, teacher_params, batch)
         return step
 
-    monkeypatch.setattr(finetune, "make_train_step", crashing)
+    monkeypatch.setattr(finetune, "make_step", crashing)
     with pytest.raises(KeyboardInterrupt):
         finetune.train_and_evaluate(config, str(tmp_path / "resumed"))
-    monkeypatch.setattr(finetune, "make_train_step", real_step)
+    monkeypatch.setattr(finetune, "make_step", real_step)
     results = finetune.train_and_evaluate(config, str(tmp_path / "resumed"))
     # resumed from step 6, or from step 4 when the crash beat the asynchronous save of step 6
     assert results["steps_this_run"] in (4, 6)

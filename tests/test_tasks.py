@@ -70,7 +70,7 @@ def test_glue_from_tfds_records(monkeypatch):
 def test_glue_test_predictions_in_server_format(tmp_path, tokenizer):
     (tmp_path / "test.tsv").write_text("index\tsentence1\tsentence2\n0\ta\tb\n1\tc\td\n")
     task = get_task("rte", str(tmp_path))
-    features = task.encode(task.load("test"), tokenizer, 32, False, False)
+    features = task.encode(task.load("test"), tokenizer, 32)
     path = task.write_predictions(features, {"logits": np.array([[2.0, 1.0], [0.0, 3.0]])},
                                   str(tmp_path / "out"), "test")
     assert os.path.basename(path) == "RTE.tsv"
@@ -83,7 +83,7 @@ def test_squad_dev_windows_recover_the_answers(tokenizer):
     examples = task.load("dev")
     assert len(examples) == 10570
     sample = examples[:300]
-    features = task.encode(sample, tokenizer, 128, False, train=True)
+    features = task.encode(sample, tokenizer, 128)
     assert len(features) > len(sample)  # long contexts make several windows
     recovered = total = 0
     for row in range(len(features)):
@@ -137,7 +137,7 @@ def test_squad_v2_null_answer_threshold():
 def test_ner_labels_on_first_sub_token(tokenizer, tmp_path):
     (tmp_path / "train.txt").write_text("Peter NNP B-NP B-PER\nBlackburnshire NNP I-NP I-PER\n")
     task = get_task("conll2003", str(tmp_path))
-    features = task.encode(task.load("train"), tokenizer, 32, False, True)
+    features = task.encode(task.load("train"), tokenizer, 32)
     ids, labels = features.inputs["input_ids"][0], features.targets["labels"][0]
     pieces = tokenizer.convert_ids_to_tokens(ids)
     assert pieces[0] == "[CLS]" and pieces[-1] == "[SEP]" and len(pieces) > 4

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from distilbert_jax import metrics
+from distilbert_jax import io, metrics
 from distilbert_jax.data.task import DataError, Features, Task, check_file
 
 csv.field_size_limit(1 << 24)
@@ -159,14 +159,12 @@ class GlueTask(Task):
         return examples
 
     # --- encoding and metrics --------------------------------------------------------------------------
-    def encode(self, examples, tokenizer, max_length, token_types, train):
+    def encode(self, examples, tokenizer, max_length):
         texts = [e.texts[0] for e in examples]
         pairs = [e.texts[1] for e in examples] if len(self.spec.text) == 2 else None
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length,
-                        return_token_type_ids=token_types)
-        inputs = {"input_ids": [np.asarray(ids, np.int32) for ids in enc["input_ids"]]}
-        if token_types:
-            inputs["token_type_ids"] = [np.asarray(t, np.int32) for t in enc["token_type_ids"]]
+                        return_token_type_ids=True)
+        inputs = {k: [np.asarray(row, np.int32) for row in enc[k]] for k in ("input_ids", "token_type_ids")}
         dtype = np.float32 if self.spec.labels is None else np.int32
         labels = np.array([e.label for e in examples], dtype)
         return Features(inputs, {"labels": labels}, examples, np.arange(len(examples)))
@@ -188,12 +186,10 @@ class GlueTask(Task):
         stem = _SUBMISSION_NAMES.get(os.path.basename(self.split_file(split)), self.spec.directory)
         path = os.path.join(directory, f"{stem}.tsv")
         os.makedirs(directory, exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write("index\tprediction\n")
-            for example, pred in zip(features.examples, preds):
-                value = f"{pred:.3f}" if self.spec.labels is None else self.spec.labels[int(pred)]
-                f.write(f"{example.index}\t{value}\n")
-        os.replace(path + ".tmp", path)
+        values = (f"{pred:.3f}" if self.spec.labels is None else self.spec.labels[int(pred)]
+                  for pred in preds)
+        io.write_text(path, "index\tprediction\n" + "".join(
+            f"{example.index}\t{value}\n" for example, value in zip(features.examples, values)))
         return path
 
 

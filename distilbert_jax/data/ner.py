@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from distilbert_jax import metrics
+from distilbert_jax import io, metrics
 from distilbert_jax.data.task import DataError, Features, Task, check_file
 from distilbert_jax.losses import IGNORE_INDEX
 
@@ -79,9 +79,9 @@ class ConllTask(Task):
             raise DataError(f"Unknown split {split!r} for {self.name}; use one of {sorted(files)}.")
         return read_conll(os.path.join(self.data_dir, files[split]), self._labels)
 
-    def encode(self, examples, tokenizer, max_length, token_types, train):
+    def encode(self, examples, tokenizer, max_length):
         enc = tokenizer([s.words for s in examples], is_split_into_words=True, truncation=True,
-                        max_length=max_length, return_token_type_ids=token_types, return_word_ids=True)
+                        max_length=max_length, return_token_type_ids=True, return_word_ids=True)
         label_ids = {label: i for i, label in enumerate(self._labels)}
         labels, word_ids = [], []
         for sentence, words in zip(examples, enc["word_ids"]):
@@ -91,9 +91,7 @@ class ConllTask(Task):
                 previous = w
             labels.append(np.asarray(row, np.int32))
             word_ids.append(words)
-        inputs = {"input_ids": [np.asarray(ids, np.int32) for ids in enc["input_ids"]]}
-        if token_types:
-            inputs["token_type_ids"] = [np.asarray(t, np.int32) for t in enc["token_type_ids"]]
+        inputs = {k: [np.asarray(row, np.int32) for row in enc[k]] for k in ("input_ids", "token_type_ids")}
         return Features(inputs, {"labels": labels}, examples, np.arange(len(examples)),
                         {"word_ids": word_ids})
 
@@ -120,11 +118,8 @@ class ConllTask(Task):
         """CoNLL format: `word gold predicted` per line, blank line between sentences (conlleval's input)."""
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, f"{self.name}_{split}.txt")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            for sentence, tags in zip(features.examples, self.word_predictions(features, outputs)):
-                for word, gold, pred in zip(sentence.words, sentence.tags, tags):
-                    f.write(f"{word} {gold} {pred}\n")
-                f.write("\n")
-        os.replace(path + ".tmp", path)
+        io.write_text(path, "".join(
+            "".join(f"{word} {gold} {pred}\n" for word, gold, pred in zip(s.words, s.tags, tags)) + "\n"
+            for s, tags in zip(features.examples, self.word_predictions(features, outputs))))
         return path
 

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from distilbert_jax import metrics
+from distilbert_jax import io, metrics
 from distilbert_jax.data.task import DataError, Features, Task, check_file
 
 
@@ -104,7 +104,7 @@ class SquadTask(Task):
                              [int(s) for s in r["answers"]["answer_start"]]) for r in records]
 
     # --- encoding -------------------------------------------------------------------------------------
-    def encode(self, examples, tokenizer, max_length, token_types, train):
+    def encode(self, examples, tokenizer, max_length):
         enc = tokenizer([e.question.lstrip() for e in examples], [e.context for e in examples],
                         truncation="only_second", max_length=max_length, stride=self.doc_stride,
                         return_overflowing_tokens=True, return_offsets_mapping=True,
@@ -118,9 +118,7 @@ class SquadTask(Task):
             start, end = self._target(examples[sample], offsets)
             starts.append(start)
             ends.append(end)
-        inputs = {"input_ids": [np.asarray(ids, np.int32) for ids in enc["input_ids"]]}
-        if token_types:
-            inputs["token_type_ids"] = [np.asarray(t, np.int32) for t in enc["token_type_ids"]]
+        inputs = {k: [np.asarray(row, np.int32) for row in enc[k]] for k in ("input_ids", "token_type_ids")}
         targets = {"start_positions": np.asarray(starts, np.int32),
                    "end_positions": np.asarray(ends, np.int32)}
         return Features(inputs, targets, examples, np.asarray(enc["overflow_to_sample_mapping"]),
@@ -184,8 +182,5 @@ class SquadTask(Task):
         if self.version_2:
             files[f"{self.name}_{split}_null_odds.json"] = null_odds
         for name, value in files.items():
-            path = os.path.join(directory, name)
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                json.dump(value, f, ensure_ascii=False)
-            os.replace(path + ".tmp", path)
+            io.write_text(os.path.join(directory, name), json.dumps(value, ensure_ascii=False))
         return os.path.join(directory, f"{self.name}_{split}_predictions.json")

@@ -66,12 +66,12 @@ class SwagTask(Task):
                                               int(label) if label not in (None, "") else -1))
         return examples
 
-    def encode(self, examples, tokenizer, max_length, token_types, train):
+    def encode(self, examples, tokenizer, max_length):
         firsts = [e.context for e in examples for _ in ENDINGS]
         seconds = [f"{e.start} {ending}" for e in examples for ending in e.endings]
         enc = tokenizer(firsts, seconds, truncation=True, max_length=max_length,
-                        return_token_type_ids=token_types)
-        keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
+                        return_token_type_ids=True)
+        keys = ["input_ids", "attention_mask", "token_type_ids"]
         inputs = {k: [] for k in keys}
         for i in range(len(examples)):
             choices = enc["input_ids"][i * 4:(i + 1) * 4]

@@ -29,8 +29,9 @@ class DataError(ValueError):
 class Features:
     """An encoded split: one row per model input, ragged along the sequence axis.
 
-    inputs: input_ids (and token_type_ids for BERT), each row [length] or [choices, length];
-      an attention_mask only where rows are not all real tokens (uneven choices).
+    inputs: input_ids and token_type_ids, each row [length] or [choices, length]; an
+      attention_mask only where rows are not all real tokens (uneven choices). Which of them a
+      model reads is decided by `modeling.model_inputs`.
     targets: training labels per row: a scalar, or a [length] array for per-token labels.
     examples / row_to_example: the raw examples and which one each row came from (QA windows).
     extras: per-row data the metric needs (offsets, word ids).
@@ -52,10 +53,9 @@ class Task(abc.ABC):
     """What a benchmark must say about itself for the shared fine-tuning loop."""
 
     name: str
-    head: str  # a key of hf.MODEL_CLASSES[family]
+    head: str  # a key of modeling.MODEL_CLASSES[family]
     problem_type: str | None = None
     metric_for_best: str  # the key of evaluate()'s dict that picks the best checkpoint
-    splits: Sequence[str] = ("train", "dev")
 
     @property
     @abc.abstractmethod
@@ -71,9 +71,8 @@ class Task(abc.ABC):
         """Raw examples of a split; a DataError names the file and line of any bad row."""
 
     @abc.abstractmethod
-    def encode(self, examples: list, tokenizer, max_length: int, token_types: bool,
-               train: bool) -> Features:
-        """Tokenised rows with training targets."""
+    def encode(self, examples: list, tokenizer, max_length: int) -> Features:
+        """Tokenised rows (with token types) and their training targets."""
 
     @abc.abstractmethod
     def evaluate(self, features: Features, outputs: dict[str, list]) -> dict[str, float]:
@@ -106,28 +105,29 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
 
 
 def collate(features: Features, rows: Sequence[int], length: int, pad_id: int,
-            batch_size: int | None = None) -> dict[str, np.ndarray]:
-    """Pads rows to `length` (and the batch to `batch_size` with weight-0 rows) as numpy arrays.
+            batch_size: int | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """{"inputs": ..., "targets": ...}: rows padded to `length` (and the batch to `batch_size`
+    with empty rows, whose outputs the caller drops) as numpy arrays.
 
-    input_ids pad with `pad_id`, token types with 0, per-token labels with -100; `weights` is 1 for
-    real rows, so metrics over a padded final batch stay exact.
+    input_ids pad with `pad_id`, token types with 0, per-token labels with -100.
     """
     batch_size = batch_size or len(rows)
     first = features.inputs["input_ids"][rows[0] if len(rows) else 0]  # shape template
     shape = (batch_size, *first.shape[:-1], length)
-    batch = {"input_ids": np.full(shape, pad_id, np.int32),
-             "attention_mask": np.zeros(shape, np.int32)}
+    inputs = {"input_ids": np.full(shape, pad_id, np.int32),
+              "attention_mask": np.zeros(shape, np.int32)}
     if "token_type_ids" in features.inputs:
-        batch["token_type_ids"] = np.zeros(shape, np.int32)
+        inputs["token_type_ids"] = np.zeros(shape, np.int32)
     for i, row in enumerate(rows):
         ids = features.inputs["input_ids"][row][..., :length]
         n = ids.shape[-1]
-        batch["input_ids"][i, ..., :n] = ids
+        inputs["input_ids"][i, ..., :n] = ids
         for key in ("attention_mask", "token_type_ids"):
             if key in features.inputs:  # multiple choice carries its own mask for uneven choices
-                batch[key][i, ..., :n] = features.inputs[key][row][..., :length]
+                inputs[key][i, ..., :n] = features.inputs[key][row][..., :length]
         if "attention_mask" not in features.inputs:
-            batch["attention_mask"][i, ..., :n] = 1
+            inputs["attention_mask"][i, ..., :n] = 1
+    targets = {}
     for key, values in features.targets.items():
         sample = values[rows[0] if len(rows) else 0]
         if np.ndim(sample) == 0:
@@ -137,15 +137,8 @@ def collate(features: Features, rows: Sequence[int], length: int, pad_id: int,
             column = np.full((batch_size, length), IGNORE_INDEX, np.int32)
             for i, row in enumerate(rows):
                 column[i, : len(values[row][:length])] = values[row][:length]
-        batch[key] = column
-    weights = np.zeros((batch_size,), np.float32)
-    weights[: len(rows)] = 1
-    batch["weights"] = weights
-    return batch
-
-
-def batch_length(features: Features, rows: Sequence[int], buckets: Sequence[int]) -> int:
-    return bucket_for(int(features.lengths()[list(rows)].max()), buckets)
+        targets[key] = column
+    return {"inputs": inputs, "targets": targets}
 
 
 def train_batches(features: Features, batch_size: int, seed: int, start_step: int, pad_id: int,
@@ -176,8 +169,8 @@ def eval_batches(features: Features, batch_size: int, pad_id: int,
                  ) -> Iterator[tuple[np.ndarray, dict]]:
     """(global rows, local batch) over every row once, sorted by length so padding is small.
 
-    Every batch has `batch_size` slots (weight-0 padding rows fill the last one); slot i of the
-    global batch holds `rows[i]`.
+    Every batch has `batch_size` slots (empty rows fill the last one); slot i of the global batch
+    holds `rows[i]`.
     """
     lengths = features.lengths()
     order = np.argsort(lengths, kind="stable")

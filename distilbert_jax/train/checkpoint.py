@@ -13,6 +13,8 @@ import flax.serialization
 import jax
 import orbax.checkpoint as ocp
 
+from distilbert_jax.hf import CheckpointError
+
 
 class Checkpoints:
     """`<workdir>/checkpoints` (latest `keep` states) and `<workdir>/best` (best params, one)."""
@@ -36,11 +38,18 @@ class Checkpoints:
         self.latest.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
 
     def restore(self, target, step: int | None = None):
-        """The saved state at `step` (default latest), placed like `target`."""
+        """The saved state at `step` (default latest), placed like `target`; a checkpoint of
+        another shape (another model in this workdir) is one sentence, not orbax's traceback."""
         step = self.latest.latest_step() if step is None else step
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                                 flax.serialization.to_state_dict(target))
-        restored = self.latest.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            restored = self.latest.restore(step, args=ocp.args.StandardRestore(abstract))
+        except (ValueError, KeyError, TypeError) as e:
+            detail = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise CheckpointError(
+                f"The checkpoint at step {step} in {self.latest.directory} does not fit this run's "
+                f"model and optimiser ({detail[:200]}); use a new workdir.") from None
         return flax.serialization.from_state_dict(target, restored)
 
     def save_best(self, step: int, params, metrics: dict[str, float]) -> None:
@@ -50,9 +59,11 @@ class Checkpoints:
     def best_step(self) -> int | None:
         return None if self.best is None else self.best.best_step()
 
-    def restore_best(self, target_params):
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_params)
-        return self.best.restore(self.best.best_step(), args=ocp.args.StandardRestore(abstract))
+    def wait(self) -> None:
+        """Blocks until every asynchronous save has finished (or failed)."""
+        for manager in (self.latest, self.best):
+            if manager is not None:
+                manager.wait_until_finished()
 
     def close(self) -> None:
         """Waits for async writes to finish, then releases the managers."""
@@ -60,3 +71,9 @@ class Checkpoints:
             if manager is not None:
                 manager.wait_until_finished()
                 manager.close()
+
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -18,20 +18,18 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 
 from distilbert_jax import hf, losses, modeling, sharding, student
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import corpus
 from distilbert_jax.data.task import prefetch
 from distilbert_jax.tokenizer import Tokenizer
-from distilbert_jax.train import loop
+from distilbert_jax.train import checks, loop, workdir as workdirs
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.checkpoint import Checkpoints
-from distilbert_jax.train.finetune import DTYPES, write_config, write_json
 from distilbert_jax.train.logging import MetricWriter, Progress
+from distilbert_jax.train.step import make_step
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +80,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
     c.save_model = True  # save_pretrained(<workdir>/student), loadable as DistilBertForMaskedLM
+    c.allow_config_change = False  # True: continue a workdir's run under a config that differs
+    return c
+
+
+def head_config() -> ml_collections.ConfigDict:
+    """The fit_teacher_head job's recipe: a masked-LM head on an encoder kept frozen (300 steps of
+    64 sequences of 128 tokens at lr 5e-3)."""
+    c = default_config()
+    c.update(job="fit_teacher_head", max_length=128, batch_size=64, grad_accum_steps=1,
+             max_steps=300, lr=5e-3, log_every=25, checkpoint_every=100)
     return c
 
 
@@ -101,10 +109,11 @@ def check_recipe(config) -> None:
         raise ConfigError(f"temperature={config.temperature} must be positive.")
 
 
-def load_teacher(config, mesh, rules):
+def load_teacher(config, layout: sharding.Layout):
     """(teacher model, params, tokenizer): with its MLM head when the checkpoint has one."""
     directory = hf.resolve(config.teacher)
     saved, architectures = hf.read_config(directory)
+    checks.check_length(config.max_length, saved, config.teacher)
     if saved.model_type != "bert":
         raise ConfigError(f"The teacher {config.teacher} is a {saved.model_type!r} model; "
                           "distillation needs a BERT teacher.")
@@ -116,23 +125,23 @@ def load_teacher(config, mesh, rules):
             "soft targets: set --config.alpha_ce=0 --config.alpha_mse=0 (cosine + MLM only), or "
             "use a teacher with an MLM head.")
     model, params = hf.from_pretrained(directory, head="masked_lm" if needs_logits else "base",
-                                       dtype=DTYPES[config.teacher_dtype],
-                                       shardings=sharding.param_placement(mesh, rules))
+                                       dtype=checks.dtype(config, "teacher_dtype"),
+                                       shardings=layout.params)
     return model, params, Tokenizer.from_pretrained(directory)
 
 
-def build_student(config, teacher, teacher_params, tokenizer, mesh):
+def build_student(config, teacher, teacher_params, tokenizer, layout: sharding.Layout):
     """The student model and its initial params (teacher layers, or random)."""
     cfg = student.student_config(teacher.config, config.student_layers)
-    model = modeling.DistilBertForMaskedLM(cfg, dtype=DTYPES[config.dtype])
+    model = modeling.DistilBertForMaskedLM(cfg, dtype=checks.dtype(config))
     if tokenizer.vocab_size != cfg.vocab_size:
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the student's "
                           f"vocab_size is {cfg.vocab_size}; teacher and student must share a vocabulary.")
     with jax.default_device(jax.local_devices(backend="cpu")[0]):  # built on the host, then placed
-        params = jax.device_get(hf.init_params(model, config.seed))
+        params = jax.device_get(modeling.init_params(model, config.seed))
     if config.student_init == "teacher":
         layers = student.teacher_layers(teacher.config.num_hidden_layers, config.student_layers)
-        params, fresh = student.init_from_teacher(params, sharding.to_host(teacher_params, mesh), layers)
+        params, fresh = student.init_from_teacher(params, layout.to_host(teacher_params), layers)
         log.info("Student layers from teacher layers %s%s", layers,
                  f"; fresh: {', '.join(fresh)}" if fresh else "")
     return model, params
@@ -152,9 +161,10 @@ def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
     return corpus.Corpus.load(corpus_dir)
 
 
-def corpus_batches(data: corpus.Corpus, config, pad_id: int, mesh, start: int):
-    """Global length-grouped batches from batch `start` on, each process loading its own share."""
-    return prefetch(sharding.put_batch(b, mesh, config.batch_size) for b in data.batches(
+def corpus_batches(data: corpus.Corpus, config, pad_id: int, layout: sharding.Layout, start: int):
+    """Global length-grouped batches ({"inputs": ...}) from batch `start` on, each process loading
+    its own share."""
+    return prefetch(layout.put_batch({"inputs": b}, config.batch_size) for b in data.batches(
         config.batch_size, config.seed, start, pad_id, config.length_multiple,
         process=(jax.process_index(), jax.process_count())))
 
@@ -172,9 +182,9 @@ def masker(config, token_counts, tokenizer, vocab_size: int):
     return mask
 
 
-def make_distill_step(student_model, teacher_model, tx, config, mask, state_shardings,
-                      teacher_shardings, mesh, rules):
-    """One update: mask on device, teacher forward (frozen), student forward, triple loss.
+def distill_loss(student_model, teacher_model, config, mask):
+    """The triple loss `(params, teacher_params, batch, key) -> (loss, terms)`: mask on device,
+    teacher forward (frozen), student forward.
 
     Vocabulary logits cost most of a small model's step; when no term needs them at every token
     (restrict_ce_to_mask, or no soft targets), both models compute them at the MLM targets only.
@@ -187,11 +197,11 @@ def make_distill_step(student_model, teacher_model, tx, config, mask, state_shar
 
     def loss_fn(params, teacher_params, batch, key):
         mask_key, dropout_key = jax.random.split(key)
-        ids, labels = mask(mask_key, batch)
+        ids, labels = mask(mask_key, batch["inputs"])
         positions = None
         if at_targets:
             positions, labels = corpus.target_positions(labels, config.mlm_mask_prop)
-        attention = batch["attention_mask"]
+        attention = batch["inputs"]["attention_mask"]
         teacher_out = teacher_model.apply(
             {"params": teacher_params}, ids, attention_mask=attention, output_hidden_states=True,
             **({"logit_positions": positions} if teacher_logits else {}))
@@ -202,40 +212,7 @@ def make_distill_step(student_model, teacher_model, tx, config, mask, state_shar
                                   output_hidden_states=True, logit_positions=positions)
         return losses.distillation_loss(out.logits, t_logits, out.hidden_states[-1], t_hidden,
                                         attention, labels, **terms_weights)
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    accum = config.grad_accum_steps
-
-    def step(state, teacher_params, batch):
-        key = jax.random.fold_in(state.rng, state.step)
-        micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
-
-        def body(carry, xs):
-            index, micro_batch = xs
-            (loss, terms), grads = grad_fn(state.params, teacher_params, micro_batch,
-                                           jax.random.fold_in(key, index))
-            return jax.tree.map(jnp.add, carry, (loss, terms, grads)), None
-
-        shapes = jax.eval_shape(grad_fn, state.params, teacher_params,
-                                jax.tree.map(lambda x: x[0], micro), key)
-        (loss_shape, terms_shape), grads_shape = shapes
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                             (loss_shape, terms_shape, grads_shape))
-        (loss, terms, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-        loss, terms, grads = jax.tree.map(lambda x: x / accum, (loss, terms, grads))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"distill/loss": loss, **{f"distill/loss_{k}": v for k, v in terms.items()},
-                   "train/grad_norm": train_state.global_norm(grads),
-                   "train/param_norm": train_state.global_norm(params),
-                   "batch/tokens": jnp.sum(batch["attention_mask"])}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    replicated = NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(step, in_shardings=(state_shardings, teacher_shardings,
-                                         sharding.batch_sharding(mesh)),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
-    return sharding.in_mesh(jitted, mesh, rules)
+    return loss_fn
 
 
 def frozen_where(predicate):
@@ -245,44 +222,47 @@ def frozen_where(predicate):
 
 
 def train_on_corpus(config, workdir: str, model, params, data: corpus.Corpus, tokenizer, frozen,
-                    make_step, mesh, rules):
+                    loss_fn, layout: sharding.Layout, frozen_params=None, frozen_shardings=None,
+                    prefix: str = "train"):
     """The loop both corpus jobs share: AdamW with the config's schedule (parameters `frozen` says
-    stay fixed), resumed from this workdir's checkpoint, over length-grouped corpus batches.
+    stay fixed), resumed from this workdir's checkpoint, over length-grouped corpus batches, with
+    `loss_fn` (see step.make_step) reading `frozen_params`.
 
-    `make_step(tx, state_shardings)` returns the jitted `(state, batch) -> (state, metrics)`.
     Returns (final state, total steps, the step this run started at).
     """
     steps_per_epoch = len(data.lengths) // config.batch_size
+    if steps_per_epoch == 0 and config.max_steps <= 0:
+        raise ConfigError(f"The corpus has {len(data.lengths)} sequences, fewer than one batch of "
+                          f"batch_size={config.batch_size}.")
     total = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
-    schedule = train_state.linear_schedule(config.lr, total, int(config.warmup_ratio * total))
-    tx = train_state.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                           weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-                           frozen=frozen)
-    state_shardings = train_state.shardings(hf.abstract_params(model), tx, mesh, rules)
-    state = train_state.create(jax.device_put(params, state_shardings.params), tx, config.seed,
-                               state_shardings)
-    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-    if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state)
-        log.info("Resumed from %s at step %d", workdir, int(state.step))
-    start = int(state.step)
-    batches = corpus_batches(data, config, tokenizer.pad_token_id, mesh, start)
-    writer = MetricWriter(workdir)
-    state = loop.run(state, make_step(tx, state_shardings), batches,
-                     loop.Schedule(total, config.log_every, config.checkpoint_every),
-                     workdir=workdir, checkpoints=checkpoints, writer=writer,
-                     progress=Progress(total, config.batch_size, start), learning_rate=schedule)
-    checkpoints.close()
-    writer.close()
+    tx, schedule = train_state.optimizer(config, total, frozen=frozen)
+    state, state_shardings = train_state.create(model, params, tx, config.seed, layout)
+    with Checkpoints(workdir, config.keep_checkpoints) as checkpoints:
+        if checkpoints.latest_step() is not None:
+            state = checkpoints.restore(state)
+            log.info("Resumed from %s at step %d", workdir, int(state.step))
+        workdirs.record(config, workdir)  # every check has passed: this start is on record
+        start = int(state.step)
+        step = make_step(loss_fn, tx, layout, state_shardings, config.grad_accum_steps,
+                         frozen_shardings, prefix)
+        batches = corpus_batches(data, config, tokenizer.pad_token_id, layout, start)
+        with MetricWriter(workdir) as writer:
+            state = loop.run(state, lambda state, batch: step(state, frozen_params, batch), batches,
+                             loop.Schedule(total, config.log_every, config.checkpoint_every),
+                             workdir=workdir, checkpoints=checkpoints, writer=writer,
+                             progress=Progress(total, config.batch_size, start), learning_rate=schedule)
     return state, total, start
 
 
 def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Distils a student from `config.teacher` on `config.corpus_*`; returns the run's summary."""
+    workdirs.probe(workdir)
     check_recipe(config)
-    mesh, rules = sharding.from_config(config)
-    teacher, teacher_params, tokenizer = load_teacher(config, mesh, rules)
-    student_model, params = build_student(config, teacher, teacher_params, tokenizer, mesh)
+    layout = sharding.Layout.from_config(config)
+    checks.check_training(config, layout)
+    workdirs.check_resume(config, workdir)
+    teacher, teacher_params, tokenizer = load_teacher(config, layout)
+    student_model, params = build_student(config, teacher, teacher_params, tokenizer, layout)
     if student_model.config.dim != teacher.config.hidden_size:
         raise ConfigError(f"The student's dim ({student_model.config.dim}) differs from the teacher's "
                           f"hidden_size ({teacher.config.hidden_size}); the cosine loss needs them equal.")
@@ -291,27 +271,19 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise ConfigError(f"The corpus {config.corpus_dir or os.path.join(workdir, 'corpus')} was "
                           f"tokenised with a {data.counts.shape[0]}-token vocabulary, "
                           f"the student has {student_model.config.vocab_size}.")
-    os.makedirs(workdir, exist_ok=True)
-    write_config(config, workdir)
-
     frozen = frozen_where(lambda path: "position_embeddings" in path) if config.freeze_positions else None
-    teacher_shardings = sharding.tree_shardings(hf.abstract_params(teacher), mesh, rules)
     mask = masker(config, data.counts, tokenizer, student_model.config.vocab_size)
-
-    def make_step(tx, state_shardings):
-        step = make_distill_step(student_model, teacher, tx, config, mask, state_shardings,
-                                 teacher_shardings, mesh, rules)
-        return lambda state, batch: step(state, teacher_params, batch)
-
-    state, total, start = train_on_corpus(config, workdir, student_model, params, data, tokenizer,
-                                          frozen, make_step, mesh, rules)
+    state, total, start = train_on_corpus(
+        config, workdir, student_model, params, data, tokenizer, frozen,
+        distill_loss(student_model, teacher, config, mask), layout, teacher_params,
+        layout.params(teacher), prefix="distill")
     if config.save_model:
-        params = sharding.to_host(state.params, mesh)
+        params = layout.to_host(state.params)
         if jax.process_index() == 0:
             hf.save_pretrained(os.path.join(workdir, "student"), student_model, params, tokenizer)
     results = {"teacher": config.teacher, "student_layers": config.student_layers,
                "sequences": int(len(data.lengths)), "total_steps": total, "steps_this_run": total - start}
-    write_json(os.path.join(workdir, "results.json"), results)
+    workdirs.write_results(workdir, results)
     return results
 
 
@@ -319,43 +291,35 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     """Gives a bare BERT teacher (all-MiniLM-L6-v2 ships without one) a masked-LM head: the
     transform and output bias are trained on the corpus with MLM, the encoder and the tied word
     embeddings frozen. Saves `<workdir>/teacher`, a BertForMaskedLM to distil from with α_ce > 0."""
-    mesh, rules = sharding.from_config(config)
+    workdirs.probe(workdir)
+    check_recipe(config)
+    layout = sharding.Layout.from_config(config)
+    checks.check_training(config, layout)
+    workdirs.check_resume(config, workdir)
     directory = hf.resolve(config.teacher)
+    checks.check_length(config.max_length, hf.read_config(directory)[0], config.teacher)
     model, params = hf.from_pretrained(directory, head="masked_lm", seed=config.seed,
-                                       shardings=sharding.param_placement(mesh, rules))
+                                       dtype=checks.dtype(config),
+                                       shardings=layout.params)
     tokenizer = Tokenizer.from_pretrained(directory)
     data = load_corpus(config, tokenizer, workdir)
-    os.makedirs(workdir, exist_ok=True)
-    write_config(config, workdir)
     mask = masker(config, data.counts, tokenizer, model.config.vocab_size)
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, _, batch, key):
         params = {"bert": jax.lax.stop_gradient(params["bert"]), "cls": params["cls"]}
-        ids, labels = mask(key, batch)
+        ids, labels = mask(key, batch["inputs"])
         positions, labels = corpus.target_positions(labels, config.mlm_mask_prop)
-        out = model.apply({"params": params}, ids, attention_mask=batch["attention_mask"],
+        out = model.apply({"params": params}, ids, attention_mask=batch["inputs"]["attention_mask"],
                           logit_positions=positions)
-        return losses.masked_lm_loss(out.logits, labels)
-
-    def make_step(tx, state_shardings):
-        def step(state, batch):
-            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch,
-                                                      jax.random.fold_in(state.rng, state.step))
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            return (state.replace(step=state.step + 1, params=params, opt_state=opt_state),
-                    {"head/mlm_loss": loss, "batch/tokens": jnp.sum(batch["attention_mask"])})
-        return sharding.in_mesh(jax.jit(
-            step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-            out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0),
-            mesh, rules)
+        return losses.masked_lm_loss(out.logits, labels), {}
 
     state, total, _ = train_on_corpus(config, workdir, model, params, data, tokenizer,
-                                      frozen_where(lambda path: path[0] != "cls"), make_step, mesh, rules)
-    params = sharding.to_host(state.params, mesh)
+                                      frozen_where(lambda path: path[0] != "cls"), loss_fn, layout,
+                                      prefix="head")
+    params = layout.to_host(state.params)
     if jax.process_index() == 0:
         hf.save_pretrained(os.path.join(workdir, "teacher"), model, params, tokenizer)
     results = {"teacher": config.teacher, "total_steps": total,
                "saved": os.path.join(workdir, "teacher")}
-    write_json(os.path.join(workdir, "results.json"), results)
+    workdirs.write_results(workdir, results)
     return results

@@ -7,7 +7,6 @@ resumed run ends with the same parameters as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -17,21 +16,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from distilbert_jax import hf, losses, sharding
+from distilbert_jax import hf, losses, modeling, sharding
 from distilbert_jax.data import Features, Task, get_task
-from distilbert_jax.data.task import eval_batches, prefetch, train_batches
+from distilbert_jax.data.task import DataError, eval_batches, prefetch, train_batches
 from distilbert_jax.tokenizer import Tokenizer
-from distilbert_jax.train import loop
+from distilbert_jax.train import checks, loop, workdir as workdirs
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.checkpoint import Checkpoints
 from distilbert_jax.train.logging import MetricWriter, Progress
 from distilbert_jax.train.loop import TrainingError
+from distilbert_jax.train.step import make_step
 
 log = logging.getLogger(__name__)
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -77,6 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_splits = ("dev",)
     c.predict_splits = ()  # e.g. ("test",): GLUE-server / SQuAD prediction files
     c.save_model = True  # save_pretrained(<workdir>/model) at the end, loadable by transformers
+    c.allow_config_change = False  # True: continue a workdir's run under a config that differs
 
     # The second distillation step: a teacher fine-tuned on this task (empty: plain fine-tuning).
     c.teacher = ""
@@ -93,29 +91,28 @@ def build_task(config) -> Task:
                     **dict(config.get("task_options", {})))
 
 
-def load_model(config, task: Task, mesh, rules, require_trained_head: bool = False,
+def load_model(config, task: Task, layout: sharding.Layout, require_trained_head: bool = False,
                path: str | None = None):
     """(model, params, tokenizer) with the task's head and label space on `path` (default
-    `config.model`), params placed on `mesh` by `rules`."""
+    `config.model`), params placed by `layout`; refuses a max_length the model cannot hold."""
     path = path or config.model
     overrides = dict(config.get("model_overrides", {}))
     if task.label_names:
         overrides["id2label"] = tuple(task.label_names)
     if task.problem_type:
         overrides["problem_type"] = task.problem_type
-    if config.dtype not in DTYPES:
-        raise TrainingError(f"dtype={config.dtype!r} is not one of {sorted(DTYPES)}.")
     directory = hf.resolve(path)
+    saved, architectures = hf.read_config(directory)
+    checks.check_length(config.max_length, saved, path)
     if require_trained_head:
-        saved, architectures = hf.read_config(directory)
         head = hf.head_from_architectures(saved.model_type, architectures)
         if head != task.head:
             raise TrainingError(
                 f"{path} is a {head} checkpoint ({architectures}); task {task.name} needs a "
                 f"{task.head} head. Fine-tune it first, or evaluate a checkpoint trained on this task.")
     model, params = hf.from_pretrained(directory, head=task.head, num_labels=task.num_labels,
-                                       dtype=DTYPES[config.dtype], seed=config.seed,
-                                       shardings=sharding.param_placement(mesh, rules), **overrides)
+                                       dtype=checks.dtype(config), seed=config.seed,
+                                       shardings=layout.params, **overrides)
     tokenizer = Tokenizer.from_pretrained(directory)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise TrainingError(f"The tokenizer's vocabulary ({tokenizer.vocab_size}) is larger than "
@@ -123,94 +120,55 @@ def load_model(config, task: Task, mesh, rules, require_trained_head: bool = Fal
     return model, params, tokenizer
 
 
-def encode_split(task: Task, split: str, tokenizer, config, token_types: bool,
-                 train: bool) -> Features:
-    """A split's examples (the first `limit_*_examples` if set), encoded; BERT gets token types."""
+def encode_split(task: Task, split: str, tokenizer, config, train: bool) -> Features:
+    """A split's examples (the first `limit_train_examples` / `limit_eval_examples` if set), encoded."""
     examples = task.load(split)
     limit = config.get("limit_train_examples" if train else "limit_eval_examples", 0)
     if limit:
         examples = examples[:limit]
-    return task.encode(examples, tokenizer, config.max_length, token_types, train)
+    return task.encode(examples, tokenizer, config.max_length)
 
 
-def model_inputs(model, batch) -> dict:
-    """The batch entries `model` takes: DistilBERT has no token types (a BERT teacher may)."""
-    keys = MODEL_INPUTS if model.config.model_type == "bert" else MODEL_INPUTS[:2]
-    return {k: batch[k] for k in keys if k in batch}
+def loss_fn(model, head: str, teacher=None, distillation=None):
+    """The fine-tuning loss `(params, teacher_params, batch, key) -> (loss, terms)`: the head's
+    loss, or with a fine-tuned `teacher` task_alpha·task loss + distill_alpha·soft-target loss
+    (`distillation` holds the alphas and the temperature)."""
 
-
-def make_train_step(model, head: str, tx, accum_steps: int, state_shardings, mesh, rules,
-                    teacher=None, teacher_shardings=None, distillation=None) -> Callable:
-    """The jitted update: dropout key fold_in(rng, step), micro-batches by lax.scan, explicit
-    in/out shardings, the state donated. With a fine-tuned `teacher`, the loss is
-    task_alpha·task loss + distill_alpha·soft-target loss (`distillation` holds the alphas and T);
-    the step then takes the teacher's params as its second argument."""
-
-    def loss_fn(params, teacher_params, batch, key):
-        targets = {k: v for k, v in batch.items() if k not in MODEL_INPUTS and k != "weights"}
-        out = model.apply({"params": params}, **model_inputs(model, batch), deterministic=False,
-                          rngs={"dropout": key})
-        loss = losses.head_loss(head, out, targets, model.config)
+    def compute(params, teacher_params, batch, key):
+        inputs = batch["inputs"]
+        out = model.apply({"params": params}, **modeling.model_inputs(model, inputs),
+                          deterministic=False, rngs={"dropout": key})
+        loss = losses.head_loss(head, out, batch["targets"], model.config)
         if teacher is None:
-            return loss
+            return loss, {}
         teacher_out = jax.lax.stop_gradient(
-            teacher.apply({"params": teacher_params}, **model_inputs(teacher, batch)))
-        soft = losses.task_distillation_loss(head, out, teacher_out, batch["attention_mask"],
+            teacher.apply({"params": teacher_params}, **modeling.model_inputs(teacher, inputs)))
+        soft = losses.task_distillation_loss(head, out, teacher_out, inputs["attention_mask"],
                                              distillation["temperature"], model.config.problem_type)
-        return distillation["task_alpha"] * loss + distillation["distill_alpha"] * soft
-
-    grad_fn = jax.value_and_grad(loss_fn)
-
-    def step(state: train_state.TrainState, teacher_params, batch):
-        key = jax.random.fold_in(state.rng, state.step)
-        if accum_steps == 1:
-            loss, grads = grad_fn(state.params, teacher_params, batch, key)
-        else:
-            micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
-
-            def body(carry, xs):
-                index, micro_batch = xs
-                loss, grads = grad_fn(state.params, teacher_params, micro_batch,
-                                      jax.random.fold_in(key, index))
-                return jax.tree.map(jnp.add, carry, (loss, grads)), None
-
-            zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
-            (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
-            loss, grads = jax.tree.map(lambda x: x / accum_steps, (loss, grads))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = jax.tree.map(lambda p, u: p + u, state.params, updates)
-        metrics = {"train/loss": loss, "train/grad_norm": train_state.global_norm(grads),
-                   "train/param_norm": train_state.global_norm(params),
-                   "batch/tokens": jnp.sum(batch["attention_mask"])}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    replicated = NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(step, in_shardings=(state_shardings, teacher_shardings or replicated,
-                                         sharding.batch_sharding(mesh)),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
-    return sharding.in_mesh(jitted, mesh, rules)
+        total = distillation["task_alpha"] * loss + distillation["distill_alpha"] * soft
+        return total, {"task": loss, "soft": soft}
+    return compute
 
 
-def make_eval_step(model, param_shardings, mesh, rules) -> Callable:
-    def step(params, batch):
-        out = model.apply({"params": params}, **model_inputs(model, batch))
+def make_eval_step(model, param_shardings, layout: sharding.Layout) -> Callable:
+    """`(params, inputs) -> {logits | start_logits, end_logits}` in float32, replicated."""
+    def step(params, inputs):
+        out = model.apply({"params": params}, **modeling.model_inputs(model, inputs))
         return {k: getattr(out, k).astype(jnp.float32)
                 for k in ("logits", "start_logits", "end_logits") if getattr(out, k, None) is not None}
-    jitted = jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-                     out_shardings=NamedSharding(mesh, PartitionSpec()))
-    return sharding.in_mesh(jitted, mesh, rules)
+    return layout.jit(step, in_shardings=(param_shardings, layout.batch),
+                      out_shardings=layout.replicated)
 
 
 def predict(eval_step, params, task: Task, features: Features, batch_size: int, pad_id: int,
-            buckets, mesh) -> dict[str, Any]:
+            buckets, layout: sharding.Layout) -> dict[str, Any]:
     """Model outputs for every row: arrays [rows, ...], or per-row lists trimmed to each row's length."""
     lengths = features.lengths()
     collected: dict[str, list] = {}
     order: list[int] = []
     process = (jax.process_index(), jax.process_count())
     for rows, batch in prefetch(eval_batches(features, batch_size, pad_id, buckets, process)):
-        inputs = sharding.put_batch({k: v for k, v in batch.items() if k in MODEL_INPUTS}, mesh,
-                                    batch_size)
+        inputs = layout.put_batch(batch["inputs"], batch_size)
         out = {k: np.asarray(v.addressable_data(0)) for k, v in eval_step(params, inputs).items()}
         for key, value in out.items():
             for i, row in enumerate(rows):
@@ -222,12 +180,13 @@ def predict(eval_step, params, task: Task, features: Features, batch_size: int, 
     return outputs if task.per_token_outputs else {k: np.stack(v) for k, v in outputs.items()}
 
 
-def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config, pad_id, mesh,
-                    predictions_dir: str | None = None) -> dict[str, dict[str, float]]:
+def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config, pad_id,
+                    layout: sharding.Layout, predictions_dir: str | None = None
+                    ) -> dict[str, dict[str, float]]:
     results = {}
     for split, features in splits.items():
         outputs = predict(eval_step, params, task, features, config.eval_batch_size, pad_id,
-                          tuple(config.buckets), mesh)
+                          tuple(config.buckets), layout)
         if predictions_dir and jax.process_index() == 0:
             path = task.write_predictions(features, outputs, os.path.join(predictions_dir, split), split)
             log.info("Wrote %s predictions to %s", split, path)
@@ -238,141 +197,107 @@ def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config
 
 # --- the jobs -------------------------------------------------------------------------------------------
 
-def check_batch_sizes(config, mesh) -> None:
-    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    micro = config.batch_size // max(config.grad_accum_steps, 1)
-    if config.batch_size % config.grad_accum_steps:
-        raise TrainingError(f"batch_size={config.batch_size} is not a multiple of "
-                            f"grad_accum_steps={config.grad_accum_steps}.")
-    for name, size in (("batch_size / grad_accum_steps", micro),
-                       ("eval_batch_size", config.eval_batch_size)):
-        if size % data_ways or size % jax.process_count():
-            raise TrainingError(f"{name}={size} must be a multiple of the {data_ways} data-parallel "
-                                f"devices (mesh {dict(mesh.shape)}) and of {jax.process_count()} processes.")
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Fine-tunes `config.model` on `config.task`, evaluating and checkpointing as configured."""
-    mesh, rules = sharding.from_config(config)
-    check_batch_sizes(config, mesh)
+    """Fine-tunes `config.model` on `config.task`, evaluating and checkpointing as configured.
+
+    Every check (workdir, config, model, data) runs before the first write."""
+    workdirs.probe(workdir)
+    layout = sharding.Layout.from_config(config)
+    checks.check_training(config, layout)
+    workdirs.check_resume(config, workdir)
     task = build_task(config)
-    model, params, tokenizer = load_model(config, task, mesh, rules)
+    model, params, tokenizer = load_model(config, task, layout)
     teacher = teacher_params = teacher_shardings = None
     if config.teacher:
         teacher, teacher_params, teacher_tokenizer = load_model(
-            config, task, mesh, rules, require_trained_head=True, path=config.teacher)
+            config, task, layout, require_trained_head=True, path=config.teacher)
         if teacher_tokenizer.backend.get_vocab() != tokenizer.backend.get_vocab():
             raise TrainingError(f"The teacher {config.teacher} tokenizes differently from "
                                 f"{config.model}; task distillation needs one vocabulary.")
-        teacher_shardings = sharding.tree_shardings(hf.abstract_params(teacher), mesh, rules)
-    token_types = any(m is not None and m.config.model_type == "bert" for m in (model, teacher))
-    train = encode_split(task, "train", tokenizer, config, token_types, train=True)
-    evals = {s: encode_split(task, s, tokenizer, config, token_types, train=False)
-             for s in config.eval_splits}
-    os.makedirs(workdir, exist_ok=True)  # only once every input has been checked
-    write_config(config, workdir)
+        teacher_shardings = layout.params(teacher)
+    train = encode_split(task, "train", tokenizer, config, train=True)
+    evals = {s: encode_split(task, s, tokenizer, config, train=False) for s in config.eval_splits}
+    tests = {s: encode_split(task, s, tokenizer, config, train=False) for s in config.predict_splits}
     steps_per_epoch = len(train) // config.batch_size
+    if steps_per_epoch == 0:
+        raise DataError(f"The {task.name} training split has {len(train)} rows, fewer than one "
+                        f"batch of batch_size={config.batch_size}.")
     total_steps = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
-    warmup = config.warmup_steps or int(config.warmup_ratio * total_steps)
-    schedule = train_state.linear_schedule(config.lr, total_steps, warmup)
-    tx = train_state.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                           weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm)
-    state_shardings = train_state.shardings(hf.abstract_params(model), tx, mesh, rules)
-    state = train_state.create(params, tx, config.seed, state_shardings)
+    tx, schedule = train_state.optimizer(config, total_steps)
+    state, state_shardings = train_state.create(model, params, tx, config.seed, layout)
     del params
 
-    checkpoints = Checkpoints(workdir, config.keep_checkpoints, task.metric_for_best)
-    if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state)  # onto this run's shardings, whatever mesh wrote it
-        log.info("Resumed from %s at step %d", workdir, int(state.step))
-    start = int(state.step)
-    distillation = {"task_alpha": config.task_alpha, "distill_alpha": config.distill_alpha,
-                    "temperature": config.distill_temperature}
-    train_step = make_train_step(model, task.head, tx, config.grad_accum_steps, state_shardings,
-                                 mesh, rules, teacher, teacher_shardings, distillation)
-    eval_step = make_eval_step(model, state_shardings.params, mesh, rules)
-    writer = MetricWriter(workdir)
-    process = (jax.process_index(), jax.process_count())
-    batches = prefetch(sharding.put_batch(batch, mesh, config.batch_size) for batch in train_batches(
-        train, config.batch_size, config.seed, start, tokenizer.pad_token_id, tuple(config.buckets),
-        process))
-    results: dict[str, Any] = {"task": task.name, "model": config.model, "total_steps": total_steps,
-                               "train_examples": len(train), "mesh": dict(mesh.shape),
-                               "teacher": config.teacher or None}
-    evaluate = lambda params, splits, predictions=None: evaluate_splits(
-        eval_step, params, task, splits, config, tokenizer.pad_token_id, mesh, predictions)
+    with Checkpoints(workdir, config.keep_checkpoints, task.metric_for_best) as checkpoints:
+        if checkpoints.latest_step() is not None:
+            state = checkpoints.restore(state)  # onto this run's shardings, whatever mesh wrote it
+            log.info("Resumed from %s at step %d", workdir, int(state.step))
+        workdirs.record(config, workdir)  # every check has passed: this start is on record
+        start = int(state.step)
+        distillation = {"task_alpha": config.task_alpha, "distill_alpha": config.distill_alpha,
+                        "temperature": config.distill_temperature}
+        train_step = make_step(loss_fn(model, task.head, teacher, distillation), tx, layout,
+                               state_shardings, config.grad_accum_steps, teacher_shardings)
+        eval_step = make_eval_step(model, state_shardings.params, layout)
+        process = (jax.process_index(), jax.process_count())
+        batches = prefetch(layout.put_batch(batch, config.batch_size) for batch in train_batches(
+            train, config.batch_size, config.seed, start, tokenizer.pad_token_id,
+            tuple(config.buckets), process))
+        evaluate = lambda params, splits, predictions=None: evaluate_splits(
+            eval_step, params, task, splits, config, tokenizer.pad_token_id, layout, predictions)
+        predictions_dir = os.path.join(workdir, "predictions")
+        final: dict[str, dict[str, float]] = {}
 
-    tests = {s: encode_split(task, s, tokenizer, config, token_types, train=False)
-             for s in config.predict_splits}
-    predictions_dir = os.path.join(workdir, "predictions")
-    final: dict[str, dict[str, float]] = {}
+        def evaluate_and_keep_best(state, step):
+            """Dev metrics (and best params); at the last step also test predictions and files."""
+            last = step == total_steps
+            scores = evaluate(state.params, {**evals, **tests} if last else evals,
+                              predictions_dir if last else None)
+            if scores:
+                checkpoints.save_best(step, state.params, next(iter(scores.values())))
+            if last:
+                final.update(scores)
+            return scores
 
-    def evaluate_and_keep_best(state, step):
-        """Dev metrics (and best params); at the last step also test predictions and files."""
-        last = step == total_steps
-        scores = evaluate(state.params, {**evals, **tests} if last else evals,
-                          predictions_dir if last else None)
-        if scores:
-            checkpoints.save_best(step, state.params, next(iter(scores.values())))
-        if last:
-            final.update(scores)
-        return scores
-
-    started = time.perf_counter()
-    state = loop.run(
-        state, lambda state, batch: train_step(state, teacher_params, batch), batches,
-        loop.Schedule(total_steps, config.log_every, config.checkpoint_every,
-                      config.eval_every or steps_per_epoch),
-        workdir=workdir, checkpoints=checkpoints, writer=writer,
-        progress=Progress(total_steps, config.batch_size, start), learning_rate=schedule,
-        evaluate=evaluate_and_keep_best)
-    train_seconds = time.perf_counter() - started
-    if not final:  # the run had already finished: evaluate what it left
-        final = evaluate(state.params, {**evals, **tests}, predictions_dir)
-    results.update({"eval": final, "train_seconds_this_run": train_seconds,
-                    "steps_this_run": total_steps - start})
-    if checkpoints.best_step() is not None:
-        results["best_step"] = checkpoints.best_step()
-    checkpoints.close()
-    writer.close()
+        started = time.perf_counter()
+        with MetricWriter(workdir) as writer:
+            state = loop.run(
+                state, lambda state, batch: train_step(state, teacher_params, batch), batches,
+                loop.Schedule(total_steps, config.log_every, config.checkpoint_every,
+                              config.eval_every or steps_per_epoch),
+                workdir=workdir, checkpoints=checkpoints, writer=writer,
+                progress=Progress(total_steps, config.batch_size, start), learning_rate=schedule,
+                evaluate=evaluate_and_keep_best)
+        train_seconds = time.perf_counter() - started
+        if not final:  # the run had already finished: evaluate what it left
+            final = evaluate(state.params, {**evals, **tests}, predictions_dir)
+        results = {"task": task.name, "model": config.model, "total_steps": total_steps,
+                   "train_examples": len(train), "mesh": dict(layout.mesh.shape),
+                   "teacher": config.teacher or None, "eval": final,
+                   "train_seconds_this_run": train_seconds, "steps_this_run": total_steps - start}
+        if checkpoints.best_step() is not None:
+            results["best_step"] = checkpoints.best_step()
     if config.save_model:
-        params = sharding.to_host(state.params, mesh)
+        params = layout.to_host(state.params)
         if jax.process_index() == 0:
             hf.save_pretrained(os.path.join(workdir, "model"), model, params, tokenizer)
-    write_json(os.path.join(workdir, "results.json"), results)
+    workdirs.write_results(workdir, results)
     return results
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Evaluates a fine-tuned checkpoint (`config.model`) on `config.eval_splits` (+ predictions)."""
-    mesh, rules = sharding.from_config(config)
-    check_batch_sizes(config, mesh)
+    workdirs.probe(workdir)
+    layout = sharding.Layout.from_config(config)
+    checks.check_training(config, layout)
+    workdirs.check_resume(config, workdir)
     task = build_task(config)
-    model, params, tokenizer = load_model(config, task, mesh, rules, require_trained_head=True)
-    token_types = model.config.model_type == "bert"
-    splits = {s: encode_split(task, s, tokenizer, config, token_types, train=False)
+    model, params, tokenizer = load_model(config, task, layout, require_trained_head=True)
+    splits = {s: encode_split(task, s, tokenizer, config, train=False)
               for s in (*config.eval_splits, *config.predict_splits)}
-    os.makedirs(workdir, exist_ok=True)
-    write_config(config, workdir)
-    param_shardings = sharding.tree_shardings(hf.abstract_params(model), mesh, rules)
-    scores = evaluate_splits(make_eval_step(model, param_shardings, mesh, rules), params, task,
-                             splits, config, tokenizer.pad_token_id, mesh,
+    workdirs.record(config, workdir)
+    scores = evaluate_splits(make_eval_step(model, layout.params(model), layout), params, task,
+                             splits, config, tokenizer.pad_token_id, layout,
                              os.path.join(workdir, "predictions"))
     results = {"task": task.name, "model": config.model, "eval": scores}
-    write_json(os.path.join(workdir, "results.json"), results)
+    workdirs.write_results(workdir, results)
     return results
-
-
-def write_config(config, workdir: str) -> None:
-    """Every field the run used, next to its checkpoints (config.json)."""
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
-
-
-def write_json(path: str, value) -> None:
-    if jax.process_index() != 0:
-        return
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
-

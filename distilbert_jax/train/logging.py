@@ -39,6 +39,12 @@ class MetricWriter:
             self.tb.close()
             self.jsonl.close()
 
+    def __enter__(self) -> "MetricWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class Progress:
     """Prints `step/total, loss, steps/s, examples/s, ETA` (process 0 only)."""

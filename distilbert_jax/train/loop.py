@@ -37,8 +37,9 @@ def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, work
     """Runs from `state.step` to `schedule.total_steps`; returns the final state.
 
     Step metrics stay on device until a log, evaluation or checkpoint boundary, where they are
-    fetched together (a `batch/tokens` metric also gives `perf/tokens_per_sec`); a non-finite value of any `*loss*` metric stops the run naming the step and
-    the term, and the last checkpoint stays as it was.
+    fetched together (a `batch/tokens` metric also gives `perf/tokens_per_sec`). Every
+    checkpoint is preceded by such a fetch, so a non-finite loss, gradient norm or parameter norm
+    stops the run before its state is saved, naming the step and the metric.
     """
     pending: list[tuple[int, dict]] = []
 
@@ -46,11 +47,7 @@ def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, work
         fetched = jax.device_get(pending)
         pending.clear()
         for s, metrics in fetched:
-            for name, value in metrics.items():
-                if "loss" in name and not np.isfinite(value):
-                    raise TrainingError(
-                        f"{name} became {value} at step {s}; stopped. The last checkpoint "
-                        f"(step {checkpoints.latest_step()}) is kept in {workdir}.")
+            _check_finite(s, metrics, checkpoints, workdir)
         if fetched:
             mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
             mean["train/lr"] = float(learning_rate(step - 1))
@@ -76,3 +73,19 @@ def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, work
             flush(step)
             checkpoints.save(step, state)
     return state
+
+
+def _check_finite(step: int, metrics: dict, checkpoints: Checkpoints, workdir: str) -> None:
+    """Stops the run at the first non-finite loss or norm, saying truthfully what is kept (after
+    any save still in flight has finished)."""
+    bad = {name: value for name, value in metrics.items()
+           if ("loss" in name or name.endswith("_norm")) and not np.isfinite(value)}
+    if not bad:
+        return
+    checkpoints.wait()
+    latest = checkpoints.latest_step()
+    kept = (f"the last checkpoint, step {latest}, is kept in {workdir} and a rerun resumes there"
+            if latest is not None else "no checkpoint had been saved, so a rerun starts from step 0")
+    name, value = next(iter(bad.items()))
+    raise TrainingError(f"{name} became {value} at step {step}, so the run stopped before saving "
+                        f"that state; {kept} (a lower lr or max_grad_norm, or the data, may be the cause).")

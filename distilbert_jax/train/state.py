@@ -13,9 +13,7 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
-
-from distilbert_jax import sharding
+from distilbert_jax import modeling, sharding
 
 
 @flax.struct.dataclass
@@ -63,19 +61,32 @@ def adamw(schedule: optax.Schedule, *, b1: float, b2: float, eps: float, weight_
     return tx
 
 
-def shardings(boxed_params, tx: optax.GradientTransformation, mesh, rules) -> TrainState:
+def optimizer(config, total_steps: int, frozen=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(AdamW, its learning-rate schedule) from a job's config: lr, warmup_steps (or warmup_ratio
+    of `total_steps`), adam_b1/b2/eps, weight_decay, max_grad_norm."""
+    warmup = config.get("warmup_steps", 0) or int(config.warmup_ratio * total_steps)
+    schedule = linear_schedule(config.lr, total_steps, warmup)
+    tx = adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+               weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, frozen=frozen)
+    return tx, schedule
+
+
+def shardings(model, tx: optax.GradientTransformation, layout: sharding.Layout) -> TrainState:
     """Where every leaf of the train state lives: params and optimiser moments by the logical
     names of the params (optax builds its moments with the same boxes), counters replicated."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return TrainState(step=replicated, params=sharding.tree_shardings(boxed_params, mesh, rules),
-                      opt_state=sharding.tree_shardings(jax.eval_shape(tx.init, boxed_params), mesh, rules),
-                      rng=replicated)
+    boxed = modeling.abstract_params(model)
+    return TrainState(step=layout.replicated, params=layout.shardings(boxed),
+                      opt_state=layout.shardings(jax.eval_shape(tx.init, boxed)),
+                      rng=layout.replicated)
 
 
-def create(params, tx: optax.GradientTransformation, seed: int,
-           state_shardings: TrainState | None = None) -> TrainState:
-    """The initial state, built directly in its shardings (params are already placed)."""
+def create(model, params, tx: optax.GradientTransformation, seed: int,
+           layout: sharding.Layout) -> tuple[TrainState, TrainState]:
+    """(the initial state, its shardings): built directly in place, params moved to their shards."""
+    placed = shardings(model, tx, layout)
+
     def build(params):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=jax.random.PRNGKey(seed))
-    return jax.jit(build, out_shardings=state_shardings)(params)
+    state = jax.jit(build, out_shardings=placed)(jax.device_put(params, placed.params))
+    return state, placed

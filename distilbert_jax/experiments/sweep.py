@@ -1,11 +1,12 @@
 """Sweeps: a grid of tasks x learning rates x seeds expanded into runs, and their results gathered
 into the paper's Table 1 layout (median over seeds at the best learning rate per task, macro score).
 
-    python -m distilbert_jax.sweep run --config=configs/glue.py --tasks=rte,mrpc --lrs=2e-5,5e-5 \
+    python -m distilbert_jax.experiments.sweep run --config=configs/glue.py --tasks=rte,mrpc --lrs=2e-5,5e-5 \
         --seeds=42,43,44 --root=runs/glue [--launcher=tpu] [--set=model=packaged:all-MiniLM-L6-v2]
-    python -m distilbert_jax.sweep table --root=runs/glue        # table.md, table.csv, table.png
+    python -m distilbert_jax.experiments.sweep table --root=runs/glue        # table.md, table.csv, table.png
 
-`run` trains each grid point in sequence here (a finished run is skipped, an interrupted one resumes),
+--lrs and --seeds default to the config's `sweep` grid. `run` trains each grid point in sequence here
+through the same job dispatch as the command line (a finished run is skipped, an interrupted one resumes),
 or with --launcher=tpu prints one `launch/tpu.sh run` line per point to start on TPU VMs.
 """
 
@@ -51,11 +52,16 @@ def load_config(path: str, arg: str, overrides: dict[str, str]):
 
 def run_sweep(args) -> list[str]:
     """Trains (or prints launch lines for) every grid point; returns the run directories."""
-    from distilbert_jax.train import finetune
+    from distilbert_jax import jobs
 
     overrides = dict(item.split("=", 1) for item in args.set)
-    points = grid(args.tasks.split(","), [float(x) for x in args.lrs.split(",")],
-                  [int(x) for x in args.seeds.split(",")])
+    tasks = args.tasks.split(",")
+    default = load_config(args.config, tasks[0], {}).get("sweep", {})
+    lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else list(default.get("lr", ()))
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else list(default.get("seed", ()))
+    if not lrs or not seeds:
+        raise ValueError(f"{args.config} has no `sweep` grid: give --lrs and --seeds.")
+    points = grid(tasks, lrs, seeds)
     dirs = []
     for point in points:
         workdir = run_dir(args.root, point)
@@ -70,7 +76,7 @@ def run_sweep(args) -> list[str]:
             continue
         config = load_config(args.config, point["task"], overrides)
         config.lr, config.seed = point["lr"], point["seed"]
-        finetune.train_and_evaluate(config, workdir)
+        jobs.run(config, workdir)
     return dirs
 
 
@@ -153,8 +159,8 @@ def main(argv=None):
     r = sub.add_parser("run")
     r.add_argument("--config", required=True, help="a configs/*.py file taking the task as its arg")
     r.add_argument("--tasks", required=True)
-    r.add_argument("--lrs", default="2e-5,3e-5,5e-5")
-    r.add_argument("--seeds", default="42,43,44")
+    r.add_argument("--lrs", default="", help="e.g. 2e-5,5e-5 (default: the config's sweep.lr)")
+    r.add_argument("--seeds", default="", help="e.g. 42,43 (default: the config's sweep.seed)")
     r.add_argument("--root", required=True)
     r.add_argument("--launcher", choices=("local", "tpu"), default="local")
     r.add_argument("--set", action="append", default=[], help="field=value for every run")

@@ -4,7 +4,8 @@ teacher and students on GLUE, and print the paper's Tables 1, 3 and 4 at this sc
     python -m distilbert_jax.main --config=configs/miniature.py --workdir=runs/miniature
 
 Stages, each in its own sub-directory of the workdir and skipped once its results.json exists (each
-also resumes from its own checkpoints), so an interrupted pipeline picks up where it stopped:
+also resumes from its own checkpoints; a stage that ran under another config is refused), so an
+interrupted pipeline picks up where it stopped:
   text/      the text of the GLUE training and unlabelled test splits (never dev), one example a line
   corpus/    that text plus `corpus_files` (WikiText-2), tokenised once for every stage
   head/      the teacher's masked-LM head, fitted with its encoder frozen (MiniLM ships without one)
@@ -29,13 +30,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distilbert_jax import hf
+from distilbert_jax import hf, io
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import glue
 from distilbert_jax.data.task import DataError
 from distilbert_jax.tokenizer import Tokenizer
-from distilbert_jax.train import distill, finetune
-from distilbert_jax.train.finetune import write_config, write_json
+from distilbert_jax.train import distill, finetune, workdir as workdirs
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.compilation_cache = True  # students share shapes: compile each step once for all of them
 
     # The stages' own configs; the pipeline sets their teacher, corpus, model and data paths.
-    c.head = distill.default_config()
-    c.head.update(job="fit_teacher_head", max_length=128, batch_size=64, grad_accum_steps=1,
-                  max_steps=300, lr=5e-3, log_every=25, checkpoint_every=100)
+    c.head = distill.head_config()
     c.distill = distill.default_config()
     c.distill.update(max_length=128, batch_size=64, grad_accum_steps=1, max_steps=100,
                      student_layers=3, restrict_ce_to_mask=True, log_every=10, checkpoint_every=50)
@@ -80,8 +78,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         unknown = sorted(set(chosen) - set(known))
         if unknown:
             raise ConfigError(f"Unknown {field} {unknown}; choose from {list(known)}.")
-    os.makedirs(workdir, exist_ok=True)
-    write_config(config, workdir)
+    workdirs.probe(workdir)
+    workdirs.check_resume(config, workdir)
+    workdirs.record(config, workdir)
     if config.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
@@ -117,26 +116,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     summary = {"scores": {m: {t: statistics.median(v) for t, v in s.items()} for m, s in scores.items()},
                "speed": speed, "distill_tokens_per_sec": {
                    v: distill_throughput(os.path.join(workdir, "distill", v)) for v in config.variants}}
-    write_json(os.path.join(workdir, "results.json"), summary)
+    workdirs.write_results(workdir, summary)
     markdown = tables(summary, config)
-    with open(os.path.join(workdir, "tables.md"), "w", encoding="utf-8") as f:
-        f.write(markdown)
+    io.write_text(os.path.join(workdir, "tables.md"), markdown)
     print(markdown)
     return summary
 
 
 def _stage(job, config, workdir: str) -> dict:
     """Runs `job(config, workdir)` unless it already finished there with this same config (another
-    config is refused: its results would be reused silently); returns its results.json."""
+    config is refused, as every job refuses it: its results would be reused silently); returns its
+    results.json."""
     path = os.path.join(workdir, "results.json")
     if os.path.exists(path):
-        with open(os.path.join(workdir, "config.json")) as f:
-            saved = json.load(f)
-        wanted = json.loads(json.dumps(config.to_dict()))
-        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        if changed:
-            raise ConfigError(f"{workdir} finished with other values of {changed}; use a new workdir "
-                              "or remove that stage's directory.")
+        workdirs.check_resume(config, workdir)
     else:
         log.info("miniature: %s -> %s", job.__name__, workdir)
         job(config, workdir)
@@ -146,7 +139,7 @@ def _stage(job, config, workdir: str) -> dict:
 
 def _cached(path: str, compute) -> dict:
     if not os.path.exists(path):
-        write_json(path, compute())
+        io.write_json(path, compute())
     with open(path) as f:
         return json.load(f)
 
@@ -166,9 +159,7 @@ def write_glue_text(glue_dir: str, path: str) -> str:
     if not lines:
         raise DataError(f"No GLUE training or test split under {glue_dir}.")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    io.write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -188,7 +179,7 @@ def inference_speed(model_dir: str, glue_dir: str, task: str, recipe) -> dict[st
     tokenizer = Tokenizer.from_pretrained(directory)
     spec_task = glue.GlueTask(task, os.path.join(glue_dir, glue.SPECS[task].directory))
     examples = spec_task.load("dev")
-    features = spec_task.encode(examples, tokenizer, recipe.max_length, token_types=False, train=False)
+    features = spec_task.encode(examples, tokenizer, recipe.max_length)
     forward = jax.jit(lambda p, ids: model.apply({"params": p}, ids, attention_mask=ids != 0)
                       .last_hidden_state)
     padded = [np.pad(ids, (0, -len(ids) % 32))[None] for ids in features.inputs["input_ids"]]

@@ -1,0 +1,27 @@
+"""Every job a config can name (`config.job`), and the errors that are the user's to fix.
+
+`run(config, workdir)` is the one dispatch: the command line, sweeps and the miniature call it.
+"""
+
+from __future__ import annotations
+
+from distilbert_jax.config import ConfigError
+from distilbert_jax.data.task import DataError
+from distilbert_jax.experiments import miniature
+from distilbert_jax.hf import CheckpointError
+from distilbert_jax.tokenizer import TokenizerError
+from distilbert_jax.train import distill, finetune
+from distilbert_jax.train.loop import TrainingError
+
+JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_only,
+        "distill": distill.distill, "fit_teacher_head": distill.fit_teacher_head,
+        "miniature": miniature.run}
+# Raised for bad input or a run that cannot go on: shown as one sentence, never a traceback.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, TrainingError)
+
+
+def run(config, workdir: str):
+    """Runs the job `config.job` names in `workdir`; returns its results."""
+    if config.job not in JOBS:
+        raise ConfigError(f"job={config.job!r} is not one of {sorted(JOBS)}.")
+    return JOBS[config.job](config, workdir)

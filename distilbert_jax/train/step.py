@@ -1,0 +1,63 @@
+"""The one training step every job uses: `make_step(loss_fn, tx, layout, ...)`.
+
+A job says what it minimises (`loss_fn`); the step does the rest the same way for all of them:
+the dropout key `fold_in(rng, step)`, micro-batch accumulation by `lax.scan`, the optax update,
+gradient and parameter norms, explicit shardings, and the state donated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from distilbert_jax import sharding
+from distilbert_jax.train.state import TrainState, global_norm
+
+# (params, frozen, batch, key) -> (loss, {term name: value}); `frozen` is whatever the loss reads
+# but never trains (a teacher's params, or None).
+LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, layout: sharding.Layout,
+              state_shardings: TrainState, accum_steps: int = 1, frozen_shardings=None,
+              prefix: str = "train") -> Callable:
+    """The jitted update `(state, frozen, batch) -> (state, metrics)`.
+
+    `batch` is {"inputs": {...}, ...} with rows on the first axis; with `accum_steps` > 1 it is
+    split into that many micro-batches whose losses and gradients are averaged, micro-batch i
+    drawing its randomness from fold_in(key, i). Metrics: `<prefix>/loss`, `<prefix>/loss_<term>`,
+    `train/grad_norm`, `train/param_norm` and `batch/tokens` (real tokens in the batch).
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def accumulated(params, frozen, batch, key):
+        if accum_steps == 1:
+            return grad_fn(params, frozen, batch, key)
+        micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+
+        def body(total, xs):
+            index, micro_batch = xs
+            out = grad_fn(params, frozen, micro_batch, jax.random.fold_in(key, index))
+            return jax.tree.map(jnp.add, total, out), None
+
+        shapes = jax.eval_shape(grad_fn, params, frozen, jax.tree.map(lambda x: x[0], micro), key)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+        return jax.tree.map(lambda x: x / accum_steps, total)
+
+    def step(state: TrainState, frozen, batch):
+        key = jax.random.fold_in(state.rng, state.step)
+        (loss, terms), grads = accumulated(state.params, frozen, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {f"{prefix}/loss": loss, **{f"{prefix}/loss_{k}": v for k, v in terms.items()},
+                   "train/grad_norm": global_norm(grads), "train/param_norm": global_norm(params),
+                   "batch/tokens": jnp.sum(batch["inputs"]["attention_mask"])}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return layout.jit(step, in_shardings=(state_shardings, frozen_shardings or layout.replicated,
+                                          layout.batch),
+                      out_shardings=(state_shardings, layout.replicated), donate_argnums=0)

@@ -1,0 +1,123 @@
+"""A run's workdir: probed before anything is loaded, never reused under a config that would change
+the result, and given its config (config.json, plus every start in config_history.jsonl) only once a
+start has passed every check.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+
+import jax
+
+from distilbert_jax import io
+from distilbert_jax.config import ConfigError
+
+# Fields that change nothing a run computes (when and where it logs, evaluates, checkpoints and
+# writes, and how it is laid out on devices, since a sharded run equals the single-device run):
+# they may differ when a workdir is resumed. Every other field must match.
+FREE_FIELDS = frozenset({
+    "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
+    "eval_splits", "predict_splits", "limit_eval_examples", "save_model", "mesh", "rules",
+    "allow_config_change", "sweep",
+})
+
+
+def probe(workdir: str) -> str:
+    """Refuses, in one sentence, a workdir this process cannot create or write; leaves nothing
+    behind. Returns its absolute path."""
+    if not workdir:
+        raise ConfigError("--workdir is empty; give the directory for the run's checkpoints and results.")
+    if os.path.islink(workdir) and not os.path.exists(workdir):
+        raise ConfigError(f"The workdir {workdir!r} is a link to {os.readlink(workdir)!r}, which does not exist.")
+    path = os.path.abspath(workdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"The workdir {workdir!r} is a file, not a directory.")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"The workdir {workdir!r} cannot be created: {existing} is a file.")
+    try:
+        fd, probe_file = tempfile.mkstemp(dir=existing, prefix=".write-probe-")
+        os.close(fd)
+        os.remove(probe_file)
+    except OSError as e:
+        raise ConfigError(f"The workdir {workdir!r} cannot be written: {existing} refuses new files "
+                          f"({e.strerror}).") from None
+    return path
+
+
+def saved_config(workdir: str) -> dict | None:
+    """The config.json of the run this workdir holds (None for a fresh workdir)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not the JSON config a run writes ({e}); use a new workdir.") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path} holds a JSON {type(saved).__name__}, not a run's config; use a new workdir.")
+    return saved
+
+
+def changed_fields(saved: dict, config) -> list[str]:
+    """The fields (dotted for nested ones) whose values in `config` differ from `saved`, except
+    FREE_FIELDS."""
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+    wanted = flat(json.loads(json.dumps(config.to_dict(), default=str)))
+    saved = flat(saved)
+    return sorted(k for k in set(saved) | set(wanted)
+                  if k.split(".")[0] not in FREE_FIELDS and saved.get(k) != wanted.get(k))
+
+
+def check_resume(config, workdir: str) -> None:
+    """Refuses to run `config` in a workdir holding a run of another config (one that would give
+    other results), unless `config.allow_config_change` says it is deliberate."""
+    saved = saved_config(workdir)
+    if saved is None:
+        return
+    changed = changed_fields(saved, config)
+    if changed and not config.get("allow_config_change", False):
+        values = "; ".join(f"{k}: {_get(saved, k)!r} -> {_get(config.to_dict(), k)!r}" for k in changed[:6])
+        raise ConfigError(
+            f"{workdir} holds a run with other values of {changed} ({values}); use a new workdir, "
+            "or pass --config.allow_config_change=True to continue it under this config deliberately.")
+
+
+def _get(tree, dotted: str):
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def record(config, workdir: str) -> None:
+    """Writes config.json (this start's fields) and appends this start to config_history.jsonl,
+    so the config of every earlier start stays on record. Call it once every check has passed."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    fields = json.loads(json.dumps(config.to_dict(), default=str))
+    io.write_json(os.path.join(workdir, "config.json"), fields)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with open(os.path.join(workdir, "config_history.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"started": started, "config": fields}) + "\n")
+
+
+def write_results(workdir: str, results: dict, name: str = "results.json") -> None:
+    """A job's summary (process 0 writes it)."""
+    if jax.process_index() == 0:
+        io.write_json(os.path.join(workdir, name), results)
