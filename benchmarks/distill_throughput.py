@@ -29,6 +29,7 @@ from distilbert_jax import hf, modeling, sharding, student
 from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import distill
 from distilbert_jax.train import state as train_state
+from distilbert_jax.train.step import make_step
 
 
 def measured_peak_flops(n: int = 4096, repeats: int = 5) -> float:
@@ -67,31 +68,27 @@ def batches(vocab: int, batch: int, length: int, count: int, seed: int = 0):
     for _ in range(count):
         ids = rng.integers(1000, vocab, (batch, length)).astype(np.int32)
         ids[:, 0], ids[:, -1] = 101, 102
-        yield {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        yield {"inputs": {"input_ids": ids, "attention_mask": np.ones_like(ids)}}
 
 
 def run_jax(args, restrict: bool) -> float:
     """Seconds per update (median of the timed steps)."""
     config = config_for(args, restrict)
-    mesh, rules = sharding.from_config(config)
+    layout = sharding.Layout.from_config(config)
     directory = hf.resolve(args.teacher)  # a bare teacher gets a fresh MLM head: timing only
-    teacher, teacher_params = hf.from_pretrained(directory, head="masked_lm",
-                                                 shardings=sharding.param_placement(mesh, rules))
+    teacher, teacher_params = hf.from_pretrained(directory, head="masked_lm", shardings=layout.params)
     tokenizer = Tokenizer.from_pretrained(directory)
-    model, params = distill.build_student(config, teacher, teacher_params, tokenizer, mesh)
+    model, params = distill.build_student(config, teacher, teacher_params, tokenizer, layout)
     counts = np.ones(model.config.vocab_size)  # uniform masking weights
     mask = distill.masker(config, counts, tokenizer, model.config.vocab_size)
-    tx = train_state.adamw(train_state.linear_schedule(config.lr, 1000, 10), b1=0.9, b2=0.98,
-                           eps=1e-6, weight_decay=0.0, max_grad_norm=5.0)
-    state_shardings = train_state.shardings(hf.abstract_params(model), tx, mesh, rules)
-    state = train_state.create(jax.device_put(params, state_shardings.params), tx, 0, state_shardings)
-    teacher_shardings = sharding.tree_shardings(hf.abstract_params(teacher), mesh, rules)
-    step = distill.make_distill_step(model, teacher, tx, config, mask, state_shardings,
-                                     teacher_shardings, mesh, rules)
+    tx, _ = train_state.optimizer(config, total_steps=1000)
+    state, state_shardings = train_state.create(model, params, tx, 0, layout)
+    step = make_step(distill.distill_loss(model, teacher, config, mask), tx, layout, state_shardings,
+                     frozen_shardings=layout.params(teacher), prefix="distill")
     times = []
     for i, batch in enumerate(batches(model.config.vocab_size, args.batch, args.length,
                                       args.warmup + args.steps)):
-        batch = sharding.put_batch(batch, mesh, args.batch)
+        batch = layout.put_batch(batch, args.batch)
         start = time.perf_counter()
         state, metrics = step(state, teacher_params, batch)
         jax.block_until_ready(metrics)
@@ -114,7 +111,7 @@ def run_torch(args, restrict: bool) -> float:
     cfg = student.student_config(our_teacher.config, args.student_layers)
     with tempfile.TemporaryDirectory() as tmp:  # the same student architecture, via our export
         model = modeling.DistilBertForMaskedLM(cfg)
-        hf.save_pretrained(tmp, model, hf.init_params(model))
+        hf.save_pretrained(tmp, model, modeling.init_params(model))
         student_model = transformers.DistilBertForMaskedLM.from_pretrained(tmp, attn_implementation="eager")
     student_model.train()
     optimizer = torch.optim.AdamW(student_model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6,
@@ -123,8 +120,8 @@ def run_torch(args, restrict: bool) -> float:
     times = []
     for i, batch in enumerate(batches(cfg.vocab_size, args.batch, args.length, args.warmup + args.steps)):
         start = time.perf_counter()
-        ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
-        attention = torch.as_tensor(batch["attention_mask"])
+        ids = torch.as_tensor(batch["inputs"]["input_ids"], dtype=torch.long)
+        attention = torch.as_tensor(batch["inputs"]["attention_mask"])
         targets = torch.rand(ids.shape) < config.mlm_mask_prop
         corrupted = torch.where(targets, torch.full_like(ids, mask_id), ids)
         labels = torch.where(targets, ids, torch.full_like(ids, -100))

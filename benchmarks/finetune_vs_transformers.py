@@ -89,8 +89,8 @@ def run_torch(config) -> dict:
         attn_implementation="eager")
     # Encoding with our tokenizer is equal to DistilBertTokenizerFast (tests/test_tokenizer.py).
     tokenizer = Tokenizer.from_pretrained(directory)
-    train = finetune.encode_split(task, "train", tokenizer, config, True, train=True)
-    dev = finetune.encode_split(task, "dev", tokenizer, config, True, train=False)
+    train = finetune.encode_split(task, "train", tokenizer, config, train=True)
+    dev = finetune.encode_split(task, "dev", tokenizer, config, train=False)
 
     steps = int(config.num_epochs * (len(train) // config.batch_size))
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
@@ -105,7 +105,7 @@ def run_torch(config) -> dict:
     batches = train_batches(train, config.batch_size, config.seed, 0, tokenizer.pad_token_id,
                             tuple(config.buckets))
     for _ in range(steps):
-        batch = {k: torch.as_tensor(v) for k, v in next(batches).items() if k != "weights"}
+        batch = {k: torch.as_tensor(v) for part in next(batches).values() for k, v in part.items()}
         if "labels" in batch and task.problem_type != "regression":
             batch["labels"] = batch["labels"].long()
         loss = model(**batch).loss
@@ -120,7 +120,7 @@ def run_torch(config) -> dict:
     with torch.no_grad():
         for rows, batch in eval_batches(dev, config.eval_batch_size, tokenizer.pad_token_id,
                                         tuple(config.buckets)):
-            inputs = {k: torch.as_tensor(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+            inputs = {k: torch.as_tensor(v) for k, v in batch["inputs"].items()}
             logits = model(**inputs).logits.float().numpy()
             for i, row in enumerate(rows):
                 collected.append(logits[i, : lengths[row]] if task.per_token_outputs else logits[i])

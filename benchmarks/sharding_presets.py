@@ -16,9 +16,10 @@ import jax
 import numpy as np
 
 import distilbert_jax as dj
-from distilbert_jax import hf, sharding
+from distilbert_jax import modeling, sharding
 from distilbert_jax.train import finetune
 from distilbert_jax.train import state as train_state
+from distilbert_jax.train.step import make_step
 
 MODELS = {
     "DistilBERT-base (seq. classif.)": dj.DistilBertForSequenceClassification(dj.DistilBertConfig()),
@@ -32,8 +33,10 @@ def tx():
 
 
 def bytes_per_device(model, mesh) -> float:
-    shardings = train_state.shardings(hf.abstract_params(model), tx(), mesh, sharding.RULES)
-    abstract = jax.eval_shape(lambda p: train_state.create(p, tx(), 0), hf.abstract_params(model))
+    shardings = train_state.shardings(model, tx(), sharding.Layout(mesh, sharding.RULES))
+    abstract = jax.eval_shape(tx().init, modeling.abstract_params(model))
+    abstract = (modeling.abstract_params(model), abstract)
+    shardings = (shardings.params, shardings.opt_state)
     # every logical box holds exactly one array, so the two trees' leaves pair up one to one
     return sum(int(np.prod(where.shard_shape(leaf.shape))) * leaf.dtype.itemsize
                for leaf, where in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
@@ -43,16 +46,14 @@ def step_time(mesh, steps: int = 5) -> float:
     cfg = dj.DistilBertConfig(dim=256, n_heads=4, n_layers=4, hidden_dim=1024, vocab_size=8192)
     model = dj.DistilBertForSequenceClassification(cfg)
     optimizer = tx()
-    shardings = train_state.shardings(hf.abstract_params(model), optimizer, mesh, sharding.RULES)
-    params = jax.device_put(hf.init_params(model), shardings.params)
-    state = train_state.create(params, optimizer, 0, shardings)
-    step = finetune.make_train_step(model, "sequence_classification", optimizer, 1, shardings, mesh,
-                                    sharding.RULES)
+    layout = sharding.Layout(mesh, sharding.RULES)
+    state, shardings = train_state.create(model, modeling.init_params(model), optimizer, 0, layout)
+    step = make_step(finetune.loss_fn(model, "sequence_classification"), optimizer, layout, shardings)
     rng = np.random.default_rng(0)
-    batch = {"input_ids": rng.integers(0, 8192, (32, 128)).astype(np.int32),
-             "attention_mask": np.ones((32, 128), np.int32),
-             "labels": rng.integers(0, 2, (32,)).astype(np.int32)}
-    batch = sharding.put_batch(batch, mesh, 32)
+    batch = {"inputs": {"input_ids": rng.integers(0, 8192, (32, 128)).astype(np.int32),
+                        "attention_mask": np.ones((32, 128), np.int32)},
+             "targets": {"labels": rng.integers(0, 2, (32,)).astype(np.int32)}}
+    batch = layout.put_batch(batch, 32)
     state, metrics = step(state, None, batch)  # compile
     jax.block_until_ready(metrics)
     start = time.perf_counter()

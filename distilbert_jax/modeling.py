@@ -4,6 +4,11 @@ Parameter trees are laid out exactly as Hugging Face's Flax models lay them out
 (`distilbert/transformer/layer/3/attention/q_lin/kernel`, `bert/encoder/layer/0/attention/self/query/kernel`),
 so a `flax_model.msgpack` loads as is and PyTorch names follow from one renaming rule (see `hf.py`).
 Outputs use HF's field names. Heads return logits; losses live in `losses.py`.
+
+What `apply` does not check (it runs traced, so it cannot raise on values): every id must lie in
+[0, vocab_size) and no sequence may be longer than max_position_embeddings; outside them XLA's
+gather clamps or returns garbage (NaN) silently. The checked paths refuse both up front: the jobs
+(`train.checks.check_length`, tokenizer vocabulary against the model's) and the `Tokenizer`.
 """
 
 from __future__ import annotations

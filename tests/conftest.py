@@ -1,11 +1,14 @@
-"""Shared test helpers: fixture paths, the real MiniLM checkpoint, and the parity measure."""
+"""Shared test helpers: fixture paths, the real MiniLM checkpoint, the parity measure, tiny
+checkpoints, and tiny fine-tuning configs and task files."""
 
+import json
 import os
 
 import numpy as np
 import pytest
 
 from distilbert_jax import hf
+from distilbert_jax.train import finetune
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -67,3 +70,60 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_bert"), "bert_base")
+
+
+# --- tiny fine-tuning runs: a config and task files ------------------------------------------------
+
+def tiny_config(model, data_dir, task, **overrides):
+    c = finetune.default_config()
+    c.task, c.model, c.data_dir = task, model, str(data_dir)
+    c.max_steps, c.batch_size, c.eval_batch_size = 4, 8, 8
+    c.log_every, c.checkpoint_every = 2, 2
+    c.max_length, c.buckets = 48, (16, 48)
+    c.lr = 1e-3
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def write_sst2(directory, n_train=48, n_dev=12):
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
+        with open(os.path.join(directory, name), "w") as f:
+            f.write("sentence\tlabel\n")
+            for _ in range(n):
+                label = int(rng.integers(0, 2))
+                f.write(f"the movie was {'good great' if label else 'bad not good'} . \t{label}\n")
+    with open(os.path.join(directory, "test.tsv"), "w") as f:
+        f.write("index\tsentence\n0\tgood film\n1\tbad film\n")
+    return directory
+
+
+def write_stsb(directory):
+    os.makedirs(directory, exist_ok=True)
+    for name, n in (("train.tsv", 32), ("dev.tsv", 10)):
+        with open(os.path.join(directory, name), "w") as f:
+            f.write("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n")
+            for i in range(n):
+                f.write(f"{i}\tg\tf\ty\t{i}\tnone\tnone\ta city of {i}\tthe city {i % 3}\t{(i % 6):.3f}\n")
+    return directory
+
+
+def crashing_at(step: int, make_step):
+    """A stand-in for a job's `make_step` whose step raises KeyboardInterrupt (a simulated crash)
+    when asked to run from state `step`; every other step is the real one."""
+    def make(*args, **kwargs):
+        real = make_step(*args, **kwargs)
+
+        def run(state, frozen, batch):
+            if int(state.step) == step:
+                raise KeyboardInterrupt("simulated crash")
+            return real(state, frozen, batch)
+        return run
+    return make
+
+
+def read_results(workdir):
+    with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import make_tiny_model_dir  # noqa: E402
-from test_finetune import tiny_config, write_sst2  # noqa: E402
+
+from conftest import make_tiny_model_dir, tiny_config, write_sst2  # noqa: E402
 
 from distilbert_jax import distributed, hf, sharding  # noqa: E402
 from distilbert_jax.train import checkpoint, distill, finetune  # noqa: E402

@@ -11,7 +11,7 @@ from distilbert_jax import jobs
 from distilbert_jax.data import DataError
 from distilbert_jax.hf import CheckpointError
 from distilbert_jax.train import finetune
-from test_finetune import tiny_config, write_sst2
+from conftest import tiny_config, write_sst2
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

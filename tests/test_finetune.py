@@ -10,55 +10,18 @@ import pytest
 
 import distilbert_jax as dj
 from distilbert_jax.train import finetune
+from conftest import read_results, tiny_config, write_sst2, write_stsb
 
-
-def tiny_config(model, data_dir, task, **overrides):
-    c = finetune.default_config()
-    c.task, c.model, c.data_dir = task, model, str(data_dir)
-    c.max_steps, c.batch_size, c.eval_batch_size = 4, 8, 8
-    c.log_every, c.checkpoint_every = 2, 2
-    c.max_length, c.buckets = 48, (16, 48)
-    c.lr = 1e-3
-    for k, v in overrides.items():
-        c[k] = v
-    return c
-
-
-def write_sst2(directory, n_train=48, n_dev=12):
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
-        with open(os.path.join(directory, name), "w") as f:
-            f.write("sentence\tlabel\n")
-            for _ in range(n):
-                label = int(rng.integers(0, 2))
-                f.write(f"the movie was {'good great' if label else 'bad not good'} . \t{label}\n")
-    with open(os.path.join(directory, "test.tsv"), "w") as f:
-        f.write("index\tsentence\n0\tgood film\n1\tbad film\n")
-    return directory
-
-
-def write_stsb(directory):
-    os.makedirs(directory, exist_ok=True)
-    for name, n in (("train.tsv", 32), ("dev.tsv", 10)):
-        with open(os.path.join(directory, name), "w") as f:
-            f.write("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n")
-            for i in range(n):
-                f.write(f"{i}\tg\tf\ty\t{i}\tnone\tnone\ta city of {i}\tthe city {i % 3}\t{(i % 6):.3f}\n")
-    return directory
-
-
-def read_results(workdir):
-    with open(os.path.join(workdir, "results.json")) as f:
-        return json.load(f)
+LEARN_STEPS = 30  # enough updates for a tiny model to learn each toy task below exactly
 
 
 def test_glue_classification_end_to_end(tiny_model, tmp_path):
     data = write_sst2(tmp_path / "SST-2")
     workdir = tmp_path / "run"
     results = finetune.train_and_evaluate(
-        tiny_config(tiny_model, data, "sst2", predict_splits=("test",)), str(workdir))
-    assert 0.0 <= results["eval"]["dev"]["accuracy"] <= 1.0
+        tiny_config(tiny_model, data, "sst2", predict_splits=("test",), max_steps=LEARN_STEPS),
+        str(workdir))
+    assert results["eval"]["dev"]["accuracy"] == 1.0  # the two sentences differ in every row
     assert read_results(workdir)["eval"] == results["eval"]
     with open(workdir / "predictions" / "test" / "SST-2.tsv") as f:
         assert f.read().splitlines()[0] == "index\tprediction"
@@ -67,7 +30,7 @@ def test_glue_classification_end_to_end(tiny_model, tmp_path):
     assert any("eval/dev/accuracy" in l for l in lines)
     assert os.listdir(workdir / "tb")
     saved = json.load(open(workdir / "config.json"))
-    assert saved["task"] == "sst2" and saved["max_steps"] == 4
+    assert saved["task"] == "sst2" and saved["max_steps"] == LEARN_STEPS
     model, _ = dj.from_pretrained(workdir / "model")
     assert isinstance(model, dj.DistilBertForSequenceClassification)
     assert model.config.id2label == ("negative", "positive")
@@ -108,13 +71,15 @@ def test_question_answering_end_to_end(tiny_model, tmp_path):
     for name in ("train-v1.1.json", "dev-v1.1.json"):
         (data / name).write_text(json.dumps({"version": "1.1", "data": [
             {"title": "t", "paragraphs": [{"context": context, "qas": qas}]}]}))
-    config = tiny_config(tiny_model, data, "squad", max_length=24)
+    config = tiny_config(tiny_model, data, "squad", max_length=24, max_steps=LEARN_STEPS)
     config.task_options = {"doc_stride": 8}
     results = finetune.train_and_evaluate(config, str(tmp_path / "run"))
     assert {"exact_match", "f1"} == set(results["eval"]["dev"])
     predictions = json.load(open(tmp_path / "run" / "predictions" / "dev" / "squad_dev_predictions.json"))
     assert set(predictions) == {f"q{i}" for i in range(24)}
-    assert all(isinstance(p, str) and p == p.strip() or p for p in predictions.values())
+    # the context is longer than a window: the answer must be found in the right one, mapped
+    # back to the right characters
+    assert set(predictions.values()) == {"paris"} and results["eval"]["dev"]["exact_match"] == 100.0
 
 
 def test_multiple_choice_end_to_end(tiny_model, tmp_path):
@@ -125,21 +90,29 @@ def test_multiple_choice_end_to_end(tiny_model, tmp_path):
             w = csv.writer(f)
             w.writerow(["video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
                         "ending0", "ending1", "ending2", "ending3", "label"])
-            for i in range(16):
-                w.writerow(["v", i, "s", "he went to the city", "he", "gold",
-                            "saw paris", "was good", "is a movie and it was not good at all", "ran", i % 4])
-    results = finetune.train_and_evaluate(tiny_config(tiny_model, data, "swag"), str(tmp_path / "run"))
-    assert 0.0 <= results["eval"]["dev"]["accuracy"] <= 1.0
+            wrong = ["was good", "is a movie and it was not good at all", "ran"]
+            for i in range(16):  # the gold ending, "saw paris", moves to position i % 4
+                endings = wrong[: i % 4] + ["saw paris"] + wrong[i % 4:]
+                w.writerow(["v", i, "s", "he went to the city", "he", "gold", *endings, i % 4])
+    results = finetune.train_and_evaluate(tiny_config(tiny_model, data, "swag", max_steps=LEARN_STEPS),
+                                          str(tmp_path / "run"))
+    assert results["eval"]["dev"]["accuracy"] == 1.0
     model, _ = dj.from_pretrained(tmp_path / "run" / "model")
     assert isinstance(model, dj.DistilBertForMultipleChoice)
 
 
 def test_bfloat16_compute_keeps_float32_params(tiny_model, tmp_path):
     data = write_sst2(tmp_path / "SST-2")
-    results = finetune.train_and_evaluate(
-        tiny_config(tiny_model, data, "sst2", dtype="bfloat16", max_steps=2), str(tmp_path / "run"))
-    assert np.isfinite(results["eval"]["dev"]["accuracy"])
-    model, params = dj.from_pretrained(tmp_path / "run" / "model")
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        finetune.train_and_evaluate(tiny_config(tiny_model, data, "sst2", dtype=dtype, max_steps=2,
+                                                log_every=1), str(tmp_path / dtype))
+        lines = [json.loads(l) for l in open(tmp_path / dtype / "metrics.jsonl")]
+        losses[dtype] = lines[0]["train/loss"]
+    # the same first update in bf16 compute: its loss within bf16's rounding of float32's
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
+    assert losses["bfloat16"] != losses["float32"]  # and it really computed in bf16
+    model, params = dj.from_pretrained(tmp_path / "bfloat16" / "model")
     assert all(v.dtype == np.float32 for v in jax.tree.leaves(params))
 
 
@@ -148,10 +121,14 @@ def test_task_distillation_from_a_fine_tuned_bert_teacher(tiny_model, tiny_bert,
     data = write_sst2(tmp_path / "SST-2")
     finetune.train_and_evaluate(tiny_config(tiny_bert, data, "sst2"), str(tmp_path / "teacher"))
     results = finetune.train_and_evaluate(
-        tiny_config(tiny_model, data, "sst2", teacher=str(tmp_path / "teacher" / "model")),
-        str(tmp_path / "student"))
+        tiny_config(tiny_model, data, "sst2", teacher=str(tmp_path / "teacher" / "model"),
+                    max_steps=LEARN_STEPS, log_every=1), str(tmp_path / "student"))
     assert results["teacher"] == str(tmp_path / "teacher" / "model")
-    assert 0.0 <= results["eval"]["dev"]["accuracy"] <= 1.0
+    lines = [json.loads(l) for l in open(tmp_path / "student" / "metrics.jsonl") if "train/loss" in l]
+    for line in lines:  # the logged total is the configured mix of the two terms
+        assert line["train/loss"] == pytest.approx(0.5 * line["train/loss_task"] + 0.5 * line["train/loss_soft"],
+                                                   rel=1e-5)
+    assert np.mean([l["train/loss_soft"] for l in lines[-3:]]) < np.mean([l["train/loss_soft"] for l in lines[:3]])
     with pytest.raises(finetune.TrainingError, match="needs a sequence_classification head"):
         finetune.train_and_evaluate(tiny_config(tiny_model, data, "sst2", teacher=tiny_bert),
                                     str(tmp_path / "bad"))

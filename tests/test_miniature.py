@@ -8,8 +8,7 @@ import pytest
 
 from distilbert_jax.experiments import miniature
 from distilbert_jax.config import ConfigError
-from conftest import make_tiny_model_dir
-from test_finetune import write_sst2, write_stsb
+from conftest import make_tiny_model_dir, write_sst2, write_stsb
 
 DEV_ONLY = "mary john paris london"
 

@@ -11,7 +11,7 @@ import pytest
 import safetensors.numpy
 
 from distilbert_jax.train import finetune
-from test_finetune import tiny_config, write_sst2
+from conftest import crashing_at, tiny_config, write_sst2
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def write_config_file(path, model, data, steps):
     path.write_text(
         "import sys\n"
         f"sys.path.insert(0, {os.path.join(REPO, 'tests')!r})\n"
-        "from test_finetune import tiny_config\n"
+        "from conftest import tiny_config\n"
         "def get_config(arg=''):\n"
         f"    return tiny_config({model!r}, {str(data)!r}, 'sst2', max_steps={steps}, log_every=50,\n"
         f"                       checkpoint_every=20, eval_every=1000)\n")
@@ -42,17 +42,8 @@ def test_crash_then_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatc
     finetune.train_and_evaluate(config, str(tmp_path / "straight"))
 
     real_step = finetune.make_step
-
-    def crashing(*args, **kwargs):  # dies while running step 7 (after the step-6 checkpoint)
-        step_fn = real_step(*args, **kwargs)
-
-        def step(state, teacher_params, batch):
-            if int(state.step) == 6:
-                raise KeyboardInterrupt("simulated crash")
-            return step_fn(state, teacher_params, batch)
-        return step
-
-    monkeypatch.setattr(finetune, "make_step", crashing)
+    # dies while running step 7 (after the step-6 checkpoint)
+    monkeypatch.setattr(finetune, "make_step", crashing_at(6, real_step))
     with pytest.raises(KeyboardInterrupt):
         finetune.train_and_evaluate(config, str(tmp_path / "resumed"))
     monkeypatch.setattr(finetune, "make_step", real_step)

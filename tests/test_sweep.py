@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from distilbert_jax.experiments import sweep
-from test_finetune import write_sst2
+from conftest import write_sst2
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -145,7 +145,8 @@ def test_ner_labels_on_first_sub_token(tokenizer, tmp_path):
     assert [names[l] if l >= 0 else None for l in labels] == (
         [None, "B-PER", "I-PER"] + [None] * (len(pieces) - 3))
     batch = collate(features, [0], 16, tokenizer.pad_token_id)
-    assert batch["labels"][0, len(pieces):].tolist() == [-100] * (16 - len(pieces))
+    assert batch["targets"]["labels"][0, len(pieces):].tolist() == [-100] * (16 - len(pieces))
+    assert batch["inputs"]["attention_mask"][0].tolist() == [1] * len(pieces) + [0] * (16 - len(pieces))
 
 
 @needs_evaldata

@@ -244,13 +244,13 @@ def train_on_corpus(config, workdir: str, model, params, data: corpus.Corpus, to
         workdirs.record(config, workdir)  # every check has passed: this start is on record
         start = int(state.step)
         step = make_step(loss_fn, tx, layout, state_shardings, config.grad_accum_steps,
-                         frozen_shardings, prefix)
+                         frozen_shardings, prefix, learning_rate=schedule)
         batches = corpus_batches(data, config, tokenizer.pad_token_id, layout, start)
         with MetricWriter(workdir) as writer:
             state = loop.run(state, lambda state, batch: step(state, frozen_params, batch), batches,
                              loop.Schedule(total, config.log_every, config.checkpoint_every),
                              workdir=workdir, checkpoints=checkpoints, writer=writer,
-                             progress=Progress(total, config.batch_size, start), learning_rate=schedule)
+                             progress=Progress(total, config.batch_size, start))
     return state, total, start
 
 

@@ -169,7 +169,7 @@ def predict(eval_step, params, task: Task, features: Features, batch_size: int, 
     process = (jax.process_index(), jax.process_count())
     for rows, batch in prefetch(eval_batches(features, batch_size, pad_id, buckets, process)):
         inputs = layout.put_batch(batch["inputs"], batch_size)
-        out = {k: np.asarray(v.addressable_data(0)) for k, v in eval_step(params, inputs).items()}
+        out = jax.device_get({k: v.addressable_data(0) for k, v in eval_step(params, inputs).items()})
         for key, value in out.items():
             for i, row in enumerate(rows):
                 collected.setdefault(key, []).append(
@@ -236,7 +236,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         distillation = {"task_alpha": config.task_alpha, "distill_alpha": config.distill_alpha,
                         "temperature": config.distill_temperature}
         train_step = make_step(loss_fn(model, task.head, teacher, distillation), tx, layout,
-                               state_shardings, config.grad_accum_steps, teacher_shardings)
+                               state_shardings, config.grad_accum_steps, teacher_shardings,
+                               learning_rate=schedule)
         eval_step = make_eval_step(model, state_shardings.params, layout)
         process = (jax.process_index(), jax.process_count())
         batches = prefetch(layout.put_batch(batch, config.batch_size) for batch in train_batches(
@@ -265,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 loop.Schedule(total_steps, config.log_every, config.checkpoint_every,
                               config.eval_every or steps_per_epoch),
                 workdir=workdir, checkpoints=checkpoints, writer=writer,
-                progress=Progress(total_steps, config.batch_size, start), learning_rate=schedule,
+                progress=Progress(total_steps, config.batch_size, start),
                 evaluate=evaluate_and_keep_best)
         train_seconds = time.perf_counter() - started
         if not final:  # the run had already finished: evaluate what it left

@@ -32,12 +32,13 @@ class Schedule:
 
 def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, workdir: str,
         checkpoints: Checkpoints, writer: MetricWriter, progress: Progress,
-        learning_rate: Callable[[int], float],
         evaluate: Callable[[Any, int], dict[str, dict[str, float]]] | None = None):
     """Runs from `state.step` to `schedule.total_steps`; returns the final state.
 
     Step metrics stay on device until a log, evaluation or checkpoint boundary, where they are
-    fetched together (a `batch/tokens` metric also gives `perf/tokens_per_sec`). Every
+    fetched together and averaged over the window (`train/lr` is the window's last; a
+    `batch/tokens` metric also gives `perf/tokens_per_sec`). Nothing else crosses between host
+    and device implicitly (tests hold the loop to `jax.transfer_guard("disallow")`). Every
     checkpoint is preceded by such a fetch, so a non-finite loss, gradient norm or parameter norm
     stops the run before its state is saved, naming the step and the metric.
     """
@@ -50,14 +51,15 @@ def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, work
             _check_finite(s, metrics, checkpoints, workdir)
         if fetched:
             mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
-            mean["train/lr"] = float(learning_rate(step - 1))
+            if "train/lr" in mean:
+                mean["train/lr"] = float(fetched[-1][1]["train/lr"])
             mean.update(progress.rates(step))
             if "batch/tokens" in mean:  # real (non-padding) tokens per step, from the step's metrics
                 mean["perf/tokens_per_sec"] = mean["batch/tokens"] * mean["perf/steps_per_sec"]
             writer.write(step, mean)
             progress.report(step, mean)
 
-    for step in range(int(state.step) + 1, schedule.total_steps + 1):
+    for step in range(int(jax.device_get(state.step)) + 1, schedule.total_steps + 1):
         state, metrics = step_fn(state, next(batches))
         pending.append((step, metrics))
         last = step == schedule.total_steps

@@ -23,13 +23,14 @@ LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, dict[str, jax.Arr
 
 def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, layout: sharding.Layout,
               state_shardings: TrainState, accum_steps: int = 1, frozen_shardings=None,
-              prefix: str = "train") -> Callable:
+              prefix: str = "train", learning_rate: optax.Schedule | None = None) -> Callable:
     """The jitted update `(state, frozen, batch) -> (state, metrics)`.
 
     `batch` is {"inputs": {...}, ...} with rows on the first axis; with `accum_steps` > 1 it is
     split into that many micro-batches whose losses and gradients are averaged, micro-batch i
     drawing its randomness from fold_in(key, i). Metrics: `<prefix>/loss`, `<prefix>/loss_<term>`,
-    `train/grad_norm`, `train/param_norm` and `batch/tokens` (real tokens in the batch).
+    `train/grad_norm`, `train/param_norm`, `batch/tokens` (real tokens in the batch) and, given the
+    optimiser's schedule, `train/lr` (this update's), all computed on device.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -56,6 +57,8 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, layout: shardin
         metrics = {f"{prefix}/loss": loss, **{f"{prefix}/loss_{k}": v for k, v in terms.items()},
                    "train/grad_norm": global_norm(grads), "train/param_norm": global_norm(params),
                    "batch/tokens": jnp.sum(batch["inputs"]["attention_mask"])}
+        if learning_rate is not None:
+            metrics["train/lr"] = learning_rate(state.step)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return layout.jit(step, in_shardings=(state_shardings, frozen_shardings or layout.replicated,
