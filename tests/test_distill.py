@@ -146,6 +146,8 @@ def test_corpus_preparation_splits_cleans_counts_and_resumes(minilm_dir, tmp_pat
     # an interrupted preparation (a chunk file left, no meta.json) keeps finished chunks: chunk 0
     # (lines 1-2) is taken from its file, here emptied to prove it is not tokenised again
     os.remove(tmp_path / "c" / "meta.json")
+    (tmp_path / "c" / corpus.RECIPE).write_text(  # what an interrupted run of the same inputs leaves
+        json.dumps(corpus._recipe([str(tmp_path / "a.txt")], tok, max_length=128, chunk_lines=2)))
     np.savez(tmp_path / "c" / "part-000000.npz", tokens=np.zeros(0, np.uint16), lengths=np.zeros(0, np.int32))
     corpus.prepare([str(tmp_path / "a.txt")], tok, str(tmp_path / "c"), max_length=128, chunk_lines=2)
     assert corpus.Corpus.load(str(tmp_path / "c")).lengths.tolist() == [13]
