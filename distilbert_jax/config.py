@@ -7,6 +7,7 @@ and keys of jit caches. Both refuse an unknown or inconsistent field with one se
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from typing import Any, ClassVar, Mapping
@@ -36,6 +37,22 @@ class ConfigError(ValueError):
     """A configuration field is unknown or has a value the model cannot use."""
 
 
+# Sizes (HF names) that must be whole numbers in [1, bound]. The bounds are far beyond any real
+# model, and low enough that a typo such as n_layers=1e9 is refused instead of hanging or overflowing.
+SIZE_LIMITS = {
+    "vocab_size": 10_000_000, "max_position_embeddings": 1_000_000, "type_vocab_size": 1_000_000,
+    "n_layers": 1000, "num_hidden_layers": 1000, "n_heads": 100_000, "num_attention_heads": 100_000,
+    "dim": 1_000_000, "hidden_size": 1_000_000, "hidden_dim": 1_000_000,
+    "intermediate_size": 1_000_000, "num_labels": 1_000_000,
+}
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """' (did you mean 'x'?)' for the closest of `candidates` to `name`, or ''."""
+    close = difflib.get_close_matches(name, [str(c) for c in candidates], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 @dataclasses.dataclass(frozen=True)
 class _ConfigBase:
     """Shared machinery: aliases, validation, HF config.json in and out."""
@@ -44,6 +61,7 @@ class _ConfigBase:
     attribute_map: ClassVar[Mapping[str, str]] = {}
 
     def __post_init__(self):
+        self._check_sizes()
         if self.problem_type not in PROBLEM_TYPES:
             raise ConfigError(f"problem_type={self.problem_type!r} is not one of {PROBLEM_TYPES}.")
         if self.num_labels < 1:
@@ -62,6 +80,24 @@ class _ConfigBase:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ConfigError(f"{name}={value} must be in [0, 1).")
+
+    def _check_sizes(self):
+        """Whole numbers within SIZE_LIMITS (an integral float such as 6.0 from JSON becomes 6)."""
+        for f in dataclasses.fields(self):
+            if f.name not in SIZE_LIMITS:
+                continue
+            value, limit = getattr(self, f.name), SIZE_LIMITS[f.name]
+            if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 63:
+                value = int(value)
+                object.__setattr__(self, f.name, value)  # frozen: the one place a field is set
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{f.name}={value!r} must be a whole number.")
+            if not 1 <= value <= limit:
+                raise ConfigError(f"{f.name}={value} must be between 1 and {limit:,}.")
+        for name in self.dropout_fields():
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{name}={value!r} must be a number.")
 
     @classmethod
     def dropout_fields(cls) -> tuple[str, ...]:
@@ -87,6 +123,9 @@ class _ConfigBase:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, ignore_hf_generic: bool = True):
         """Builds a config from HF-style keys; aliases are accepted, unknown keys are refused."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"a {cls.__name__} must be a JSON object of field names and values, "
+                              f"not a {type(values).__name__}.")
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in values.items():
@@ -99,7 +138,8 @@ class _ConfigBase:
             if key in fields:
                 kwargs[key] = value
             elif not (ignore_hf_generic and key in HF_GENERIC_KEYS):
-                raise ConfigError(f"{cls.__name__} has no field {key!r}.")
+                raise ConfigError(f"{cls.__name__} has no field {key!r}"
+                                  f"{did_you_mean(key, [*fields, *cls.attribute_map])}.")
         if kwargs.get("id2label") is not None:
             kwargs.setdefault("num_labels", len(kwargs["id2label"]))
         if values.get("model_type", cls.model_type) != cls.model_type:
@@ -115,6 +155,11 @@ class _ConfigBase:
                 values = json.load(f)
         except FileNotFoundError:
             raise ConfigError(f"Config file {os.fspath(path)!r} does not exist.") from None
+        except IsADirectoryError:
+            raise ConfigError(f"Config file {os.fspath(path)!r} is a folder, not a file.") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"Config file {os.fspath(path)!r} is not UTF-8 text "
+                              f"(byte {e.start}: {e.object[e.start:e.start + 1]!r}).") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"Config file {os.fspath(path)!r} is not valid JSON: {e}.") from None
         try:
@@ -229,6 +274,9 @@ class BertConfig(_ConfigBase):
 
 def config_from_dict(values: Mapping[str, Any]) -> DistilBertConfig | BertConfig:
     """Picks the config class from config.json's model_type ('distilbert' or 'bert')."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"a config must be a JSON object of field names and values, "
+                          f"not a {type(values).__name__}.")
     model_type = values.get("model_type")
     for cls in (DistilBertConfig, BertConfig):
         if model_type == cls.model_type:

@@ -206,8 +206,14 @@ def read_config(directory: str, num_labels: int | None = None, **overrides):
     with open(path, encoding="utf-8") as f:
         try:
             values = json.load(f)
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{path} is not UTF-8 text (byte {e.start}: "
+                                  f"{e.object[e.start:e.start + 1]!r}).") from None
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path} is not valid JSON ({e}).") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(values).__name__}, not the JSON object "
+                              "of config fields a checkpoint's config.json holds.")
     try:
         config = config_from_dict(values)
         if num_labels is not None and num_labels != config.num_labels:
@@ -215,6 +221,31 @@ def read_config(directory: str, num_labels: int | None = None, **overrides):
         return (config.replace(**overrides) if overrides else config), values.get("architectures")
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def check_labels(saved_config, task_labels, checkpoint: str = "the checkpoint",
+                 task: str = "the task") -> None:
+    """Refuses to evaluate a checkpoint on a task whose label names (in id order) differ from the
+    ones it was trained with (`saved_config.id2label`, e.g. from `read_config(directory)[0]`).
+
+    Names are compared case-insensitively (HF's SST-2 checkpoint says NEGATIVE/POSITIVE). A
+    checkpoint with HF's placeholder names (LABEL_0, ...) is only checked for the number of labels;
+    a task without label names (regression, spans, choices) is not checked.
+    """
+    if not task_labels:
+        return
+    task_labels = tuple(str(label) for label in task_labels)
+    saved = saved_config.id2label
+    if saved is None:
+        if saved_config.num_labels == len(task_labels):
+            return
+        saved = saved_config.labels
+    if tuple(x.casefold() for x in saved) == tuple(x.casefold() for x in task_labels):
+        return
+    raise CheckpointError(
+        f"{checkpoint} was trained on the labels {list(saved)} but {task} has the labels "
+        f"{list(task_labels)}; evaluate it on the task it was trained on, or fine-tune it on "
+        f"{task} first.")
 
 
 def head_from_architectures(family: str, architectures: list[str] | None) -> str:

@@ -7,6 +7,7 @@ or 'miniature'); the work lives in importable functions that tests and notebooks
 """
 
 import logging
+import os
 import re
 import sys
 
@@ -30,12 +31,52 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # ml_collections: no such field
-        field = str(e).strip("\"'")
-        print(f"error: the config has no field {field!r}; see the config file for the fields it has.",
-              file=sys.stderr)
+        print(f"error: {_no_such_field(e)}", file=sys.stderr)
     except (flags.Error, TypeError, ValueError) as e:  # e.g. a bad type, or get_config(arg) refusing arg
         print(f"error: {_last_line(e)}", file=sys.stderr)
+    except Exception as e:  # the config file itself fails: a syntax error, a bad import, ...
+        print(f"error: {_config_file_error(e, _config_arg(argv))}", file=sys.stderr)
     sys.exit(2)
+
+
+def _no_such_field(error: Exception) -> str:
+    """ml_collections' KeyError("'lrr'\\nDid you mean \"lr\" instead of \"lrr\"?") as one sentence."""
+    while error.args and isinstance(error.args[0], BaseException):  # a KeyError holding a KeyError
+        error = error.args[0]
+    text = str(error.args[0]) if error.args else str(error)
+    lines = [x.strip() for x in text.splitlines() if x.strip()] or [""]
+    field = lines[0].strip("\"'")
+    match = re.search(r'Did you mean "([^"]+)"', text)
+    if match:
+        return f"the config has no field {field!r} (did you mean {match.group(1)!r}?)"
+    return f"the config has no field {field!r}; see the config file for the fields it has."
+
+
+def _config_arg(argv) -> str:
+    """The value of --config in argv (the file, with its :arg)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "?"
+
+
+def _config_file_error(error: BaseException, config_arg: str) -> str:
+    """'cannot load --config=F: <what> at line N.' for an exception raised loading the config file."""
+    path = config_arg.split(":", 1)[0]
+    if isinstance(error, SyntaxError):
+        where = f" at line {error.lineno}" if error.lineno else ""
+        return f"cannot load --config={config_arg}: {error.msg}{where}."
+    line = None
+    tb = error.__traceback__
+    while tb is not None:  # the deepest frame in the config file itself
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    where = f" at line {line}" if line else ""
+    message = _last_line(error) if str(error) else ""
+    return f"cannot load --config={config_arg}: {type(error).__name__}: {message}{where}."
 
 
 def _last_line(error: Exception) -> str:
@@ -57,6 +98,10 @@ def main(argv):
     except OSError as e:
         print(f"error: cannot load --config={config_flags.get_config_filename(flags.FLAGS['config'])}: "
               f"{_last_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # a syntax error or a failing get_config in the config file
+        print(f"error: {_config_file_error(e, flags.FLAGS['config'].serialize().split('=', 1)[-1])}",
+              file=sys.stderr)
         sys.exit(2)
     try:
         results = jobs.run(config, _WORKDIR.value)

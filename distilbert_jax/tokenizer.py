@@ -28,6 +28,24 @@ class TokenizerError(ValueError):
     """A tokenizer file is missing or an argument combination is invalid."""
 
 
+def read_vocab(vocab_file: str) -> dict[str, int]:
+    """vocab.txt -> {token: line index}; a token listed twice, or a file that is not UTF-8, is
+    refused (two ids for one token leave an id no text maps to, and training goes wrong quietly)."""
+    vocab: dict[str, int] = {}
+    try:
+        with open(vocab_file, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                token = line.rstrip("\n")
+                if token in vocab:
+                    raise TokenizerError(
+                        f"{vocab_file}:{i + 1}: the token {token!r} is already on line "
+                        f"{vocab[token] + 1}; a vocabulary lists each token once.")
+                vocab[token] = i
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{vocab_file} is not UTF-8 text (after line {len(vocab)}).") from None
+    return vocab
+
+
 class Encoding(dict):
     """What a call returns: a dict (input_ids, attention_mask, ...) whose keys are also attributes."""
 
@@ -63,8 +81,7 @@ class Tokenizer:
         vocab_file = os.fspath(vocab_file)
         if not os.path.exists(vocab_file):
             raise TokenizerError(f"Vocabulary file {vocab_file!r} does not exist.")
-        with open(vocab_file, encoding="utf-8") as f:
-            vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+        vocab = read_vocab(vocab_file)
         backend = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
         backend.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=tokenize_chinese_chars,

@@ -10,6 +10,7 @@ import safetensors.numpy
 
 import distilbert_jax as dj
 from distilbert_jax.config import ConfigError
+from distilbert_jax.data import DataError
 from distilbert_jax.train import distill, loop
 from conftest import crashing_at, make_tiny_model_dir
 
@@ -76,6 +77,10 @@ def test_crash_then_resume_equals_uninterrupted(teacher, corpus_file, tmp_path, 
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # the finished workdir is never reused with another corpus (its prepared corpus would be)
+    config.corpus_files = (corpus_file, corpus_file)
+    with pytest.raises(ConfigError, match=r"holds a run with other values of \['corpus_files'\]"):
+        distill.distill(config, str(tmp_path / "resumed"))
 
 
 def test_a_non_finite_loss_stops_naming_step_and_term(teacher, corpus_file, tmp_path):
@@ -96,7 +101,7 @@ def test_bad_recipes_are_refused_before_compute(teacher, corpus_file, minilm_dir
         distill.distill(tiny(teacher, corpus_file, word_rand=0.2), str(tmp_path / "c"))
     # a corpus tokenised with another vocabulary (the 30,522-token MiniLM one) is refused
     distill.corpus.prepare([corpus_file], dj.Tokenizer.from_pretrained(minilm_dir), str(tmp_path / "corpus"), 64)
-    with pytest.raises(ConfigError, match="30522-token vocabulary, the student has 99"):
+    with pytest.raises(DataError, match="was tokenised with another vocabulary"):
         distill.distill(tiny(teacher, corpus_file, corpus_dir=str(tmp_path / "corpus")), str(tmp_path / "d"))
     assert not any((tmp_path / d).exists() for d in "abcd")
 
@@ -138,6 +143,8 @@ def test_corpus_preparation_splits_cleans_counts_and_resumes(minilm_dir, tmp_pat
     # an interrupted preparation (a chunk file left, no meta.json) keeps finished chunks: chunk 0
     # (lines 1-2) is taken from its file, here emptied to prove it is not tokenised again
     os.remove(tmp_path / "c" / "meta.json")
+    (tmp_path / "c" / corpus.RECIPE).write_text(  # what an interrupted run of the same inputs leaves
+        json.dumps(corpus._recipe([str(tmp_path / "a.txt")], tok, max_length=128, chunk_lines=2)))
     np.savez(tmp_path / "c" / "part-000000.npz", tokens=np.zeros(0, np.uint16), lengths=np.zeros(0, np.int32))
     corpus.prepare([str(tmp_path / "a.txt")], tok, str(tmp_path / "c"), max_length=128, chunk_lines=2)
     assert corpus.Corpus.load(str(tmp_path / "c")).lengths.tolist() == [13]

@@ -3,7 +3,10 @@
 `prepare` tokenises plain-text files (one sequence per line) or TFDS text datasets once with the teacher's tokenizer into
 a compact on-disk form: `[CLS] … [SEP]` sequences split at `max_length`, those of ≤ 11 tokens or at
 least half [UNK] dropped (the reference's cleaning), plus a token-count file. It works in chunks of
-lines, each written atomically, so an interrupted preparation resumes where it stopped.
+lines, each written atomically, so an interrupted preparation resumes where it stopped; the chunks
+are reused only for the same files (same sizes and times), tokenizer, max_length and chunk size, and
+meta.json, written last, marks a finished corpus. meta.json records the tokenizer's fingerprint, so a
+corpus is never used with another vocabulary (`check_tokenizer`).
 
 Masking follows the reference distiller, per batch: `ceil(mask_prop · real tokens)` positions are
 drawn without replacement with probability ∝ max(count, 1)^-smoothing (special tokens never), then
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import math
 import os
@@ -119,8 +123,13 @@ def _lines(sources: Sequence[str]) -> Iterator[str]:
 
 
 def _file_lines(path: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        yield from f
+    n = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                yield line
+    except UnicodeDecodeError:
+        raise DataError(f"Corpus file {path!r} is not UTF-8 text (after line {n}).") from None
 
 
 def _tfds_texts(source: str) -> Iterator[str]:
@@ -136,23 +145,106 @@ def _tfds_texts(source: str) -> Iterator[str]:
         yield text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the vocabulary in id order: equal exactly when every id means the same token."""
+    vocab = sorted(tokenizer.backend.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256("\n".join(f"{i}\t{t}" for t, i in vocab).encode("utf-8")).hexdigest()
+
+
+def read_meta(corpus_dir: str) -> dict:
+    """A prepared corpus's meta.json (which exists only once preparation finished)."""
+    path = os.path.join(corpus_dir, "meta.json")
+    if not os.path.isfile(path):
+        raise DataError(f"{corpus_dir} is not a prepared corpus (no meta.json: its preparation never "
+                        "finished); run prepare first.")
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} is not valid JSON ({e}).") from None
+
+
+def check_tokenizer(corpus_dir: str, tokenizer, tokenizer_name: str = "the tokenizer") -> None:
+    """Refuses a corpus tokenised with another vocabulary than `tokenizer`'s (one sentence).
+
+    Corpora prepared before meta.json held a fingerprint are checked on vocab_size only.
+    """
+    meta = read_meta(corpus_dir)
+    saved = meta.get("tokenizer_sha256")
+    if saved is None:
+        if meta.get("vocab_size", tokenizer.vocab_size) != tokenizer.vocab_size:
+            raise DataError(f"The corpus in {corpus_dir} was tokenised with a vocabulary of "
+                            f"{meta['vocab_size']} tokens but {tokenizer_name} has "
+                            f"{tokenizer.vocab_size}; prepare the corpus again with it.")
+        return
+    mine = tokenizer_fingerprint(tokenizer)
+    if saved != mine:
+        raise DataError(
+            f"The corpus in {corpus_dir} was tokenised with another vocabulary (sha256 {saved[:12]}) "
+            f"than {tokenizer_name} (sha256 {mine[:12]}, {tokenizer.vocab_size} tokens); prepare the "
+            "corpus again with this tokenizer, into another directory.")
+
+
+def _recipe(files: Sequence[str], tokenizer, max_length: int, chunk_lines: int) -> dict:
+    """What the chunks of a preparation depend on: a resumed run reuses them only if it matches."""
+    sources = []
+    for f in files:
+        if f.startswith(TFDS_PREFIX):
+            sources.append([f])
+        else:
+            stat = os.stat(f)
+            sources.append([os.path.abspath(f), stat.st_size, stat.st_mtime_ns])
+    return {"sources": sources, "max_length": max_length, "chunk_lines": chunk_lines,
+            "tokenizer_sha256": tokenizer_fingerprint(tokenizer)}
+
+
+RECIPE = "prepare.json"  # next to the chunks of a preparation in progress
+
+
+def _start_or_resume(out_dir: str, recipe: dict) -> None:
+    """Keeps the chunks of an interrupted preparation with the same recipe; deletes any others."""
+    recipe_path = os.path.join(out_dir, RECIPE)
+    previous = None
+    if os.path.exists(recipe_path):
+        with open(recipe_path, encoding="utf-8") as f:
+            try:
+                previous = json.load(f)
+            except json.JSONDecodeError:
+                previous = None
+    if previous != recipe:
+        stale = glob.glob(os.path.join(out_dir, "part-*.npz"))
+        if stale:
+            print(f"corpus: discarding {len(stale)} chunk(s) in {out_dir} left by an unfinished "
+                  "preparation of other files or with another tokenizer", file=sys.stderr, flush=True)
+        for part in stale:
+            os.remove(part)
+        with open(recipe_path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(recipe, f, indent=2)
+        os.replace(recipe_path + ".tmp", recipe_path)
+
+
 def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512,
             chunk_lines: int = 20_000, log_every_s: float = 10.0) -> dict:
     """Tokenises `files` (text files or "tfds:<name>[:<split>]" sources) into `out_dir`
     (tokens.npy, lengths.npy, token_counts.npy, meta.json).
 
     Resumable: chunk k covers lines [k·chunk_lines, (k+1)·chunk_lines) and is skipped when its file
-    exists. Returns meta.json's contents.
+    exists and was written for the same files, tokenizer, max_length and chunk_lines (else the old
+    chunks are deleted). An `out_dir` already holding a finished corpus is returned as is when it
+    was made with the same tokenizer, files and max_length, and refused otherwise.
+    Returns meta.json's contents.
     """
     meta_path = os.path.join(out_dir, "meta.json")
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            return json.load(f)
     paths = [f for f in files if not f.startswith(TFDS_PREFIX)]
+    if os.path.exists(meta_path):
+        return _existing(out_dir, files, tokenizer, max_length)
     for path in paths:
+        if os.path.isdir(path):
+            raise DataError(f"Corpus file {path!r} is a folder, not a file; pass the text files in it.")
         if not os.path.isfile(path):
             raise DataError(f"Corpus file {path!r} does not exist.")
     os.makedirs(out_dir, exist_ok=True)
+    _start_or_resume(out_dir, _recipe(files, tokenizer, max_length, chunk_lines))
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
     start, total_bytes = time.perf_counter(), sum(os.path.getsize(f) for f in paths)
     lines, chunk, done_lines, last_log = [], 0, 0, start
@@ -184,12 +276,29 @@ def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512
         os.replace(os.path.join(out_dir, name + ".tmp.npy"), os.path.join(out_dir, name + ".npy"))
     meta = {"files": list(files), "sequences": int(len(lengths)), "tokens": int(len(tokens)),
             "max_length": max_length, "vocab_size": tokenizer.vocab_size,
+            "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
             "seconds": round(time.perf_counter() - start, 1), "bytes": total_bytes}
     with open(meta_path + ".tmp", "w") as f:
         json.dump(meta, f, indent=2)
     os.replace(meta_path + ".tmp", meta_path)
     for part in parts:
         os.remove(part)
+    os.remove(os.path.join(out_dir, RECIPE))
+    return meta
+
+
+def _existing(out_dir: str, files: Sequence[str], tokenizer, max_length: int) -> dict:
+    """A finished corpus in `out_dir`, if it is the one asked for; it is never overwritten."""
+    meta = read_meta(out_dir)
+    check_tokenizer(out_dir, tokenizer)
+    same_files = [os.path.abspath(f) if not f.startswith(TFDS_PREFIX) else f
+                  for f in meta.get("files", files)] == [
+        os.path.abspath(f) if not f.startswith(TFDS_PREFIX) else f for f in files]
+    if not same_files or meta.get("max_length", max_length) != max_length:
+        raise DataError(
+            f"{out_dir} already holds a corpus of {meta.get('files')} at max_length="
+            f"{meta.get('max_length')}, not of {list(files)} at max_length={max_length}; "
+            "choose another output directory or delete that one.")
     return meta
 
 
@@ -220,6 +329,7 @@ class Corpus:
 
     @classmethod
     def load(cls, directory: str) -> "Corpus":
+        read_meta(directory)  # written last: without it the arrays may be from an unfinished run
         paths = {n: os.path.join(directory, n + ".npy") for n in ("tokens", "lengths", "token_counts")}
         missing = [p for p in paths.values() if not os.path.exists(p)]
         if missing:
@@ -279,7 +389,7 @@ def main(argv=None):
     import argparse
 
     from distilbert_jax import hf
-    from distilbert_jax.tokenizer import Tokenizer
+    from distilbert_jax.tokenizer import Tokenizer, TokenizerError
 
     parser = argparse.ArgumentParser(description="Tokenise text files (one sequence per line) "
                                                  "into a distillation corpus.")
@@ -292,7 +402,7 @@ def main(argv=None):
     try:
         tokenizer = Tokenizer.from_pretrained(hf.resolve(args.tokenizer))
         meta = prepare(args.files, tokenizer, args.out, args.max_length)
-    except (DataError, hf.CheckpointError) as e:
+    except (DataError, hf.CheckpointError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(meta, indent=2))

@@ -128,6 +128,8 @@ class GlueTask(Task):
             label = self._parse_label(values[self.spec.label], path, line) if labelled else -1
             index = int(values["index"]) if "index" in values and values["index"].isdigit() else n
             examples.append(GlueExample(tuple(values[c] for c in self.spec.text), label, index))
+        if not examples:
+            raise DataError(f"{path} has no examples, only a header.")
         return examples
 
     def _parse_label(self, value: str, path: str, line: int):

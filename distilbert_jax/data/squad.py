@@ -50,9 +50,15 @@ def read_squad(path: str) -> list[SquadExample]:
                     raise DataError(f"{where} lacks a context, id or question.")
                 answers = [] if qa.get("is_impossible") else qa.get("answers", [])
                 for answer in answers:
-                    start = answer.get("answer_start", -1)
-                    if not 0 <= start <= len(context) - len(answer.get("text", "")):
+                    start, text = answer.get("answer_start", -1), answer.get("text", "")
+                    if not 0 <= start <= len(context) - len(text):
                         raise DataError(f"{where}: answer_start {start} lies outside the context.")
+                    found = context[start:start + len(text)]
+                    if found != text:
+                        raise DataError(
+                            f"{path}: question {qa['id']!r} has the answer {text!r} at answer_start "
+                            f"{start}, but the context there reads {found!r}; fix answer_start "
+                            "(it counts characters of the context from 0).")
                 examples.append(SquadExample(qa["id"], qa["question"], context,
                                              [x["text"] for x in answers],
                                              [x["answer_start"] for x in answers]))

@@ -64,6 +64,8 @@ class SwagTask(Task):
                 examples.append(ChoiceExample(row["sent1"], row["sent2"],
                                               tuple(row[c] for c in ENDINGS),
                                               int(label) if label not in (None, "") else -1))
+        if not examples:
+            raise DataError(f"{path} has no examples, only a header.")
         return examples
 
     def encode(self, examples, tokenizer, max_length):

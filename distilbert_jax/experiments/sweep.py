@@ -3,6 +3,7 @@ into the paper's Table 1 layout (median over seeds at the best learning rate per
 
     python -m distilbert_jax.experiments.sweep run --config=configs/glue.py --tasks=rte,mrpc --lrs=2e-5,5e-5 \
         --seeds=42,43,44 --root=runs/glue [--launcher=tpu] [--set=model=packaged:all-MiniLM-L6-v2]
+    python -m distilbert_jax.experiments.sweep run ... --set=--config.max_steps=100   # main's form works too
     python -m distilbert_jax.experiments.sweep table --root=runs/glue        # table.md, table.csv, table.png
 
 --lrs and --seeds default to the config's `sweep` grid. `run` trains each grid point in sequence here
@@ -13,6 +14,7 @@ or with --launcher=tpu prints one `launch/tpu.sh run` line per point to start on
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import importlib.util
 import itertools
@@ -22,6 +24,8 @@ import shlex
 import statistics
 import sys
 from typing import Any
+
+from distilbert_jax.config import did_you_mean
 
 # A task's score in the table: the mean of its metrics x 100 (GLUE's convention for MRPC, STS-B, QQP).
 MAIN_SPLIT = "dev"
@@ -35,6 +39,31 @@ def run_dir(root: str, point: dict) -> str:
     return os.path.join(root, point["task"], f"lr{point['lr']:g}_seed{point['seed']}")
 
 
+def parse_set(items) -> dict[str, str]:
+    """--set values -> {field: value}: `field=value`, or main's `--config.field=value`."""
+    overrides = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.removeprefix("--").removeprefix("config.")
+        if not eq or not key:
+            raise ValueError(f"--set={item} is not of the form field=value (or --config.field=value).")
+        overrides[key] = value
+    return overrides
+
+
+def _value(text: str):
+    """A --set value as main would read it: JSON or a Python literal (3e-5, true, True, [16, 48],
+    (16, 48)), else the plain string (paths, model ids)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def load_config(path: str, arg: str, overrides: dict[str, str]):
     spec = importlib.util.spec_from_file_location("sweep_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -42,11 +71,10 @@ def load_config(path: str, arg: str, overrides: dict[str, str]):
     config = module.get_config(arg) if arg else module.get_config()
     for key, value in overrides.items():
         if key not in config:
-            raise KeyError(f"the config has no field {key!r}")
-        try:
-            config[key] = json.loads(value)  # numbers, booleans, lists
-        except json.JSONDecodeError:
-            config[key] = value  # plain strings: paths, model ids
+            hint = did_you_mean(key, config.keys())
+            raise ValueError(f"the config has no field {key!r}"
+                             + (hint if hint else "; see the config file for the fields it has."))
+        config[key] = _value(value)
     return config
 
 
@@ -54,7 +82,7 @@ def run_sweep(args) -> list[str]:
     """Trains (or prints launch lines for) every grid point; returns the run directories."""
     from distilbert_jax import jobs
 
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = parse_set(args.set)
     tasks = args.tasks.split(",")
     default = load_config(args.config, tasks[0], {}).get("sweep", {})
     lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else list(default.get("lr", ()))
@@ -163,7 +191,8 @@ def main(argv=None):
     r.add_argument("--seeds", default="", help="e.g. 42,43 (default: the config's sweep.seed)")
     r.add_argument("--root", required=True)
     r.add_argument("--launcher", choices=("local", "tpu"), default="local")
-    r.add_argument("--set", action="append", default=[], help="field=value for every run")
+    r.add_argument("--set", action="append", default=[],
+                   help="field=value (or --config.field=value, as main takes it) for every run")
     t = sub.add_parser("table")
     t.add_argument("--root", required=True)
     args = parser.parse_args(argv)
@@ -174,7 +203,7 @@ def main(argv=None):
                 print(write_table(args.root))
         else:
             print(write_table(args.root))
-    except (KeyError, ValueError, OSError) as e:
+    except (KeyError, ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

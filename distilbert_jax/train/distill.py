@@ -158,6 +158,7 @@ def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
             corpus.prepare(list(config.corpus_files), tokenizer, corpus_dir, config.max_length)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("corpus prepared")
+    corpus.check_tokenizer(corpus_dir, tokenizer, tokenizer_name=f"the tokenizer of {config.teacher}")
     return corpus.Corpus.load(corpus_dir)
 
 
@@ -266,11 +267,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if student_model.config.dim != teacher.config.hidden_size:
         raise ConfigError(f"The student's dim ({student_model.config.dim}) differs from the teacher's "
                           f"hidden_size ({teacher.config.hidden_size}); the cosine loss needs them equal.")
-    data = load_corpus(config, tokenizer, workdir)
-    if data.counts.shape[0] != student_model.config.vocab_size:
-        raise ConfigError(f"The corpus {config.corpus_dir or os.path.join(workdir, 'corpus')} was "
-                          f"tokenised with a {data.counts.shape[0]}-token vocabulary, "
-                          f"the student has {student_model.config.vocab_size}.")
+    data = load_corpus(config, tokenizer, workdir)  # tokenised with the student's vocabulary
     frozen = frozen_where(lambda path: "position_embeddings" in path) if config.freeze_positions else None
     mask = masker(config, data.counts, tokenizer, student_model.config.vocab_size)
     state, total, start = train_on_corpus(

@@ -110,6 +110,7 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
             raise TrainingError(
                 f"{path} is a {head} checkpoint ({architectures}); task {task.name} needs a "
                 f"{task.head} head. Fine-tune it first, or evaluate a checkpoint trained on this task.")
+        hf.check_labels(saved, task.label_names, checkpoint=path, task=task.name)
     model, params = hf.from_pretrained(directory, head=task.head, num_labels=task.num_labels,
                                        dtype=checks.dtype(config), seed=config.seed,
                                        shardings=layout.params, **overrides)
