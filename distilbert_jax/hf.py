@@ -327,6 +327,12 @@ def _is_encoder_key(key: str, family: str, config) -> bool:
     return body.startswith(("embeddings.", "transformer.", "encoder."))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_pretrained(out_dir: str | os.PathLike, model: nn.Module, params: Params, tokenizer=None):
     """Writes config.json + model.safetensors (PyTorch names) [+ tokenizer files], each atomically.
 
@@ -337,6 +343,7 @@ def save_pretrained(out_dir: str | os.PathLike, model: nn.Module, params: Params
     state = to_pytorch_state_dict(params)
     weights = os.path.join(out_dir, "model.safetensors")
     safetensors.numpy.save_file(state, weights + ".tmp", metadata={"format": "pt"})
+    os.chmod(weights + ".tmp", 0o666 & ~_umask())  # safetensors writes 0600: others could not read it
     os.replace(weights + ".tmp", weights)
     config_path = os.path.join(out_dir, "config.json")
     model.config.to_json_file(config_path + ".tmp", architectures=[type(model).__name__])

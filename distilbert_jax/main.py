@@ -6,6 +6,7 @@
 or 'miniature'); the work lives in importable functions that tests and notebooks call directly.
 """
 
+import json
 import logging
 import os
 import re
@@ -108,9 +109,27 @@ def main(argv):
     except jobs.USER_ERRORS as e:  # one clear sentence, a non-zero exit
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    print("results:", results.get("eval", results))
+    print(results_table(results))
+
+
+def results_table(results: dict) -> str:
+    """A job's final metrics as a table a person reads (split, metric, value)."""
+    scores = results.get("eval")
+    if not isinstance(scores, dict) or not scores:
+        return "results: " + json.dumps(results, default=str)
+    rows = [(split, name, f"{value:.4f}") for split, metrics in scores.items()
+            for name, value in metrics.items()]
+    widths = [max(len(r[i]) for r in rows + [("split", "metric", "value")]) for i in range(3)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(("split", "metric", "value")), line(["-" * w for w in widths])]
+                     + [line(r) for r in rows])
+
+
+def cli():
+    """The `distilbert-jax` console script: `distilbert-jax --config=... --workdir=...`."""
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main, flags_parser=parse_flags)
+    cli()

@@ -296,7 +296,7 @@ def test_misspelt_config_field_suggests_the_field(tmp_path):
 
 
 def test_sweep_set_takes_mains_form_too():
-    from distilbert_jax import sweep
+    from distilbert_jax.experiments import sweep
     overrides = sweep.parse_set(["max_steps=2", "--config.save_model=False", "config.buckets=(16, 48)",
                                  "--config.model=packaged:all-MiniLM-L6-v2"])
     assert overrides == {"max_steps": "2", "save_model": "False", "buckets": "(16, 48)",

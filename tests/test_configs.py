@@ -9,7 +9,7 @@ from distilbert_jax.train import distill, finetune
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 CASES = [("distill.py", p) for p in ("paper", "minilm_head")] + [("smoke.py", ""), ("squad.py", "v1"), ("squad.py", "v2"), ("ner.py", "iob1"),
-         ("ner.py", "iob2"), ("swag.py", "")] + [
+         ("ner.py", "iob2"), ("swag.py", "")] + [("custom.py", k) for k in ("text", "pair", "regression", "tokens")] + [
     ("glue.py", t) for t in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli",
                              "rte,minilm")]
 

@@ -72,17 +72,19 @@ class GlueExample:
 
 
 class GlueTask(Task):
-    """One GLUE task. `data_dir` holds the task folder's TSVs; source='tfds' reads TFDS instead.
+    """One GLUE task (or a GLUE-like one given its `spec`). `data_dir` holds the task folder's TSVs;
+    source='tfds' reads TFDS instead.
 
     For MNLI the dev split is `dev_matched.tsv`; pass split='dev_mismatched' for the other one.
     """
 
-    def __init__(self, name: str, data_dir: str | None = None, source: str = "tsv"):
-        if name not in SPECS:
+    def __init__(self, name: str, data_dir: str | None = None, source: str = "tsv",
+                 spec: GlueSpec | None = None):
+        if spec is None and name not in SPECS:
             raise DataError(f"Unknown GLUE task {name!r}; choose one of {sorted(SPECS)}.")
         if source not in ("tsv", "tfds"):
             raise DataError(f"source={source!r} must be 'tsv' or 'tfds'.")
-        self.name, self.spec, self.data_dir, self.source = name, SPECS[name], data_dir, source
+        self.name, self.spec, self.data_dir, self.source = name, spec or SPECS[name], data_dir, source
         self.head = "sequence_classification"
         self.problem_type = "regression" if self.spec.labels is None else "single_label_classification"
         self.metric_for_best = self.spec.metrics[0]

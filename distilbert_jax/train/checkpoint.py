@@ -59,6 +59,11 @@ class Checkpoints:
     def best_step(self) -> int | None:
         return None if self.best is None else self.best.best_step()
 
+    def restore_best(self, target_params):
+        """The params of the best evaluation, placed like `target_params`."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_params)
+        return self.best.restore(self.best.best_step(), args=ocp.args.StandardRestore(abstract))
+
     def wait(self) -> None:
         """Blocks until every asynchronous save has finished (or failed)."""
         for manager in (self.latest, self.best):

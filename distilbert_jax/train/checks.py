@@ -29,9 +29,12 @@ def check_training(config, layout) -> None:
                   "checkpoint_every", "keep_checkpoints"):
         if field in config and (not isinstance(config[field], int) or config[field] < 1):
             raise ConfigError(f"{field}={config[field]!r} must be a positive integer.")
-    for field in ("max_steps", "eval_every", "limit_train_examples", "limit_eval_examples"):
+    for field in ("max_steps", "eval_every", "limit_train_examples", "limit_eval_examples",
+                  "early_stopping_patience"):
         if field in config and (not isinstance(config[field], int) or config[field] < 0):
             raise ConfigError(f"{field}={config[field]!r} must be a non-negative integer.")
+    if config.get("export", "last") not in ("best", "last"):
+        raise ConfigError(f"export={config.export!r} must be 'best' or 'last'.")
     if "buckets" in config:
         buckets = config.buckets
         if (isinstance(buckets, str) or not all(isinstance(b, int) and b > 0 for b in buckets)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distilbert_jax import hf, losses, modeling, sharding
+from distilbert_jax import hf, io, losses, modeling, sharding
 from distilbert_jax.data import Features, Task, get_task
 from distilbert_jax.data.task import DataError, eval_batches, prefetch, train_batches
 from distilbert_jax.tokenizer import Tokenizer
@@ -74,6 +74,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_splits = ("dev",)
     c.predict_splits = ()  # e.g. ("test",): GLUE-server / SQuAD prediction files
     c.save_model = True  # save_pretrained(<workdir>/model) at the end, loadable by transformers
+    c.export = "best"  # what model/ holds: "best" (the best evaluation's params) or "last"
+    c.early_stopping_patience = 0  # > 0: stop after this many evaluations without a better one
     c.allow_config_change = False  # True: continue a workdir's run under a config that differs
 
     # The second distillation step: a teacher fine-tuned on this task (empty: plain fine-tuning).
@@ -234,6 +236,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             log.info("Resumed from %s at step %d", workdir, int(state.step))
         workdirs.record(config, workdir)  # every check has passed: this start is on record
         start = int(state.step)
+        log.info("Fine-tuning %s on %s: %d training examples, %d steps (%.3g epochs) of %d, from "
+                 "step %d, on %d %s device(s), %s compute", config.model, task.name, len(train),
+                 total_steps, total_steps / steps_per_epoch, config.batch_size, start,
+                 jax.device_count(), jax.devices()[0].platform, config.dtype)
         distillation = {"task_alpha": config.task_alpha, "distill_alpha": config.distill_alpha,
                         "temperature": config.distill_temperature}
         train_step = make_step(loss_fn(model, task.head, teacher, distillation), tx, layout,
@@ -260,30 +266,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 final.update(scores)
             return scores
 
+        eval_every = config.eval_every or steps_per_epoch
+        patience = config.early_stopping_patience
+
+        def stop(step):  # from best/ on disk, so a resumed run decides as the first one did
+            best = checkpoints.best_step()
+            return patience > 0 and best is not None and step - best >= patience * eval_every
+
         started = time.perf_counter()
         with MetricWriter(workdir) as writer:
             state = loop.run(
                 state, lambda state, batch: train_step(state, teacher_params, batch), batches,
-                loop.Schedule(total_steps, config.log_every, config.checkpoint_every,
-                              config.eval_every or steps_per_epoch),
+                loop.Schedule(total_steps, config.log_every, config.checkpoint_every, eval_every),
                 workdir=workdir, checkpoints=checkpoints, writer=writer,
                 progress=Progress(total_steps, config.batch_size, start),
-                evaluate=evaluate_and_keep_best)
+                evaluate=evaluate_and_keep_best, stop=stop)
         train_seconds = time.perf_counter() - started
-        if not final:  # the run had already finished: evaluate what it left
-            final = evaluate(state.params, {**evals, **tests}, predictions_dir)
+        end = int(jax.device_get(state.step))
+        params, exported = state.params, end
+        if config.export == "best" and checkpoints.best_step() not in (None, end):
+            exported = checkpoints.best_step()
+            params = checkpoints.restore_best(state.params)
+            final = {}  # results and predictions describe the exported params
+        if not final:  # stopped early, finished before, or exporting the best: evaluate those params
+            final = evaluate(params, {**evals, **tests}, predictions_dir)
         results = {"task": task.name, "model": config.model, "total_steps": total_steps,
                    "train_examples": len(train), "mesh": dict(layout.mesh.shape),
-                   "teacher": config.teacher or None, "eval": final,
-                   "train_seconds_this_run": train_seconds, "steps_this_run": total_steps - start}
+                   "teacher": config.teacher or None, "eval": final, "exported_step": exported,
+                   "train_seconds_this_run": train_seconds, "steps_this_run": end - start}
+        if end < total_steps:
+            results["stopped_early_at"] = end
         if checkpoints.best_step() is not None:
             results["best_step"] = checkpoints.best_step()
     if config.save_model:
-        params = layout.to_host(state.params)
+        params = layout.to_host(params)
         if jax.process_index() == 0:
             hf.save_pretrained(os.path.join(workdir, "model"), model, params, tokenizer)
+            io.write_text(os.path.join(workdir, "model", "README.md"), model_card(config, results))
     workdirs.write_results(workdir, results)
     return results
+
+
+def model_card(config, results: dict) -> str:
+    """model/README.md: what the exported model is, the recipe that made it, and its scores."""
+    recipe = {k: config[k] for k in ("model", "task", "lr", "batch_size", "grad_accum_steps",
+                                     "num_epochs", "max_steps", "warmup_ratio", "weight_decay",
+                                     "max_length", "dtype", "seed", "teacher")}
+    rows = [f"| {split} | {name} | {value:.4f} |" for split, metrics in results["eval"].items()
+            for name, value in metrics.items()]
+    return "\n".join([
+        f"# {results['task']}, fine-tuned from {config.model}", "",
+        f"Fine-tuned with distilbert-jax for {results['total_steps']} steps; these are the params of "
+        f"step {results['exported_step']} (export={config.export}).", "",
+        "```python", "import distilbert_jax as dj",
+        'model, params = dj.from_pretrained("path/to/this/folder")',
+        "# transformers: AutoModelFor...from_pretrained(\"path/to/this/folder\") loads the same weights",
+        "```", "", "| split | metric | value |", "|---|---|---:|", *rows, "",
+        "Recipe:", "", *(f"- {k}: {v!r}" for k, v in recipe.items()), ""])
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

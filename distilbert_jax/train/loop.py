@@ -32,8 +32,11 @@ class Schedule:
 
 def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, workdir: str,
         checkpoints: Checkpoints, writer: MetricWriter, progress: Progress,
-        evaluate: Callable[[Any, int], dict[str, dict[str, float]]] | None = None):
-    """Runs from `state.step` to `schedule.total_steps`; returns the final state.
+        evaluate: Callable[[Any, int], dict[str, dict[str, float]]] | None = None,
+        stop: Callable[[int], bool] | None = None):
+    """Runs from `state.step` to `schedule.total_steps`, or until `stop(step)` says so after an
+    evaluation (early stopping; checked at the start too, so a resumed run stops where it did);
+    returns the final state.
 
     Step metrics stay on device until a log, evaluation or checkpoint boundary, where they are
     fetched together and averaged over the window (`train/lr` is the window's last; a
@@ -59,10 +62,14 @@ def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, work
             writer.write(step, mean)
             progress.report(step, mean)
 
-    for step in range(int(jax.device_get(state.step)) + 1, schedule.total_steps + 1):
+    start = int(jax.device_get(state.step))
+    if stop is not None and stop(start):
+        return state
+    for step in range(start + 1, schedule.total_steps + 1):
         state, metrics = step_fn(state, next(batches))
         pending.append((step, metrics))
         last = step == schedule.total_steps
+        evaluated = False
         if step % schedule.log_every == 0 or last:
             flush(step)
         if evaluate is not None and ((schedule.evaluate_every and step % schedule.evaluate_every == 0)
@@ -71,9 +78,14 @@ def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, work
             scores = evaluate(state, step)
             writer.write(step, {f"eval/{s}/{k}": v for s, m in scores.items() for k, v in m.items()})
             log.info("step %d eval %s", step, scores)
-        if step % schedule.checkpoint_every == 0 or last:
+            evaluated = True
+        stopping = evaluated and stop is not None and stop(step)
+        if step % schedule.checkpoint_every == 0 or last or stopping:
             flush(step)
             checkpoints.save(step, state)
+        if stopping:
+            log.info("step %d: no better evaluation for the patience given; stopping early", step)
+            break
     return state
 
 

@@ -1,0 +1,163 @@
+"""Your own data, no code needed: text classification (one text or a pair, any label set, or a
+regression score) from CSV, TSV or JSON lines with named columns, and token classification from
+JSON lines in the Hugging Face `datasets` style ({"tokens": [...], "ner_tags": [...]}).
+
+A data folder holds `train.<ext>` and optionally `dev.<ext>` (or `validation`/`valid`) and
+`test.<ext>`, where <ext> is csv, tsv or jsonl. The label set is read from the training file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Iterator
+
+from distilbert_jax.data.glue import GlueExample, GlueSpec, GlueTask
+from distilbert_jax.data.ner import ConllTask, Sentence
+from distilbert_jax.data.task import DataError
+
+EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json")
+SPLIT_NAMES = {"train": ("train",), "dev": ("dev", "validation", "valid"), "test": ("test",)}
+
+
+def split_file(data_dir: str | None, split: str, task: str) -> str:
+    """The one file of `split` in `data_dir` (train.csv, dev.tsv, validation.jsonl, ...)."""
+    if not data_dir:
+        raise DataError(f"{task}: set data_dir to the folder holding train.csv (or .tsv, .jsonl).")
+    if split not in SPLIT_NAMES:
+        raise DataError(f"Unknown split {split!r} for {task}; use one of {sorted(SPLIT_NAMES)}.")
+    found = [os.path.join(data_dir, stem + ext) for stem in SPLIT_NAMES[split] for ext in EXTENSIONS
+             if os.path.isfile(os.path.join(data_dir, stem + ext))]
+    if not found:
+        names = ", ".join(f"{stem}.csv/.tsv/.jsonl" for stem in SPLIT_NAMES[split])
+        raise DataError(f"{task}: no {split} file in {data_dir!r} (looked for {names}).")
+    if len(found) > 1:
+        raise DataError(f"{task}: {data_dir!r} holds several {split} files {found}; keep one.")
+    return found[0]
+
+
+def read_records(path: str) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for every row of a CSV/TSV (header row = field names) or JSON-lines
+    file; a row that does not parse names its file and line."""
+    if path.endswith((".jsonl", ".json")):
+        with open(path, encoding="utf-8") as f:
+            for line_number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{line_number}: not a JSON object ({e.msg}).") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}:{line_number}: expected a JSON object, found a "
+                                    f"{type(record).__name__}.")
+                yield line_number, record
+        return
+    delimiter = "\t" if path.endswith(".tsv") else ","
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        for record in reader:
+            if None in record or None in record.values():
+                raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} fields "
+                                f"({', '.join(reader.fieldnames)}).")
+            yield reader.line_num, record
+
+
+def field(record: dict, column: str, path: str, line: int):
+    if column not in record:
+        raise DataError(f"{path}:{line}: no column {column!r} (the row has {sorted(record)}).")
+    return record[column]
+
+
+def _sorted_labels(values) -> tuple[str, ...]:
+    """Label names in id order: numerically when every label is a number, else alphabetically."""
+    values = set(values)
+    try:
+        return tuple(sorted(values, key=float))
+    except ValueError:
+        return tuple(sorted(values))
+
+
+class TextClassificationTask(GlueTask):
+    """One text (or a pair) -> one of the labels found in the training file, or a score."""
+
+    def __init__(self, data_dir: str | None, text_columns=("text",), label_column: str = "label",
+                 regression: bool = False, labels=(), name: str = "text_classification"):
+        if not 1 <= len(text_columns) <= 2:
+            raise DataError(f"text_columns={tuple(text_columns)} must name one column or a pair.")
+        self.data_dir, self.name = data_dir, name
+        self.text_columns, self.label_column = tuple(text_columns), label_column
+        if regression:
+            labels, metric_names = None, ("pearson", "spearmanr")
+        else:
+            labels = tuple(str(l) for l in labels) or self._training_labels()
+            metric_names = ("accuracy", "f1") if len(labels) == 2 else ("accuracy",)
+        spec = GlueSpec(name, self.text_columns, label_column, labels, labels, metric_names)
+        super().__init__(name, data_dir, "tsv", spec=spec)
+
+    def _training_labels(self) -> tuple[str, ...]:
+        path = split_file(self.data_dir, "train", self.name)
+        records = list(read_records(path))
+        if not records:
+            raise DataError(f"{path} has no examples.")
+        labels = _sorted_labels(str(field(r, self.label_column, path, n)) for n, r in records)
+        if len(labels) < 2:
+            raise DataError(f"{path}: column {self.label_column!r} holds {len(labels)} distinct "
+                            f"label(s) {list(labels)}; classification needs at least 2.")
+        return labels
+
+    def split_file(self, split: str) -> str:
+        return split_file(self.data_dir, split, self.name)
+
+    def load(self, split: str) -> list[GlueExample]:
+        path = self.split_file(split)
+        examples = []
+        for n, record in read_records(path):
+            texts = tuple(str(field(record, c, path, n)) for c in self.text_columns)
+            label = (self._parse_label(str(record[self.label_column]), path, n)
+                     if self.label_column in record else -1)
+            examples.append(GlueExample(texts, label, len(examples)))
+        if not examples:
+            raise DataError(f"{path} has no examples.")
+        return examples
+
+
+class TokenClassificationTask(ConllTask):
+    """Words -> one tag each, from JSON lines {"tokens": [...], "ner_tags": [...]}; tags are the
+    names (e.g. "B-PER"), or ids with `labels` giving their names."""
+
+    def __init__(self, data_dir: str | None, tokens_column: str = "tokens",
+                 tags_column: str = "ner_tags", labels=(), name: str = "token_classification"):
+        self.name, self.data_dir = name, data_dir
+        self.tokens_column, self.tags_column = tokens_column, tags_column
+        self._labels = tuple(labels) or self._training_labels()
+
+    def _training_labels(self) -> tuple[str, ...]:
+        path = split_file(self.data_dir, "train", self.name)
+        tags = {str(t) for n, r in read_records(path) for t in field(r, self.tags_column, path, n)}
+        return ("O",) * ("O" in tags) + _sorted_labels(tags - {"O"})
+
+    def load(self, split: str) -> list[Sentence]:
+        path = split_file(self.data_dir, split, self.name)
+        sentences = []
+        for n, record in read_records(path):
+            words, tags = field(record, self.tokens_column, path, n), field(record, self.tags_column, path, n)
+            if isinstance(tags, str) or isinstance(words, str):
+                raise DataError(f"{path}:{n}: {self.tokens_column!r} and {self.tags_column!r} must be lists.")
+            if len(words) != len(tags):
+                raise DataError(f"{path}:{n}: {len(words)} tokens but {len(tags)} tags.")
+            tags = [self._tag(t, path, n) for t in tags]
+            sentences.append(Sentence([str(w) for w in words], tags))
+        if not sentences:
+            raise DataError(f"{path} has no examples.")
+        return sentences
+
+    def _tag(self, tag, path: str, line: int) -> str:
+        if isinstance(tag, int) and str(tag) not in self._labels:
+            if not 0 <= tag < len(self._labels):
+                raise DataError(f"{path}:{line}: tag id {tag} is outside the {len(self._labels)} labels.")
+            return self._labels[tag]
+        if str(tag) not in self._labels:
+            raise DataError(f"{path}:{line}: tag {tag!r} is not one of {list(self._labels)}.")
+        return str(tag)
