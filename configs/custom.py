@@ -30,10 +30,5 @@ def get_config(arg: str = "text"):
     c.task = task
     c.data_dir = "data"  # your folder with train.csv / dev.csv / test.csv
     c.task_options.update(options)
-    c.max_length = 128
-    c.batch_size = 32
-    c.num_epochs = 3.0
-    c.lr = 5e-5
-    c.warmup_ratio = 0.1
-    c.weight_decay = 0.01
+    c.update(max_length=128, batch_size=32, num_epochs=3.0, lr=5e-5, warmup_ratio=0.1, weight_decay=0.01)
     return c

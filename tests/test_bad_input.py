@@ -114,7 +114,9 @@ def swapped_tokenizer(directory):
     return dj.Tokenizer.from_pretrained(str(directory))
 
 
-def test_corpus_does_not_reuse_chunks_of_a_failed_prepare_of_other_input(tok, tmp_path, monkeypatch):
+def interrupted_prepare(tok, tmp_path, monkeypatch):
+    """Prepares tmp_path/a.txt (4 lines) into tmp_path/c, killed after its first chunk; returns
+    the text file. Chunk writing is restored afterwards."""
     text = tmp_path / "a.txt"
     text.write_text("\n".join([LINE] * 4) + "\n")
     write_chunk = corpus._write_chunk
@@ -127,8 +129,13 @@ def test_corpus_does_not_reuse_chunks_of_a_failed_prepare_of_other_input(tok, tm
     monkeypatch.setattr(corpus, "_write_chunk", fail_after_first)
     with pytest.raises(KeyboardInterrupt):
         corpus.prepare([str(text)], tok, str(tmp_path / "c"), chunk_lines=2)
-    assert (tmp_path / "c" / "part-000000.npz").exists()
     monkeypatch.setattr(corpus, "_write_chunk", write_chunk)
+    return text
+
+
+def test_corpus_does_not_reuse_chunks_of_a_failed_prepare_of_other_input(tok, tmp_path, monkeypatch):
+    text = interrupted_prepare(tok, tmp_path, monkeypatch)
+    assert (tmp_path / "c" / "part-000000.npz").exists()
     # the file is edited before the retry: the old chunk 0 (4 sequences of LINE) must not survive
     text.write_text("\n".join([LINE + " in paris"] * 3) + "\n")
     meta = corpus.prepare([str(text)], tok, str(tmp_path / "c"), chunk_lines=2)
@@ -139,19 +146,7 @@ def test_corpus_does_not_reuse_chunks_of_a_failed_prepare_of_other_input(tok, tm
 
 
 def test_corpus_resumes_an_interrupted_prepare_of_the_same_input(tok, tmp_path, monkeypatch):
-    text = tmp_path / "a.txt"
-    text.write_text("\n".join([LINE] * 4) + "\n")
-    write_chunk = corpus._write_chunk
-
-    def fail_after_first(out_dir, chunk, *args):
-        if chunk == 1:
-            raise KeyboardInterrupt
-        write_chunk(out_dir, chunk, *args)
-
-    monkeypatch.setattr(corpus, "_write_chunk", fail_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        corpus.prepare([str(text)], tok, str(tmp_path / "c"), chunk_lines=2)
-    monkeypatch.setattr(corpus, "_write_chunk", write_chunk)
+    text = interrupted_prepare(tok, tmp_path, monkeypatch)
     # chunk 0 is emptied to prove the retry takes it from its file instead of tokenising again
     np.savez(tmp_path / "c" / "part-000000.npz", tokens=np.zeros(0, np.uint16),
              lengths=np.zeros(0, np.int32))
