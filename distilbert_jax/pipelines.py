@@ -54,7 +54,7 @@ class Pipeline:
 
     def __init__(self, model: nn.Module, params, tokenizer: Tokenizer, *, directory: str | None = None,
                  batch_size: int = 32, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 max_length: int | None = None, **defaults):
+                 max_length: int | None = None, matmul_precision: str | None = None, **defaults):
         if int(batch_size) < 1:
             raise PipelineError(f"batch_size={batch_size} must be at least 1.")
         self.model, self.params, self.tokenizer = model, params, tokenizer
@@ -65,7 +65,14 @@ class Pipeline:
         self.buckets = tuple(sorted({b for b in buckets if b < self.max_length} | {self.max_length}))
         self.defaults = defaults
         self._check_options(defaults)
-        self._apply = jax.jit(self._forward)
+        self.matmul_precision = matmul_precision
+        self._apply = jax.jit(self._traced)
+
+    def _traced(self, params, batch: dict) -> dict:
+        if self.matmul_precision is None:
+            return self._forward(params, batch)
+        with jax.default_matmul_precision(self.matmul_precision):
+            return self._forward(params, batch)
 
     # --- what subclasses define ----------------------------------------------------------------
     def _forward(self, params, batch: dict) -> dict:
@@ -758,13 +765,16 @@ TASKS = tuple(PIPELINES) + tuple(ALIASES)
 
 def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
              buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int | None = None,
-             dtype=jnp.float32, **defaults) -> Pipeline:
+             dtype=jnp.float32, matmul_precision: str | None = None, **defaults) -> Pipeline:
     """A callable that applies `model` to text for `task`, like `transformers.pipeline`.
 
     model: a checkpoint directory, a hub id, `packaged:all-MiniLM-L6-v2`, or a (module, params)
     pair (then pass `tokenizer`). tokenizer: a directory or a `Tokenizer`; by default the model's
     directory. batch_size: texts per forward pass; buckets: the padded lengths (capped at the
     model's positions); max_length: tokens per text (default: the tokenizer's and model's limit).
+    dtype: the compute dtype (e.g. jnp.bfloat16). matmul_precision: "highest" makes float32 matmuls
+    float32 on GPUs and TPUs too (XLA's default there may use TF32/bfloat16 passes); None keeps
+    the backend's default.
     Other keyword arguments are defaults for every call (e.g. top_k=3, aggregation_strategy="simple").
     """
     name = ALIASES.get(task, task)
@@ -790,7 +800,7 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
     if not isinstance(tokenizer, Tokenizer):
         tokenizer = Tokenizer.from_pretrained(tokenizer if tokenizer is not None else directory)
     return cls(module, params, tokenizer, directory=directory, batch_size=batch_size,
-               buckets=buckets, max_length=max_length, **defaults)
+               buckets=buckets, max_length=max_length, matmul_precision=matmul_precision, **defaults)
 
 
 def _head_of(module: nn.Module) -> str | None:

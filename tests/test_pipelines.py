@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import distilbert_jax as dj
-from conftest import FIXTURES, make_tiny_model_dir
+from conftest import FIXTURES
 from distilbert_jax import pipelines
 
 PIPELINE_FIXTURES = os.path.join(FIXTURES, "pipelines")
@@ -96,7 +96,7 @@ def test_results_do_not_depend_on_batching():
 
 def test_one_compile_per_shape():
     pipe = dj.pipeline("text-classification", model=model_path("distilbert_sentiment"),
-                       batch_size=4, buckets=(16, 32))
+                       batch_size=4, buckets=(16, 32), matmul_precision="highest")
     pipe(["john is in paris."] * 3)    # 10 tokens: bucket 16, batch padded to 4
     pipe(["mary is in london."] * 4)   # the same shape
     pipe(["the film was good"])        # a batch of 1: one more
