@@ -16,6 +16,7 @@ from distilbert_jax.modeling import (
     DistilBertForTokenClassification,
     DistilBertModel,
 )
+from distilbert_jax.pipelines import PipelineError, pipeline
 from distilbert_jax.tokenizer import Tokenizer, TokenizerError
 
 __version__ = "0.1.0"
@@ -25,6 +26,6 @@ __all__ = [
     "BertForSequenceClassification", "BertForTokenClassification", "BertModel", "CheckpointError",
     "ConfigError", "DistilBertConfig", "DistilBertForMaskedLM", "DistilBertForMultipleChoice",
     "DistilBertForQuestionAnswering", "DistilBertForSequenceClassification",
-    "DistilBertForTokenClassification", "DistilBertModel", "Tokenizer", "TokenizerError",
-    "from_pretrained", "save_pretrained",
+    "DistilBertForTokenClassification", "DistilBertModel", "PipelineError", "Tokenizer",
+    "TokenizerError", "from_pretrained", "pipeline", "save_pretrained",
 ]

@@ -66,6 +66,9 @@ class Tokenizer:
         backend.no_padding()
         self.model_max_length = model_max_length
         self.do_lower_case = do_lower_case
+        # transformers' decode() also applies its clean_up_tokenization when tokenizer_config.json
+        # says so (its default is False); from_pretrained reads it.
+        self.clean_up_tokenization_spaces = False
         for attr, token in SPECIAL_TOKENS.items():
             token_id = backend.token_to_id(token)
             if token_id is None:
@@ -116,6 +119,15 @@ class Tokenizer:
                                              "model_max_length") if saved.get(k) is not None}
             if options.get("model_max_length", 0) > 1e9:  # HF's "no limit" sentinel
                 del options["model_max_length"]
+            clean_up = bool(saved.get("clean_up_tokenization_spaces", False))
+        else:
+            clean_up = False
+        tokenizer = cls._from_files(path, directory, name, options)
+        tokenizer.clean_up_tokenization_spaces = clean_up
+        return tokenizer
+
+    @classmethod
+    def _from_files(cls, path, directory, name, options) -> "Tokenizer":
         tokenizer_json = os.path.join(directory, name or "tokenizer.json")
         if (name or "tokenizer.json").endswith(".json") and os.path.exists(tokenizer_json):
             backend = tokenizers.Tokenizer.from_file(tokenizer_json)
@@ -132,7 +144,8 @@ class Tokenizer:
         os.makedirs(directory, exist_ok=True)
         vocab = sorted(self.backend.get_vocab().items(), key=lambda kv: kv[1])
         config = {"tokenizer_class": "DistilBertTokenizer", "do_lower_case": self.do_lower_case,
-                  "model_max_length": self.model_max_length, **SPECIAL_TOKENS}
+                  "model_max_length": self.model_max_length,
+                  "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces, **SPECIAL_TOKENS}
         files = {
             "tokenizer.json": self.backend.to_str(),
             "vocab.txt": "".join(token + "\n" for token, _ in vocab),
@@ -165,7 +178,8 @@ class Tokenizer:
         return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        text = self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        return clean_up_tokenization(text) if self.clean_up_tokenization_spaces else text
 
     # --- encoding ------------------------------------------------------------------------------------
     def __call__(self, text, text_pair=None, max_length: int | None = None, truncation=False,
@@ -238,6 +252,29 @@ class Tokenizer:
             return Encoding({k: v[0] for k, v in out.items()})
         return Encoding(out)
 
+    def encodings(self, text: Sequence[str], text_pair: Sequence[str] | None = None,
+                  max_length: int | None = None, truncation=False, stride: int = 0,
+                  return_overflowing_tokens: bool = False) -> list[list[tokenizers.Encoding]]:
+        """The `tokenizers.Encoding` of each text (or pair), unpadded, as a list per text: the first
+        window, then the overflowing ones when asked. Encodings also answer `sequence_ids`,
+        `word_ids`, `token_to_word` and `word_to_chars`, which the pipelines use to map back to
+        characters; the ids, masks and offsets are those `__call__` returns for the same arguments."""
+        texts = list(text)
+        if not all(isinstance(t, str) for t in texts + list(text_pair or [])):
+            raise TokenizerError("Expected strings to encode.")
+        self._configure(max_length, truncation, False, stride, None)
+        inputs = texts if text_pair is None else list(zip(texts, text_pair))
+        try:
+            encoded = self.backend.encode_batch(inputs)
+        except Exception as e:
+            raise TokenizerError(f"Tokenization failed: {e}.") from None
+        return [[e] + (list(e.overflowing) if return_overflowing_tokens else []) for e in encoded]
+
+    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """Tokens joined back into text by the tokenizer's decoder (WordPiece: '##' pieces glued)."""
+        decoder = self.backend.decoder
+        return decoder.decode(list(tokens)) if decoder is not None else " ".join(tokens)
+
     def _configure(self, max_length, truncation, padding, stride, pad_to_multiple_of):
         """Sets truncation and padding on the backend exactly as transformers does per call."""
         if truncation not in (False, None) and truncation not in _TRUNCATION:
@@ -264,6 +301,15 @@ class Tokenizer:
                 pad_to_multiple_of=pad_to_multiple_of)
         else:
             self.backend.no_padding()
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' clean-up of spaces before punctuation and in English contractions."""
+    for dirty, clean in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                         (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
+                         (" 're", "'re")):
+        text = text.replace(dirty, clean)
+    return text
 
 
 def _as_tensor(key: str, rows: list, kind: str):

@@ -1,0 +1,264 @@
+"""Predictions for a file of text, with any checkpoint and `dj.pipeline` task:
+
+    python -m distilbert_jax.predict --model=runs/sst2/model --task=text-classification \\
+        --input=reviews.txt [--output=predictions.jsonl] [--text_column=text] [--batch_size=32] \\
+        [--options='{"top_k": 2}']
+
+--input: text lines (.txt, one text a line, blank lines skipped), JSON lines (.jsonl: the
+--text_column field, or "question" and "context" for question-answering; "text_pair" makes a pair
+and "id" is copied to the output), or CSV with a header (.csv, the same columns). `-` reads
+stdin (JSON lines when the first line starts with "{", else text lines).
+--output: JSON lines, or CSV when it ends in .csv; stdout when left out. The file appears
+whole when every row is done (written to a temporary file first). Progress and throughput go to
+stderr. Every input is checked before the model is loaded: a missing file or column, or a bad
+row (named by file:line), is one sentence and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+from typing import Iterator
+
+OUTPUT_FIELD = {"token-classification": "entities", "ner": "entities",
+                "feature-extraction": "features", "sentence-embeddings": "embedding"}
+
+
+class PredictError(ValueError):
+    """Bad input or arguments for the predict command: one sentence for the user."""
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m distilbert_jax.predict",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint directory, hub id or packaged:all-MiniLM-L6-v2")
+    parser.add_argument("--task", required=True, help="a dj.pipeline task, e.g. text-classification")
+    parser.add_argument("--input", required=True, help=".txt, .jsonl or .csv file, or - for stdin")
+    parser.add_argument("--output", default=None, help=".jsonl or .csv file (default: stdout, JSON lines)")
+    parser.add_argument("--text_column", default="text", help="the text field of JSONL/CSV rows")
+    parser.add_argument("--batch_size", type=int, default=32, help="texts per forward pass")
+    parser.add_argument("--options", default="{}", help="pipeline call options as a JSON object")
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading inputs: (where, row) pairs, where = "file:line"
+# ------------------------------------------------------------------------------------------------
+
+def read_rows(path: str, text_column: str, task: str) -> list[tuple[str, dict]]:
+    """Every input row as {"text"} / {"text", "text_pair"} / {"question", "context"} (+ "id")."""
+    qa = task == "question-answering"
+    if path == "-":
+        content = sys.stdin.read()
+        name = "<stdin>"
+        kind = "jsonl" if content.lstrip().startswith("{") else "txt"
+    else:
+        if not os.path.exists(path):
+            raise PredictError(f"--input={path} does not exist.")
+        if os.path.isdir(path):
+            raise PredictError(f"--input={path} is a folder; give a .txt, .jsonl or .csv file.")
+        name = path
+        ext = os.path.splitext(path)[1].lower()
+        kind = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "csv"}.get(ext, "txt")
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                content = f.read()
+        except UnicodeDecodeError as e:
+            raise PredictError(f"{path} is not UTF-8 text (byte {e.start}).") from None
+    if kind == "txt":
+        if qa:
+            raise PredictError(f"{name}: question-answering needs question and context fields; give "
+                               "a .jsonl or .csv file.")
+        rows = [(f"{name}:{i}", {"text": line.rstrip("\r")})
+                for i, line in enumerate(content.split("\n"), 1) if line.strip()]
+    elif kind == "jsonl":
+        rows = list(_jsonl_rows(name, content))
+    else:
+        rows = list(_csv_rows(name, content, "\t" if name.lower().endswith(".tsv") else ",",
+                              ("question", "context") if qa else (text_column,)))
+    columns = ("question", "context") if qa else (text_column,)
+    checked = []
+    for where, row in rows:
+        for column in columns:
+            if column not in row:
+                hint = "" if qa else "; pass --text_column=NAME"
+                raise PredictError(f"{where}: the row has no {column!r} field (it has "
+                                   f"{sorted(row)}){hint}.")
+            if not isinstance(row[column], str) or not row[column].strip():
+                raise PredictError(f"{where}: the {column!r} field is {_short(row[column])}, "
+                                   "not a non-empty text.")
+        out = ({"question": row["question"], "context": row["context"]} if qa
+               else {"text": row[text_column]})
+        if not qa and row.get("text_pair") not in (None, ""):
+            if not isinstance(row["text_pair"], str):
+                raise PredictError(f"{where}: the 'text_pair' field is {_short(row['text_pair'])}, not text.")
+            out["text_pair"] = row["text_pair"]
+        if "id" in row:
+            out["id"] = row["id"]
+        checked.append((where, out))
+    if not checked:
+        raise PredictError(f"{name} has no rows to predict.")
+    return checked
+
+
+def _jsonl_rows(name: str, content: str) -> Iterator[tuple[str, dict]]:
+    for i, line in enumerate(content.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PredictError(f"{name}:{i}: not valid JSON ({e.msg} at column {e.colno}).") from None
+        if not isinstance(row, dict):
+            raise PredictError(f"{name}:{i}: a JSON {type(row).__name__}, not an object with a text field.")
+        yield f"{name}:{i}", row
+
+
+def _csv_rows(name: str, content: str, delimiter: str, columns) -> Iterator[tuple[str, dict]]:
+    reader = csv.reader(io.StringIO(content), delimiter=delimiter)
+    header = next(reader, None)
+    if not header:
+        raise PredictError(f"{name} is empty; a CSV file starts with a header row naming its columns.")
+    for column in columns:
+        if column not in header:
+            hint = "; pass --text_column=NAME" if columns[0] != "question" else ""
+            raise PredictError(f"{name} has no column {column!r} (its columns: {', '.join(header)}){hint}.")
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise PredictError(f"{name}:{line}: {len(row)} cells but the header has {len(header)} "
+                               "columns.")
+        yield f"{name}:{line}", dict(zip(header, row))
+
+
+def _short(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing outputs
+# ------------------------------------------------------------------------------------------------
+
+def record(task: str, row: dict, result) -> dict:
+    """One output row: the input's fields (not a QA context) and the prediction's."""
+    out = {k: v for k, v in row.items() if k != "context"}
+    if isinstance(result, dict):
+        out.update(result)
+    else:
+        out[OUTPUT_FIELD.get(task, "predictions")] = result
+    return out
+
+
+class Writer:
+    """JSON lines or CSV to a temporary file renamed at the end (or straight to stdout)."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.csv = path is not None and path.lower().endswith(".csv")
+        self.file = open(path + ".tmp", "w", encoding="utf-8", newline="") if path else sys.stdout
+        self.writer = None
+
+    def write(self, rec: dict):
+        if not self.csv:
+            self.file.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            return
+        flat = {k: v if isinstance(v, (str, int, float)) or v is None else json.dumps(v, ensure_ascii=False)
+                for k, v in rec.items()}
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.file, fieldnames=list(flat), extrasaction="ignore")
+            self.writer.writeheader()
+        self.writer.writerow(flat)
+
+    def close(self, ok: bool):
+        if self.path is None:
+            self.file.flush()
+            return
+        self.file.close()
+        if ok:
+            os.replace(self.path + ".tmp", self.path)
+        elif os.path.exists(self.path + ".tmp"):
+            os.remove(self.path + ".tmp")
+
+
+# ------------------------------------------------------------------------------------------------
+# The command
+# ------------------------------------------------------------------------------------------------
+
+def predict(args) -> dict:
+    """Reads every row, builds the pipeline, predicts in chunks, writes; returns timing figures."""
+    import distilbert_jax as dj  # after the input checks: importing jax takes a while
+
+    try:
+        options = json.loads(args.options)
+    except json.JSONDecodeError as e:
+        raise PredictError(f"--options is not valid JSON ({e.msg}); e.g. --options='{{\"top_k\": 2}}'.") from None
+    if not isinstance(options, dict):
+        raise PredictError("--options must be a JSON object, e.g. --options='{\"top_k\": 2}'.")
+    if args.batch_size < 1:
+        raise PredictError(f"--batch_size={args.batch_size} must be at least 1.")
+    if args.task not in dj.pipelines.TASKS:
+        raise PredictError(f"--task={args.task!r} is not one of {list(dj.pipelines.TASKS)}.")
+    if args.output and os.path.isdir(args.output):
+        raise PredictError(f"--output={args.output} is a folder; give a .jsonl or .csv file name.")
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise PredictError(f"--output={args.output}: the folder {os.path.dirname(args.output)} does not exist.")
+    rows = read_rows(args.input, args.text_column, args.task)
+
+    started = time.perf_counter()
+    pipe = dj.pipeline(args.task, model=args.model, batch_size=args.batch_size)
+    qa = args.task == "question-answering"
+    writer = Writer(args.output)
+    ok, first, done = False, None, 0
+    chunk = max(args.batch_size * 4, 64)
+    try:
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            if qa:
+                inputs = [{"question": r["question"], "context": r["context"]} for _, r in part]
+            else:
+                inputs = [({"text": r["text"], "text_pair": r["text_pair"]} if "text_pair" in r
+                           else r["text"]) for _, r in part]
+            results = pipe(inputs, **options)
+            if len(inputs) == 1 and args.task in ("fill-mask", "question-answering"):
+                results = [results]  # as transformers, these unwrap a list of one input
+            for (_, row), result in zip(part, results):
+                writer.write(record(args.task, row, result))
+            done += len(part)
+            now = time.perf_counter()
+            first = first if first is not None else now - started
+            print(f"predict: {done}/{len(rows)} rows, {done / (now - started):.1f} rows/s",
+                  end="\r" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
+        ok = True
+    finally:
+        writer.close(ok)
+    elapsed = time.perf_counter() - started
+    print(f"predict: {done} rows in {elapsed:.1f} s ({done / elapsed:.1f} rows/s; first "
+          f"{min(chunk, len(rows))} after {first:.1f} s, model loading and compiling included)"
+          + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
+    return {"rows": done, "seconds": elapsed, "first_seconds": first}
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from distilbert_jax.config import ConfigError
+    from distilbert_jax.hf import CheckpointError
+    from distilbert_jax.pipelines import PipelineError
+    from distilbert_jax.tokenizer import TokenizerError
+    try:
+        predict(args)
+    except (PredictError, PipelineError, CheckpointError, ConfigError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
