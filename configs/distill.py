@@ -12,8 +12,7 @@ ablations, GLUE, tables) is one command: configs/miniature.py.
 
 from distilbert_jax.train.distill import default_config, head_config
 
-WIKITEXT = ("../shared/corpus/wikitext-2-raw/wiki.valid.raw",
-            "../shared/corpus/wikitext-2-raw/wiki.test.raw")
+
 
 PRESETS = ("paper", "minilm_head")
 
@@ -24,5 +23,5 @@ def get_config(arg: str = "paper"):
     if arg == "paper":
         return default_config()  # the released model's recipe: T=2, α = 5/2/1, AdamW 5e-4 (0.9, 0.98)
     c = head_config()
-    c.update(teacher="packaged:all-MiniLM-L6-v2", corpus_files=WIKITEXT)
+    c.update(teacher="packaged:all-MiniLM-L6-v2")  # corpus_files: your text, e.g. WikiText-2
     return c

@@ -24,7 +24,7 @@ def get_config(arg: str = "sst2") -> config_dict.ConfigDict:
     c = default_config()
     c.task = task
     c.num_epochs = float(EPOCHS[task])
-    c.data_dir = f"../shared/evaldata/glue/{_FOLDERS[task]}"
+    c.data_dir = f"glue/{_FOLDERS[task]}"  # the task's folder of the GLUE download (or data_source=tfds)
     if task == "mnli":
         c.eval_splits = ("dev", "dev_mismatched")
     if variant == "minilm":  # the recipe used for the measured numbers in README

@@ -15,7 +15,7 @@ def get_config(arg: str = "iob2"):
         raise ValueError(f"Unknown CoNLL layout {arg!r}; use iob1 or iob2.")
     c = default_config()
     c.task = "conll2003"
-    c.data_dir = "../shared/evaldata/conll2003" + ("/iob2" if arg == "iob2" else "")
+    c.data_dir = "conll2003"  # train.txt/valid.txt/test.txt (iob2) or eng.train/testa/testb (iob1)
     c.task_options.layout = arg
     c.max_length = 128
     c.batch_size = 32

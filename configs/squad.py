@@ -16,7 +16,7 @@ def get_config(arg: str = "v1"):
         raise ValueError(f"Unknown SQuAD version {arg!r}; use v1 or v2.")
     c = default_config()
     c.task = "squad" if arg == "v1" else "squad_v2"
-    c.data_dir = "../shared/evaldata/squad"
+    c.data_dir = "squad"  # train-v1.1.json and dev-v1.1.json (or v2.0), or data_source=tfds
     c.max_length = 384
     c.buckets = (384,)  # windows are long; one shape
     c.batch_size = 12

@@ -1,9 +1,19 @@
-"""Entry point for every job:
+"""Entry point for every job (also installed as the `distilbert-jax` command):
 
     python -m distilbert_jax.main --config=configs/glue.py:sst2 --workdir=/path/run [--config.lr=3e-5 ...]
 
-`config.job` picks the job (see `jobs.JOBS`: 'finetune', 'evaluate', 'distill', 'fit_teacher_head'
-or 'miniature'); the work lives in importable functions that tests and notebooks call directly.
+Jobs (`--config.job`, set by each config file): finetune, evaluate (a fine-tuned checkpoint on
+eval_splits, writing predictions), distill, fit_teacher_head, miniature.
+Config files (configs/ in the repository; pass the path, then `:argument`):
+  smoke.py                      the embedded default: MiniLM on the packaged SST-2 sample
+  glue.py:<task>[,minilm]       cola sst2 mrpc stsb qqp mnli qnli rte wnli (data in glue/<Task>)
+  squad.py:v1|v2   ner.py:iob2|iob1   swag.py
+  custom.py:text|pair|regression|tokens   your own CSV/TSV/JSON-lines files in --config.data_dir
+  distill.py:paper|minilm_head  distillation, and a masked-LM head for a bare teacher
+  miniature.py:<data root>      the paper in miniature
+Every field can be overridden with --config.<field>=<value>; the config file lists them, and an
+unknown field is refused with the closest name. The work lives in importable functions (see
+`jobs.JOBS`) that tests and notebooks call directly.
 """
 
 import json
@@ -92,7 +102,11 @@ def main(argv):
     if _MULTIHOST.value or _COORDINATOR.value:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save INFO lines drown the progress
-    logging.getLogger("distilbert_jax").setLevel(logging.INFO)
+    ours = logging.getLogger("distilbert_jax")  # our notices as plain lines, not log records
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours.handlers, ours.propagate = [handler], False
+    ours.setLevel(logging.INFO)
     try:
         config = _CONFIG.value
         config.job  # the file is loaded lazily: a missing one fails here
@@ -127,6 +141,7 @@ def results_table(results: dict) -> str:
 
 def cli():
     """The `distilbert-jax` console script: `distilbert-jax --config=... --workdir=...`."""
+    sys.modules["__main__"].__doc__ = __doc__  # absl prints it for --help
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main, flags_parser=parse_flags)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import distilbert_jax as dj
-from distilbert_jax import jobs
+from distilbert_jax import jobs, predict
 from distilbert_jax.data import DataError, get_task
 from distilbert_jax.train import loop
 from distilbert_jax.train.checkpoint import Checkpoints
@@ -62,6 +62,16 @@ def test_fine_tune_on_a_csv_and_export_the_best_evaluation(tiny_model, tmp_path)
         np.testing.assert_array_equal(a, b)  # model/ holds exactly the best evaluation's params
     lines = (workdir / "predictions" / "dev" / "text_classification.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and {l.split("\t")[1] for l in lines[1:]} <= {"five", "one", "three"}
+    assert "| dev | accuracy | 1.0000 |" in (workdir / "model" / "README.md").read_text()
+    assert oct(os.stat(workdir / "model" / "model.safetensors").st_mode & 0o044) == oct(0o044)
+
+    # then classify new sentences in a file with the exported model, through the command
+    (tmp_path / "new.jsonl").write_text(json.dumps({"id": "a", "review": GOOD}) + "\n"
+                                        + json.dumps({"id": "b", "review": BAD}) + "\n")
+    assert predict.main([f"--model={workdir / 'model'}", "--task=text-classification", "--text_column=review",
+                  f"--input={tmp_path / 'new.jsonl'}", f"--output={tmp_path / 'out.jsonl'}"]) == 0
+    out = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(o["id"], o["label"]) for o in out] == [("a", "five"), ("b", "one")]
 
 
 def jax_leaves(tree):

@@ -39,8 +39,7 @@ from distilbert_jax.train import distill, finetune, workdir as workdirs
 
 log = logging.getLogger(__name__)
 
-WIKITEXT = ("../shared/corpus/wikitext-2-raw/wiki.valid.raw",
-            "../shared/corpus/wikitext-2-raw/wiki.test.raw")
+WIKITEXT = ("corpus/wikitext-2-raw/wiki.valid.raw", "corpus/wikitext-2-raw/wiki.test.raw")
 # The paper's Table 4 rows, as changes to the triple loss with teacher initialisation.
 VARIANTS = {"triple_loss": {}, "no_ce": {"alpha_ce": 0.0}, "no_cos": {"alpha_cos": 0.0},
             "random_init": {"student_init": "random"}}
@@ -52,8 +51,8 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.job = "miniature"
     c.teacher = "packaged:all-MiniLM-L6-v2"
-    c.corpus_files = WIKITEXT
-    c.glue_dir = "../shared/evaldata/glue"  # every task folder found here gives its text
+    c.corpus_files = ()  # text files, e.g. WikiText-2 (configs/miniature.py:<root> sets both)
+    c.glue_dir = ""  # the GLUE download: every task folder found here gives its text
     c.tasks = ("cola", "sst2", "mrpc", "stsb", "rte", "wnli")  # fine-tuned and scored
     c.variants = tuple(VARIANTS)
     c.seeds = (42,)
@@ -78,6 +77,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         unknown = sorted(set(chosen) - set(known))
         if unknown:
             raise ConfigError(f"Unknown {field} {unknown}; choose from {list(known)}.")
+    if not config.glue_dir or not config.corpus_files:
+        raise ConfigError("Set glue_dir (the GLUE download) and corpus_files (text, e.g. WikiText-2), "
+                          "or pass a data root: --config=configs/miniature.py:<root>.")
     workdirs.probe(workdir)
     workdirs.check_resume(config, workdir)
     workdirs.record(config, workdir)

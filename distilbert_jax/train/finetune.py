@@ -29,6 +29,10 @@ from distilbert_jax.train.loop import TrainingError
 from distilbert_jax.train.step import make_step
 
 log = logging.getLogger(__name__)
+# The dj.pipeline task that applies a fine-tuned head to raw text (the model card shows it).
+PIPELINE_TASKS = {"sequence_classification": "text-classification",
+                  "token_classification": "token-classification",
+                  "question_answering": "question-answering"}
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -290,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             final = {}  # results and predictions describe the exported params
         if not final:  # stopped early, finished before, or exporting the best: evaluate those params
             final = evaluate(params, {**evals, **tests}, predictions_dir)
-        results = {"task": task.name, "model": config.model, "total_steps": total_steps,
+        results = {"task": task.name, "head": task.head, "model": config.model, "total_steps": total_steps,
                    "train_examples": len(train), "mesh": dict(layout.mesh.shape),
                    "teacher": config.teacher or None, "eval": final, "exported_step": exported,
                    "train_seconds_this_run": train_seconds, "steps_this_run": end - start}
@@ -319,6 +323,8 @@ def model_card(config, results: dict) -> str:
         f"Fine-tuned with distilbert-jax for {results['total_steps']} steps; these are the params of "
         f"step {results['exported_step']} (export={config.export}).", "",
         "```python", "import distilbert_jax as dj",
+        *([f'predict = dj.pipeline("{PIPELINE_TASKS[results["head"]]}", model="path/to/this/folder")']
+          if results.get("head") in PIPELINE_TASKS else []),
         'model, params = dj.from_pretrained("path/to/this/folder")',
         "# transformers: AutoModelFor...from_pretrained(\"path/to/this/folder\") loads the same weights",
         "```", "", "| split | metric | value |", "|---|---|---:|", *rows, "",
