@@ -41,7 +41,6 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     # The kernel inherits this environment: this checkout's code, and temporary files under tmp_path.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "agg")
     monkeypatch.delenv("XLA_FLAGS", raising=False)  # a notebook that wants virtual devices sets its own
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
