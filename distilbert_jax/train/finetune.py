@@ -192,8 +192,12 @@ def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config
                     ) -> dict[str, dict[str, float]]:
     results = {}
     for split, features in splits.items():
+        started = time.perf_counter()
         outputs = predict(eval_step, params, task, features, config.eval_batch_size, pad_id,
                           tuple(config.buckets), layout)
+        seconds = time.perf_counter() - started
+        log.info("Evaluated %s: %d rows in %.1f s (%.0f rows/s)", split, len(features), seconds,
+                 len(features) / max(seconds, 1e-9))
         if predictions_dir and jax.process_index() == 0:
             path = task.write_predictions(features, outputs, os.path.join(predictions_dir, split), split)
             log.info("Wrote %s predictions to %s", split, path)
