@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import sys
 import time
-from typing import Iterator
 
 OUTPUT_FIELD = {"token-classification": "entities", "ner": "entities",
                 "feature-extraction": "features", "sentence-embeddings": "embedding"}
@@ -70,18 +68,22 @@ def read_rows(path: str, text_column: str, task: str) -> list[tuple[str, dict]]:
                 content = f.read()
         except UnicodeDecodeError as e:
             raise PredictError(f"{path} is not UTF-8 text (byte {e.start}).") from None
+    columns = ("question", "context") if qa else (text_column,)
     if kind == "txt":
         if qa:
             raise PredictError(f"{name}: question-answering needs question and context fields; give "
                                "a .jsonl or .csv file.")
         rows = [(f"{name}:{i}", {"text": line.rstrip("\r")})
                 for i, line in enumerate(content.split("\n"), 1) if line.strip()]
-    elif kind == "jsonl":
-        rows = list(_jsonl_rows(name, content))
-    else:
-        rows = list(_csv_rows(name, content, "\t" if name.lower().endswith(".tsv") else ",",
-                              ("question", "context") if qa else (text_column,)))
-    columns = ("question", "context") if qa else (text_column,)
+    else:  # the same reader as the tasks' own files
+        from distilbert_jax.data.custom import parse_records
+        from distilbert_jax.data.task import DataError
+        try:
+            rows = [(f"{name}:{line}", row) for line, row in parse_records(
+                name, content, "tsv" if name.lower().endswith(".tsv") else kind, columns)]
+        except DataError as e:
+            hint = "; pass --text_column=NAME" if "has no column" in str(e) and not qa else ""
+            raise PredictError(str(e)[:-1] + hint + ".") from None
     checked = []
     for where, row in rows:
         for column in columns:
@@ -104,38 +106,6 @@ def read_rows(path: str, text_column: str, task: str) -> list[tuple[str, dict]]:
     if not checked:
         raise PredictError(f"{name} has no rows to predict.")
     return checked
-
-
-def _jsonl_rows(name: str, content: str) -> Iterator[tuple[str, dict]]:
-    for i, line in enumerate(content.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PredictError(f"{name}:{i}: not valid JSON ({e.msg} at column {e.colno}).") from None
-        if not isinstance(row, dict):
-            raise PredictError(f"{name}:{i}: a JSON {type(row).__name__}, not an object with a text field.")
-        yield f"{name}:{i}", row
-
-
-def _csv_rows(name: str, content: str, delimiter: str, columns) -> Iterator[tuple[str, dict]]:
-    reader = csv.reader(io.StringIO(content), delimiter=delimiter)
-    header = next(reader, None)
-    if not header:
-        raise PredictError(f"{name} is empty; a CSV file starts with a header row naming its columns.")
-    for column in columns:
-        if column not in header:
-            hint = "; pass --text_column=NAME" if columns[0] != "question" else ""
-            raise PredictError(f"{name} has no column {column!r} (its columns: {', '.join(header)}){hint}.")
-    for row in reader:
-        line = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise PredictError(f"{name}:{line}: {len(row)} cells but the header has {len(header)} "
-                               "columns.")
-        yield f"{name}:{line}", dict(zip(header, row))
 
 
 def _short(value) -> str:

@@ -94,7 +94,7 @@ def test_token_classification_from_json_lines(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ("review,stars\n", r"train.csv has no examples"),
-    ("review,stars\ngood,five\nbad\n", r"train.csv:3: expected 2 fields"),
+    ("review,stars\ngood,five\nbad\n", r"train.csv:3: 1 cells but the header has 2 columns"),
     ("text,stars\ngood,five\nbad,one\n", r"train.csv:2: no column 'review'"),
     ("review,stars\ngood,five\nbad,five\n", r"holds 1 distinct label\(s\) \['five'\]; classification needs at least 2"),
 ])

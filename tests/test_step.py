@@ -2,7 +2,6 @@
 
 import jax
 import numpy as np
-import pytest
 
 import distilbert_jax as dj
 from distilbert_jax import sharding

@@ -9,6 +9,7 @@ A data folder holds `train.<ext>` and optionally `dev.<ext>` (or `validation`/`v
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Iterator
@@ -37,31 +38,49 @@ def split_file(data_dir: str | None, split: str, task: str) -> str:
     return found[0]
 
 
-def read_records(path: str) -> Iterator[tuple[int, dict]]:
-    """(line number, record) for every row of a CSV/TSV (header row = field names) or JSON-lines
-    file; a row that does not parse names its file and line."""
-    if path.endswith((".jsonl", ".json")):
-        with open(path, encoding="utf-8") as f:
-            for line_number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_number}: not a JSON object ({e.msg}).") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}:{line_number}: expected a JSON object, found a "
-                                    f"{type(record).__name__}.")
-                yield line_number, record
+KINDS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+def parse_records(name: str, text: str, kind: str, columns=()) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of JSON lines (kind "jsonl") or of a CSV/TSV with a header row
+    ("csv"/"tsv"), blank rows skipped. A header without one of `columns`, or a row that does not
+    parse, is one DataError naming `name` (and the line). The tasks and the predict command read
+    their files through here."""
+    text = text.lstrip("\ufeff")
+    if kind == "jsonl":
+        for line_number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{name}:{line_number}: not valid JSON ({e.msg} at column {e.colno}).") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{name}:{line_number}: a JSON {type(record).__name__}, not an object "
+                                "of named fields.")
+            yield line_number, record
         return
-    delimiter = "\t" if path.endswith(".tsv") else ","
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        for record in reader:
-            if None in record or None in record.values():
-                raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} fields "
-                                f"({', '.join(reader.fieldnames)}).")
-            yield reader.line_num, record
+    reader = csv.reader(io.StringIO(text), delimiter="\t" if kind == "tsv" else ",")
+    header = next(reader, None)
+    if not header:
+        raise DataError(f"{name} is empty; a {kind.upper()} file starts with a header row naming its columns.")
+    for column in columns:
+        if column not in header:
+            raise DataError(f"{name} has no column {column!r} (its columns: {', '.join(header)}).")
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{name}:{reader.line_num}: {len(row)} cells but the header has "
+                            f"{len(header)} columns.")
+        yield reader.line_num, dict(zip(header, row))
+
+
+def read_records(path: str) -> Iterator[tuple[int, dict]]:
+    """`parse_records` of a .csv, .tsv or .jsonl file."""
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    return parse_records(path, text, KINDS[os.path.splitext(path)[1].lower()])
 
 
 def field(record: dict, column: str, path: str, line: int):
