@@ -4,7 +4,8 @@
 
 Jobs (`--config.job`, set by each config file): finetune, evaluate (a fine-tuned checkpoint on
 eval_splits, writing predictions), distill, fit_teacher_head, miniature.
-Config files (configs/ in the repository; pass the path, then `:argument`):
+Config files (shipped in distilbert_jax/configs/: pass a path, or configs/<name>.py from anywhere,
+then `:argument`):
   smoke.py                      the embedded default: MiniLM on the packaged SST-2 sample
   glue.py:<task>[,minilm]       cola sst2 mrpc stsb qqp mnli qnli rte wnli (data in glue/<Task>)
   squad.py:v1|v2   ner.py:iob2|iob1   swag.py
@@ -26,7 +27,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from distilbert_jax import distributed, jobs
+from distilbert_jax import configs, distributed, jobs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, e.g. configs/glue.py:sst2.",
                                           lock_config=True)
@@ -38,7 +39,9 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
 def parse_flags(argv):
-    """absl's flag parsing, with an unknown or ill-typed --config.field as one sentence, not a trace."""
+    """absl's flag parsing, with --config resolved (`configs.resolve`) and an unknown or ill-typed
+    --config.field as one sentence, not a trace."""
+    argv = _resolve_config(argv)
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # ml_collections: no such field
@@ -48,6 +51,17 @@ def parse_flags(argv):
     except Exception as e:  # the config file itself fails: a syntax error, a bad import, ...
         print(f"error: {_config_file_error(e, _config_arg(argv))}", file=sys.stderr)
     sys.exit(2)
+
+
+def _resolve_config(argv: list[str]) -> list[str]:
+    """argv with the value of --config (`--config=X` or `--config X`) passed through configs.resolve."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            argv[i] = "--config=" + configs.resolve(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(argv):
+            argv[i + 1] = configs.resolve(argv[i + 1])
+    return argv
 
 
 def _no_such_field(error: Exception) -> str:
@@ -112,7 +126,8 @@ def main(argv):
         config.job  # the file is loaded lazily: a missing one fails here
     except OSError as e:
         print(f"error: cannot load --config={config_flags.get_config_filename(flags.FLAGS['config'])}: "
-              f"{_last_line(e)}", file=sys.stderr)
+              f"{_last_line(e)} (the packaged configs are {', '.join(configs.packaged())}).",
+              file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # a syntax error or a failing get_config in the config file
         print(f"error: {_config_file_error(e, flags.FLAGS['config'].serialize().split('=', 1)[-1])}",

@@ -296,10 +296,10 @@ def test_sweep_set_takes_mains_form_too():
                                  "--config.model=packaged:all-MiniLM-L6-v2"])
     assert overrides == {"max_steps": "2", "save_model": "False", "buckets": "(16, 48)",
                          "model": "packaged:all-MiniLM-L6-v2"}
-    config = sweep.load_config(os.path.join(REPO, "configs", "glue.py"), "sst2", overrides)
+    config = sweep.load_config("configs/glue.py", "sst2", overrides)
     assert (config.max_steps, config.save_model, tuple(config.buckets), config.model) == (
         2, False, (16, 48), "packaged:all-MiniLM-L6-v2")
     with pytest.raises(ValueError, match=r"^the config has no field 'lrr' \(did you mean 'lr'\?\)$"):
-        sweep.load_config(os.path.join(REPO, "configs", "glue.py"), "sst2", {"lrr": "1"})
+        sweep.load_config("configs/glue.py", "sst2", {"lrr": "1"})
     with pytest.raises(ValueError, match=r"^--set=lr is not of the form field=value"):
         sweep.parse_set(["lr"])

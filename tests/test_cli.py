@@ -77,7 +77,8 @@ def test_a_failed_start_leaves_an_existing_run_untouched(tiny_model, tmp_path):
     (["--config=configs/smoke.py", "--config.learning_rate=1"], "error: the config has no field 'learning_rate'"),
 ])
 def test_bad_config_flags_are_one_line(args, message, tmp_path):
-    result = run_main(*args, f"--workdir={tmp_path / 'w'}")
+    # Run away from the checkout: configs/<name>.py names the packaged config from any directory.
+    result = run_main(*args, f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "w").exists()

@@ -5,9 +5,10 @@ import os
 
 import pytest
 
+from distilbert_jax import configs
 from distilbert_jax.train import distill, finetune
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = configs.HERE
 CASES = [("distill.py", p) for p in ("paper", "minilm_head")] + [("smoke.py", ""), ("squad.py", "v1"), ("squad.py", "v2"), ("ner.py", "iob1"),
          ("ner.py", "iob2"), ("swag.py", "")] + [("custom.py", k) for k in ("text", "pair", "regression", "tokens")] + [
     ("glue.py", t) for t in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli",
@@ -33,3 +34,22 @@ def test_config_loads_with_known_fields(name, arg):
 def test_unknown_argument_is_refused():
     with pytest.raises(ValueError, match="Unknown GLUE task"):
         load("glue.py").get_config("sst3")
+
+
+def test_every_packaged_config_is_loaded_here_or_by_the_miniature_tests():
+    assert {name[:-3] for name, _ in CASES} | {"miniature"} == set(configs.packaged())
+
+
+def test_documented_config_paths_name_the_packaged_files_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here, as after a plain pip install
+    glue = os.path.join(CONFIGS, "glue.py")
+    for spec in ("configs/glue.py:rte", "glue.py:rte", "glue:rte"):
+        assert configs.resolve(spec) == glue + ":rte"
+    assert configs.resolve("configs/smoke.py") == os.path.join(CONFIGS, "smoke.py")
+    # Anything else is left for the loader to report: an unknown name, another folder.
+    for spec in ("configs/nothere.py", "elsewhere/glue.py:rte", "configs/__init__.py"):
+        assert configs.resolve(spec) == spec
+    # A file of that path where the command runs (the user's own copy) comes first.
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "glue.py").write_text("")
+    assert configs.resolve("configs/glue.py:rte") == "configs/glue.py:rte"

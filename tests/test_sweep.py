@@ -19,7 +19,7 @@ def test_sweep_runs_the_grid_and_writes_the_table(tiny_model, tmp_path, capsys):
     common = [f"--set=model={tiny_model}", f"--set=data_dir={data}", "--set=max_steps=2",
               "--set=batch_size=8", "--set=eval_batch_size=8", "--set=max_length=48",
               "--set=buckets=[16, 48]", "--set=save_model=false"]
-    sweep.main(["run", f"--config={REPO}/configs/glue.py", "--tasks=sst2", "--lrs=1e-3,1e-4",
+    sweep.main(["run", "--config=configs/glue.py", "--tasks=sst2", "--lrs=1e-3,1e-4",
                 "--seeds=1,2", f"--root={root}", *common])
     runs = sorted(os.listdir(root / "sst2"))
     assert runs == ["lr0.0001_seed1", "lr0.0001_seed2", "lr0.001_seed1", "lr0.001_seed2"]
@@ -33,7 +33,7 @@ def test_sweep_runs_the_grid_and_writes_the_table(tiny_model, tmp_path, capsys):
     assert float(rows[1][1]) == pytest.approx(sum(scores[best]) / 2, abs=0.01)
     assert (root / "table.png").stat().st_size > 1000
     # a second call skips finished runs and only rebuilds the table
-    sweep.main(["run", f"--config={REPO}/configs/glue.py", "--tasks=sst2", "--lrs=1e-3,1e-4",
+    sweep.main(["run", "--config=configs/glue.py", "--tasks=sst2", "--lrs=1e-3,1e-4",
                 "--seeds=1,2", f"--root={root}", *common])
     assert "| this sweep |" in capsys.readouterr().out
 

@@ -25,6 +25,7 @@ import statistics
 import sys
 from typing import Any
 
+from distilbert_jax import configs
 from distilbert_jax.config import did_you_mean
 
 # A task's score in the table: the mean of its metrics x 100 (GLUE's convention for MRPC, STS-B, QQP).
@@ -65,6 +66,7 @@ def _value(text: str):
 
 
 def load_config(path: str, arg: str, overrides: dict[str, str]):
+    path = configs.resolve(path)
     spec = importlib.util.spec_from_file_location("sweep_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
