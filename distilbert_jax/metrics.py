@@ -71,6 +71,12 @@ GLUE_METRICS = {
 }
 
 
+def glue_score(scores: Mapping[str, float]) -> float:
+    """A task's score in a GLUE table: the mean of its metrics x 100 (the benchmark's convention for
+    MRPC, STS-B and QQP), leaving out the evaluation loss that is reported beside them."""
+    return 100 * float(np.mean([v for k, v in scores.items() if k != "loss"]))
+
+
 # --- SQuAD ---------------------------------------------------------------------------------------------
 
 def normalize_answer(text: str) -> str:

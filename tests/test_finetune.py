@@ -3,12 +3,14 @@
 import csv
 import json
 import os
+import types
 
 import jax
 import numpy as np
 import pytest
 
 import distilbert_jax as dj
+from distilbert_jax.data import Features
 from distilbert_jax.train import finetune
 from conftest import read_results, tiny_config, write_sst2, write_stsb
 
@@ -27,7 +29,7 @@ def test_glue_classification_end_to_end(tiny_model, tmp_path):
         assert f.read().splitlines()[0] == "index\tprediction"
     lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
     assert {"train/loss", "train/lr", "perf/steps_per_sec"} <= set(lines[0])
-    assert any("eval/dev/accuracy" in l for l in lines)
+    assert any("eval/dev/accuracy" in l and "eval/dev/loss" in l for l in lines)
     assert os.listdir(workdir / "tb")
     saved = json.load(open(workdir / "config.json"))
     assert saved["task"] == "sst2" and saved["max_steps"] == LEARN_STEPS
@@ -44,7 +46,7 @@ def test_glue_regression_with_a_bert_and_accumulation(tiny_bert, tmp_path):
     data = write_stsb(tmp_path / "STS-B")
     results = finetune.train_and_evaluate(
         tiny_config(tiny_bert, data, "stsb", grad_accum_steps=2), str(tmp_path / "run"))
-    assert set(results["eval"]["dev"]) == {"pearson", "spearmanr"}
+    assert set(results["eval"]["dev"]) == {"pearson", "spearmanr", "loss"}
     model, _ = dj.from_pretrained(tmp_path / "run" / "model")
     assert isinstance(model, dj.BertForSequenceClassification) and model.config.num_labels == 1
 
@@ -74,7 +76,7 @@ def test_question_answering_end_to_end(tiny_model, tmp_path):
     config = tiny_config(tiny_model, data, "squad", max_length=24, max_steps=LEARN_STEPS)
     config.task_options = {"doc_stride": 8}
     results = finetune.train_and_evaluate(config, str(tmp_path / "run"))
-    assert {"exact_match", "f1"} == set(results["eval"]["dev"])
+    assert {"exact_match", "f1", "loss"} == set(results["eval"]["dev"])
     predictions = json.load(open(tmp_path / "run" / "predictions" / "dev" / "squad_dev_predictions.json"))
     assert set(predictions) == {f"q{i}" for i in range(24)}
     # the context is longer than a window: the answer must be found in the right one, mapped
@@ -153,3 +155,41 @@ def test_task_distillation_terms_against_numpy():
                                        NS(start_logits=t, end_logits=s), np.ones((4, 3)), T)
     kl_ts = (np.exp(ls) * (ls - lt)).sum(-1).mean() * T * T
     np.testing.assert_allclose(qa, (kl + kl_ts) / 2, rtol=1e-5)
+
+
+def _cross_entropy(logits, label) -> float:
+    logits = np.asarray(logits, np.float64)
+    return float(np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[label])
+
+
+def _features(lengths, targets) -> Features:
+    inputs = {"input_ids": [np.ones(n, np.int32) for n in lengths]}
+    return Features(inputs, targets, [], np.arange(len(lengths)))
+
+
+def test_eval_loss_is_the_heads_loss_over_the_whole_split():
+    rng = np.random.default_rng(0)
+    sizes = types.SimpleNamespace(num_labels=3, problem_type=None)
+    # One label per row: the mean over rows.
+    logits, labels = rng.normal(size=(5, 3)).astype(np.float32), np.array([0, 2, 1, 1, 0])
+    loss = finetune.split_loss("sequence_classification", _features([4, 2, 7, 3, 5], {"labels": labels}),
+                               {"logits": logits}, sizes)
+    assert loss == pytest.approx(np.mean([_cross_entropy(l, y) for l, y in zip(logits, labels)]), rel=1e-6)
+    # Per-token labels, rows of their own lengths: the mean over the labelled tokens (-100 is not one).
+    lengths = [3, 5, 2]
+    labels = [np.array([0, -100, 2]), np.array([1, 1, -100, 0, 2]), np.array([-100, 1])]
+    logits = [rng.normal(size=(n, 3)).astype(np.float32) for n in lengths]
+    loss = finetune.split_loss("token_classification", _features(lengths, {"labels": labels}),
+                               {"logits": logits}, sizes)
+    kept = [_cross_entropy(l[t], y[t]) for l, y in zip(logits, labels) for t in range(len(y)) if y[t] >= 0]
+    assert loss == pytest.approx(np.mean(kept), rel=1e-6)
+    # Spans: start and end over each row's own tokens, whatever the longest row.
+    lengths, starts, ends = [4, 6], np.array([1, 0]), np.array([3, 5])
+    start_logits = [rng.normal(size=n).astype(np.float32) for n in lengths]
+    end_logits = [rng.normal(size=n).astype(np.float32) for n in lengths]
+    loss = finetune.split_loss(
+        "question_answering", _features(lengths, {"start_positions": starts, "end_positions": ends}),
+        {"start_logits": start_logits, "end_logits": end_logits}, sizes)
+    expected = np.mean([(_cross_entropy(s, a) + _cross_entropy(e, b)) / 2
+                        for s, e, a, b in zip(start_logits, end_logits, starts, ends)])
+    assert loss == pytest.approx(expected, rel=1e-6)

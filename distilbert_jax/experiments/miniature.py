@@ -34,6 +34,7 @@ from distilbert_jax import hf, io
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import glue
 from distilbert_jax.data.task import DataError
+from distilbert_jax.metrics import glue_score
 from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import distill, finetune, workdir as workdirs
 
@@ -110,7 +111,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                          data_dir=os.path.join(config.glue_dir, glue.SPECS[task].directory))
                 results = _stage(finetune.train_and_evaluate, c,
                                  os.path.join(workdir, "glue", name, task, f"seed{seed}"))
-                scores.setdefault(name, {}).setdefault(task, []).append(task_score(results["eval"]["dev"]))
+                scores.setdefault(name, {}).setdefault(task, []).append(glue_score(results["eval"]["dev"]))
 
     speed = _cached(os.path.join(workdir, "speed.json"), lambda: {
         name: inference_speed(models[name], config.glue_dir, config.speed_task, config.finetune)
@@ -163,11 +164,6 @@ def write_glue_text(glue_dir: str, path: str) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     io.write_text(path, "\n".join(lines) + "\n")
     return path
-
-
-def task_score(metrics: dict[str, float]) -> float:
-    """A task's score: the mean of its metrics x 100 (GLUE's convention for MRPC, STS-B)."""
-    return 100 * statistics.mean(metrics.values())
 
 
 def inference_speed(model_dir: str, glue_dir: str, task: str, recipe) -> dict[str, float]:

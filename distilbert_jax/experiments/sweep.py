@@ -27,8 +27,9 @@ from typing import Any
 
 from distilbert_jax import configs
 from distilbert_jax.config import did_you_mean
+from distilbert_jax.metrics import glue_score
 
-# A task's score in the table: the mean of its metrics x 100 (GLUE's convention for MRPC, STS-B, QQP).
+# The split whose scores the table reports.
 MAIN_SPLIT = "dev"
 
 
@@ -125,10 +126,6 @@ def collect(root: str) -> list[dict]:
     return rows
 
 
-def score(metrics: dict[str, float]) -> float:
-    return 100 * statistics.mean(metrics.values())
-
-
 def table(rows: list[dict]) -> tuple[list[str], list[dict]]:
     """Per task: the lr with the best median score over seeds, and that median; then the macro score."""
     tasks = sorted({r["task"] for r in rows})
@@ -137,7 +134,7 @@ def table(rows: list[dict]) -> tuple[list[str], list[dict]]:
         by_lr: dict[float, list[float]] = {}
         for r in rows:
             if r["task"] == task:
-                by_lr.setdefault(r["lr"], []).append(score(r["metrics"]))
+                by_lr.setdefault(r["lr"], []).append(glue_score(r["metrics"]))
         best_lr = max(by_lr, key=lambda lr: statistics.median(by_lr[lr]))
         summary.append({"task": task, "score": statistics.median(by_lr[best_lr]), "lr": best_lr,
                         "seeds": len(by_lr[best_lr])})

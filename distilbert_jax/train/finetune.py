@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import types
 from typing import Any, Callable
 
 import jax
@@ -19,7 +20,7 @@ import numpy as np
 
 from distilbert_jax import hf, io, losses, modeling, sharding
 from distilbert_jax.data import Features, Task, get_task
-from distilbert_jax.data.task import DataError, eval_batches, prefetch, train_batches
+from distilbert_jax.data.task import DataError, collate, eval_batches, prefetch, train_batches
 from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import checks, loop, workdir as workdirs
 from distilbert_jax.train import state as train_state
@@ -187,9 +188,28 @@ def predict(eval_step, params, task: Task, features: Features, batch_size: int, 
     return outputs if task.per_token_outputs else {k: np.stack(v) for k, v in outputs.items()}
 
 
+def split_loss(head: str, features: Features, outputs: dict[str, Any], model_config) -> float:
+    """The head's training loss, without dropout, over a whole split, from the outputs `predict`
+    collected and the split's targets, normalised as one batch of every row would be. Per-token
+    outputs are padded with -1e9, out of any softmax, so the loss does not depend on the buckets."""
+    length = int(features.lengths().max())
+    if any(isinstance(v, list) for v in outputs.values()):  # per-token outputs, trimmed to each row
+        outputs = {k: _pad_rows(v, length) for k, v in outputs.items()}
+    targets = collate(features, np.arange(len(features)), length, pad_id=0)["targets"]
+    return float(losses.head_loss(head, types.SimpleNamespace(**outputs), targets, model_config))
+
+
+def _pad_rows(rows: list[np.ndarray], length: int) -> np.ndarray:
+    padded = np.full((len(rows), length, *rows[0].shape[1:]), -1e9, rows[0].dtype)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = row
+    return padded
+
+
 def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config, pad_id,
-                    layout: sharding.Layout, predictions_dir: str | None = None
+                    layout: sharding.Layout, model_config, predictions_dir: str | None = None
                     ) -> dict[str, dict[str, float]]:
+    """Each split's metrics and loss (test splits, which have no labels: predictions only)."""
     results = {}
     for split, features in splits.items():
         started = time.perf_counter()
@@ -201,8 +221,9 @@ def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config
         if predictions_dir and jax.process_index() == 0:
             path = task.write_predictions(features, outputs, os.path.join(predictions_dir, split), split)
             log.info("Wrote %s predictions to %s", split, path)
-        if not split.startswith("test"):  # test splits have no labels: predictions only
-            results[split] = task.evaluate(features, outputs)
+        if not split.startswith("test"):
+            results[split] = {**task.evaluate(features, outputs),
+                              "loss": split_loss(task.head, features, outputs, model_config)}
     return results
 
 
@@ -259,7 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             train, config.batch_size, config.seed, start, tokenizer.pad_token_id,
             tuple(config.buckets), process))
         evaluate = lambda params, splits, predictions=None: evaluate_splits(
-            eval_step, params, task, splits, config, tokenizer.pad_token_id, layout, predictions)
+            eval_step, params, task, splits, config, tokenizer.pad_token_id, layout, model.config,
+            predictions)
         predictions_dir = os.path.join(workdir, "predictions")
         final: dict[str, dict[str, float]] = {}
 
@@ -347,7 +369,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
               for s in (*config.eval_splits, *config.predict_splits)}
     workdirs.record(config, workdir)
     scores = evaluate_splits(make_eval_step(model, layout.params(model), layout), params, task,
-                             splits, config, tokenizer.pad_token_id, layout,
+                             splits, config, tokenizer.pad_token_id, layout, model.config,
                              os.path.join(workdir, "predictions"))
     results = {"task": task.name, "model": config.model, "eval": scores}
     workdirs.write_results(workdir, results)
