@@ -23,6 +23,14 @@ import os
 import sys
 import time
 
+import distilbert_jax as dj
+from distilbert_jax.config import ConfigError
+from distilbert_jax.data.custom import KINDS, MissingColumn, parse_records, read_text
+from distilbert_jax.data.task import DataError
+from distilbert_jax.hf import CheckpointError
+from distilbert_jax.pipelines import PipelineError
+from distilbert_jax.tokenizer import TokenizerError
+
 OUTPUT_FIELD = {"token-classification": "entities", "ner": "entities",
                 "feature-extraction": "features", "sentence-embeddings": "embedding"}
 
@@ -52,22 +60,15 @@ def read_rows(path: str, text_column: str, task: str) -> list[tuple[str, dict]]:
     """Every input row as {"text"} / {"text", "text_pair"} / {"question", "context"} (+ "id")."""
     qa = task == "question-answering"
     if path == "-":
-        content = sys.stdin.read()
-        name = "<stdin>"
+        name, content = "<stdin>", sys.stdin.read().lstrip("\ufeff")
         kind = "jsonl" if content.lstrip().startswith("{") else "txt"
     else:
         if not os.path.exists(path):
             raise PredictError(f"--input={path} does not exist.")
         if os.path.isdir(path):
             raise PredictError(f"--input={path} is a folder; give a .txt, .jsonl or .csv file.")
-        name = path
-        ext = os.path.splitext(path)[1].lower()
-        kind = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "csv"}.get(ext, "txt")
-        try:
-            with open(path, encoding="utf-8", newline="") as f:
-                content = f.read()
-        except UnicodeDecodeError as e:
-            raise PredictError(f"{path} is not UTF-8 text (byte {e.start}).") from None
+        name, content = path, read_text(path)
+        kind = KINDS.get(os.path.splitext(path)[1].lower(), "txt")
     columns = ("question", "context") if qa else (text_column,)
     if kind == "txt":
         if qa:
@@ -76,21 +77,13 @@ def read_rows(path: str, text_column: str, task: str) -> list[tuple[str, dict]]:
         rows = [(f"{name}:{i}", {"text": line.rstrip("\r")})
                 for i, line in enumerate(content.split("\n"), 1) if line.strip()]
     else:  # the same reader as the tasks' own files
-        from distilbert_jax.data.custom import parse_records
-        from distilbert_jax.data.task import DataError
         try:
-            rows = [(f"{name}:{line}", row) for line, row in parse_records(
-                name, content, "tsv" if name.lower().endswith(".tsv") else kind, columns)]
-        except DataError as e:
-            hint = "; pass --text_column=NAME" if "has no column" in str(e) and not qa else ""
-            raise PredictError(str(e)[:-1] + hint + ".") from None
+            rows = [(f"{name}:{line}", row) for line, row in parse_records(name, content, kind, columns)]
+        except MissingColumn as e:
+            raise PredictError(str(e)[:-1] + ("" if qa else "; pass --text_column=NAME") + ".") from None
     checked = []
     for where, row in rows:
         for column in columns:
-            if column not in row:
-                hint = "" if qa else "; pass --text_column=NAME"
-                raise PredictError(f"{where}: the row has no {column!r} field (it has "
-                                   f"{sorted(row)}){hint}.")
             if not isinstance(row[column], str) or not row[column].strip():
                 raise PredictError(f"{where}: the {column!r} field is {_short(row[column])}, "
                                    "not a non-empty text.")
@@ -128,26 +121,27 @@ def record(task: str, row: dict, result) -> dict:
 
 
 class Writer:
-    """JSON lines or CSV to a temporary file renamed at the end (or straight to stdout)."""
+    """JSON lines or CSV to a temporary file renamed at the end (or JSON lines straight to stdout).
+    CSV rows are written at the end, under a header of every field any row has."""
 
     def __init__(self, path: str | None):
         self.path = path
-        self.csv = path is not None and path.lower().endswith(".csv")
+        self.csv_rows = [] if path is not None and path.lower().endswith(".csv") else None
         self.file = open(path + ".tmp", "w", encoding="utf-8", newline="") if path else sys.stdout
-        self.writer = None
 
     def write(self, rec: dict):
-        if not self.csv:
+        if self.csv_rows is None:
             self.file.write(json.dumps(rec, ensure_ascii=False) + "\n")
             return
-        flat = {k: v if isinstance(v, (str, int, float)) or v is None else json.dumps(v, ensure_ascii=False)
-                for k, v in rec.items()}
-        if self.writer is None:
-            self.writer = csv.DictWriter(self.file, fieldnames=list(flat), extrasaction="ignore")
-            self.writer.writeheader()
-        self.writer.writerow(flat)
+        self.csv_rows.append({k: v if isinstance(v, (str, int, float)) or v is None
+                              else json.dumps(v, ensure_ascii=False) for k, v in rec.items()})
 
     def close(self, ok: bool):
+        if ok and self.csv_rows is not None:
+            header = list(dict.fromkeys(k for row in self.csv_rows for k in row))
+            writer = csv.DictWriter(self.file, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(self.csv_rows)
         if self.path is None:
             self.file.flush()
             return
@@ -164,8 +158,6 @@ class Writer:
 
 def predict(args) -> dict:
     """Reads every row, builds the pipeline, predicts in chunks, writes; returns timing figures."""
-    import distilbert_jax as dj  # after the input checks: importing jax takes a while
-
     try:
         options = json.loads(args.options)
     except json.JSONDecodeError as e:
@@ -218,13 +210,9 @@ def predict(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from distilbert_jax.config import ConfigError
-    from distilbert_jax.hf import CheckpointError
-    from distilbert_jax.pipelines import PipelineError
-    from distilbert_jax.tokenizer import TokenizerError
     try:
         predict(args)
-    except (PredictError, PipelineError, CheckpointError, ConfigError, TokenizerError) as e:
+    except (PredictError, DataError, PipelineError, CheckpointError, ConfigError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

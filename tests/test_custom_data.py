@@ -10,6 +10,7 @@ import pytest
 import distilbert_jax as dj
 from distilbert_jax import jobs, predict
 from distilbert_jax.data import DataError, get_task
+from distilbert_jax.data.custom import TokenClassificationTask
 from distilbert_jax.train import loop
 from distilbert_jax.train.checkpoint import Checkpoints
 from conftest import tiny_config
@@ -92,10 +93,22 @@ def test_token_classification_from_json_lines(tiny_model, tmp_path):
     assert model.config.id2label == ("O", "B-LOC", "B-PER")
 
 
+@pytest.mark.parametrize("line, message", [
+    ({"tokens": ["a", "b"], "ner_tags": "B-PER O"}, "train.jsonl:2: 'tokens' and 'ner_tags' must be lists"),
+    ({"tokens": ["a", "b"], "ner_tags": ["O"]}, "train.jsonl:2: 2 tokens but 1 tags"),
+    ({"tokens": ["a", "b"]}, r"train.jsonl:2: the row has no 'ner_tags' field \(it has \['tokens'\]\)"),
+])
+def test_bad_token_files_are_refused_when_the_label_set_is_read(line, message, tmp_path):
+    good = {"tokens": ["john", "lives"], "ner_tags": ["B-PER", "O"]}
+    (tmp_path / "train.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(DataError, match=message):
+        TokenClassificationTask(str(tmp_path))
+
+
 @pytest.mark.parametrize("content, message", [
     ("review,stars\n", r"train.csv has no examples"),
     ("review,stars\ngood,five\nbad\n", r"train.csv:3: 1 cells but the header has 2 columns"),
-    ("text,stars\ngood,five\nbad,one\n", r"train.csv:2: no column 'review'"),
+    ("text,stars\ngood,five\nbad,one\n", r"train.csv has no column 'review' \(its columns: text, stars\)"),
     ("review,stars\ngood,five\nbad,five\n", r"holds 1 distinct label\(s\) \['five'\]; classification needs at least 2"),
 ])
 def test_bad_files_are_one_sentence_naming_file_and_line(content, message, tmp_path):

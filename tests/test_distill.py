@@ -31,7 +31,7 @@ def corpus_file(tmp_path_factory):
 
 def tiny(teacher, corpus_file, **overrides):
     c = distill.default_config()
-    c.teacher, c.corpus_files = teacher, (corpus_file,)
+    c.teacher, c.corpus_files = teacher, (corpus_file,) if corpus_file else ()
     c.max_length, c.length_multiple = 64, 16
     c.student_layers, c.batch_size, c.grad_accum_steps = 1, 16, 2
     c.max_steps, c.lr, c.log_every, c.checkpoint_every = 12, 1e-3, 1, 4
@@ -103,7 +103,17 @@ def test_bad_recipes_are_refused_before_compute(teacher, corpus_file, minilm_dir
     distill.corpus.prepare([corpus_file], dj.Tokenizer.from_pretrained(minilm_dir), str(tmp_path / "corpus"), 64)
     with pytest.raises(DataError, match="was tokenised with another vocabulary"):
         distill.distill(tiny(teacher, corpus_file, corpus_dir=str(tmp_path / "corpus")), str(tmp_path / "d"))
-    assert not any((tmp_path / d).exists() for d in "abcd")
+    # a corpus of longer sequences than this run's max_length, or of other files than corpus_files
+    tokenizer = dj.Tokenizer.from_pretrained(teacher)
+    distill.corpus.prepare([corpus_file], tokenizer, str(tmp_path / "long"), 64)
+    with pytest.raises(DataError, match="holds sequences of up to 64 tokens, more than max_length=32"):
+        distill.distill(tiny(teacher, (), corpus_dir=str(tmp_path / "long"), max_length=32),
+                        str(tmp_path / "e"))
+    other = tmp_path / "other.txt"
+    other.write_text("another text\n")
+    with pytest.raises(DataError, match="already holds a corpus of"):
+        distill.distill(tiny(teacher, str(other), corpus_dir=str(tmp_path / "long")), str(tmp_path / "f"))
+    assert not any((tmp_path / d).exists() for d in "abcdef")
 
 
 def test_fit_a_head_on_a_bare_teacher_then_distil_with_soft_targets(teacher, corpus_file, tmp_path):

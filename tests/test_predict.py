@@ -71,6 +71,18 @@ def test_csv_in_and_out_for_token_classification(tmp_path):
     assert differences(json.loads(got[0]["entities"]), expected)[0] < 1e-5
 
 
+def test_csv_output_has_every_field_some_row_has(tmp_path):
+    rows = [{"text": TEXTS[0]}, {"text": TEXTS[1], "id": "b"}, {"text": TEXTS[2], "text_pair": TEXTS[0]}]
+    source = write(tmp_path / "in.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    out = str(tmp_path / "out.csv")
+    assert predict.main([f"--model={SENTIMENT}", "--task=text-classification", f"--input={source}",
+                         f"--output={out}"]) == 0
+    with open(out, encoding="utf-8") as f:
+        got = list(csv.DictReader(f))
+    assert set(got[0]) == {"text", "id", "text_pair", "label", "score"}
+    assert [(g["id"], g["text_pair"]) for g in got] == [("", ""), ("b", ""), ("", TEXTS[0])]
+
+
 def test_question_answering_from_jsonl_on_stdin(monkeypatch, capsys):
     context = "john and mary live in paris. the city is good and the film was great."
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps({"question": "who?", "context": context}) + "\n"))

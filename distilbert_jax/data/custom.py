@@ -18,7 +18,7 @@ from distilbert_jax.data.glue import GlueExample, GlueSpec, GlueTask
 from distilbert_jax.data.ner import ConllTask, Sentence
 from distilbert_jax.data.task import DataError
 
-EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json")
+KINDS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}  # extension -> format
 SPLIT_NAMES = {"train": ("train",), "dev": ("dev", "validation", "valid"), "test": ("test",)}
 
 
@@ -28,25 +28,38 @@ def split_file(data_dir: str | None, split: str, task: str) -> str:
         raise DataError(f"{task}: set data_dir to the folder holding train.csv (or .tsv, .jsonl).")
     if split not in SPLIT_NAMES:
         raise DataError(f"Unknown split {split!r} for {task}; use one of {sorted(SPLIT_NAMES)}.")
-    found = [os.path.join(data_dir, stem + ext) for stem in SPLIT_NAMES[split] for ext in EXTENSIONS
+    found = [os.path.join(data_dir, stem + ext) for stem in SPLIT_NAMES[split] for ext in KINDS
              if os.path.isfile(os.path.join(data_dir, stem + ext))]
     if not found:
-        names = ", ".join(f"{stem}.csv/.tsv/.jsonl" for stem in SPLIT_NAMES[split])
+        names = ", ".join(f"{stem}.csv/.tsv/.jsonl/.json" for stem in SPLIT_NAMES[split])
         raise DataError(f"{task}: no {split} file in {data_dir!r} (looked for {names}).")
     if len(found) > 1:
         raise DataError(f"{task}: {data_dir!r} holds several {split} files {found}; keep one.")
     return found[0]
 
 
-KINDS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+class MissingColumn(DataError):
+    """A file or row lacks a column the task (or command) reads; `.column` names it."""
+
+    def __init__(self, message: str, column: str):
+        super().__init__(message)
+        self.column = column
+
+
+def read_text(path: str) -> str:
+    """A UTF-8 text file's contents, without a byte-order mark; anything else is one DataError."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read().lstrip("\ufeff")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}).") from None
 
 
 def parse_records(name: str, text: str, kind: str, columns=()) -> Iterator[tuple[int, dict]]:
     """(line number, record) of JSON lines (kind "jsonl") or of a CSV/TSV with a header row
-    ("csv"/"tsv"), blank rows skipped. A header without one of `columns`, or a row that does not
-    parse, is one DataError naming `name` (and the line). The tasks and the predict command read
-    their files through here."""
-    text = text.lstrip("\ufeff")
+    ("csv"/"tsv"), blank rows skipped. A file or row without one of `columns` (MissingColumn), or a
+    row that does not parse, is one DataError naming `name` (and the line). The tasks and the
+    predict command read their files through here."""
     if kind == "jsonl":
         for line_number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
@@ -58,6 +71,10 @@ def parse_records(name: str, text: str, kind: str, columns=()) -> Iterator[tuple
             if not isinstance(record, dict):
                 raise DataError(f"{name}:{line_number}: a JSON {type(record).__name__}, not an object "
                                 "of named fields.")
+            for column in columns:
+                if column not in record:
+                    raise MissingColumn(f"{name}:{line_number}: the row has no {column!r} field (it "
+                                        f"has {sorted(record)}).", column)
             yield line_number, record
         return
     reader = csv.reader(io.StringIO(text), delimiter="\t" if kind == "tsv" else ",")
@@ -66,7 +83,8 @@ def parse_records(name: str, text: str, kind: str, columns=()) -> Iterator[tuple
         raise DataError(f"{name} is empty; a {kind.upper()} file starts with a header row naming its columns.")
     for column in columns:
         if column not in header:
-            raise DataError(f"{name} has no column {column!r} (its columns: {', '.join(header)}).")
+            raise MissingColumn(f"{name} has no column {column!r} (its columns: {', '.join(header)}).",
+                                column)
     for row in reader:
         if not any(cell.strip() for cell in row):
             continue
@@ -76,17 +94,12 @@ def parse_records(name: str, text: str, kind: str, columns=()) -> Iterator[tuple
         yield reader.line_num, dict(zip(header, row))
 
 
-def read_records(path: str) -> Iterator[tuple[int, dict]]:
-    """`parse_records` of a .csv, .tsv or .jsonl file."""
-    with open(path, encoding="utf-8", newline="") as f:
-        text = f.read()
-    return parse_records(path, text, KINDS[os.path.splitext(path)[1].lower()])
-
-
-def field(record: dict, column: str, path: str, line: int):
-    if column not in record:
-        raise DataError(f"{path}:{line}: no column {column!r} (the row has {sorted(record)}).")
-    return record[column]
+def read_records(path: str, columns=()) -> list[tuple[int, dict]]:
+    """`parse_records` of a .csv, .tsv or .jsonl file, each record holding `columns`."""
+    records = list(parse_records(path, read_text(path), KINDS[os.path.splitext(path)[1].lower()], columns))
+    if not records:
+        raise DataError(f"{path} has no examples.")
+    return records
 
 
 def _sorted_labels(values) -> tuple[str, ...]:
@@ -117,10 +130,7 @@ class TextClassificationTask(GlueTask):
 
     def _training_labels(self) -> tuple[str, ...]:
         path = split_file(self.data_dir, "train", self.name)
-        records = list(read_records(path))
-        if not records:
-            raise DataError(f"{path} has no examples.")
-        labels = _sorted_labels(str(field(r, self.label_column, path, n)) for n, r in records)
+        labels = _sorted_labels(str(r[self.label_column]) for _, r in read_records(path, (self.label_column,)))
         if len(labels) < 2:
             raise DataError(f"{path}: column {self.label_column!r} holds {len(labels)} distinct "
                             f"label(s) {list(labels)}; classification needs at least 2.")
@@ -132,13 +142,11 @@ class TextClassificationTask(GlueTask):
     def load(self, split: str) -> list[GlueExample]:
         path = self.split_file(split)
         examples = []
-        for n, record in read_records(path):
-            texts = tuple(str(field(record, c, path, n)) for c in self.text_columns)
+        for n, record in read_records(path, self.text_columns):
+            texts = tuple(str(record[c]) for c in self.text_columns)
             label = (self._parse_label(str(record[self.label_column]), path, n)
-                     if self.label_column in record else -1)
+                     if self.label_column in record else -1)  # test files may have no labels
             examples.append(GlueExample(texts, label, len(examples)))
-        if not examples:
-            raise DataError(f"{path} has no examples.")
         return examples
 
 
@@ -153,24 +161,23 @@ class TokenClassificationTask(ConllTask):
         self._labels = tuple(labels) or self._training_labels()
 
     def _training_labels(self) -> tuple[str, ...]:
-        path = split_file(self.data_dir, "train", self.name)
-        tags = {str(t) for n, r in read_records(path) for t in field(r, self.tags_column, path, n)}
+        tags = {str(t) for _, _, tags in self._sentences("train") for t in tags}
         return ("O",) * ("O" in tags) + _sorted_labels(tags - {"O"})
 
-    def load(self, split: str) -> list[Sentence]:
+    def _sentences(self, split: str) -> Iterator[tuple[tuple[str, int], list, list]]:
+        """((path, line), words, tags) of every record, both lists of the same length."""
         path = split_file(self.data_dir, split, self.name)
-        sentences = []
-        for n, record in read_records(path):
-            words, tags = field(record, self.tokens_column, path, n), field(record, self.tags_column, path, n)
-            if isinstance(tags, str) or isinstance(words, str):
+        for n, record in read_records(path, (self.tokens_column, self.tags_column)):
+            words, tags = record[self.tokens_column], record[self.tags_column]
+            if not isinstance(words, list) or not isinstance(tags, list):
                 raise DataError(f"{path}:{n}: {self.tokens_column!r} and {self.tags_column!r} must be lists.")
             if len(words) != len(tags):
                 raise DataError(f"{path}:{n}: {len(words)} tokens but {len(tags)} tags.")
-            tags = [self._tag(t, path, n) for t in tags]
-            sentences.append(Sentence([str(w) for w in words], tags))
-        if not sentences:
-            raise DataError(f"{path} has no examples.")
-        return sentences
+            yield (path, n), words, tags
+
+    def load(self, split: str) -> list[Sentence]:
+        return [Sentence([str(w) for w in words], [self._tag(t, *where) for t in tags])
+                for where, words, tags in self._sentences(split)]
 
     def _tag(self, tag, path: str, line: int) -> str:
         if isinstance(tag, int) and str(tag) not in self._labels:

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from distilbert_jax import hf, losses, modeling, sharding, student
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import corpus
-from distilbert_jax.data.task import prefetch
+from distilbert_jax.data.task import DataError, prefetch
 from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import checks, loop, workdir as workdirs
 from distilbert_jax.train import state as train_state
@@ -148,17 +148,22 @@ def build_student(config, teacher, teacher_params, tokenizer, layout: sharding.L
 
 
 def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
-    """The prepared corpus, tokenising `corpus_files` first if needed (process 0 only; the others
-    wait for it, so no two processes write the same files)."""
+    """The prepared corpus of `corpus_files` (tokenised first if needed, by process 0 only, the
+    others waiting, so no two processes write the same files), or the one in `corpus_dir`; either
+    way made with this tokenizer and no longer than `max_length`."""
     corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
-    if not os.path.exists(os.path.join(corpus_dir, "meta.json")):
-        if not config.corpus_files:
-            raise ConfigError(f"No prepared corpus in {corpus_dir} and no corpus_files to prepare one.")
-        if jax.process_index() == 0:
-            corpus.prepare(list(config.corpus_files), tokenizer, corpus_dir, config.max_length)
+    if not config.corpus_files and not os.path.exists(os.path.join(corpus_dir, "meta.json")):
+        raise ConfigError(f"No prepared corpus in {corpus_dir} and no corpus_files to prepare one.")
+    if config.corpus_files and jax.process_index() == 0:  # a corpus there must be of these files
+        corpus.prepare(list(config.corpus_files), tokenizer, corpus_dir, config.max_length)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("corpus prepared")
     corpus.check_tokenizer(corpus_dir, tokenizer, tokenizer_name=f"the tokenizer of {config.teacher}")
+    made_at = corpus.read_meta(corpus_dir).get("max_length", 0)
+    if made_at > config.max_length:
+        raise DataError(f"The corpus in {corpus_dir} holds sequences of up to {made_at} tokens, more "
+                        f"than max_length={config.max_length}; prepare one at that length or set "
+                        f"max_length={made_at}.")
     return corpus.Corpus.load(corpus_dir)
 
 
