@@ -7,8 +7,8 @@ Outputs use HF's field names. Heads return logits; losses live in `losses.py`.
 
 What `apply` does not check (it runs traced, so it cannot raise on values): every id must lie in
 [0, vocab_size) and no sequence may be longer than max_position_embeddings; outside them XLA's
-gather clamps or returns garbage (NaN) silently. The checked paths refuse both up front: the jobs
-(`train.checks.check_length`, tokenizer vocabulary against the model's) and the `Tokenizer`.
+gather clamps or returns garbage (NaN) silently. `check_fits` refuses both up front; every job
+and `pipeline` calls it on the checkpoint's config and tokenizer before loading weights.
 """
 
 from __future__ import annotations
@@ -24,6 +24,18 @@ from distilbert_jax import layers
 from distilbert_jax.config import BertConfig, ConfigError, DistilBertConfig
 
 Array = jax.Array
+
+
+def check_fits(model_config, name: str, max_length: int, vocab_size: int | None = None) -> None:
+    """Refuses sequences longer than the position table or a tokenizer whose ids reach past the
+    embedding table (`apply` would read garbage silently): one ConfigError naming `name`."""
+    if max_length > model_config.max_position_embeddings:
+        raise ConfigError(
+            f"max_length={max_length} is longer than {name} can hold: it has "
+            f"{model_config.max_position_embeddings} positions (max_position_embeddings).")
+    if vocab_size is not None and vocab_size > model_config.vocab_size:
+        raise ConfigError(f"The tokenizer of {name} has a vocabulary of {vocab_size} tokens, more "
+                          f"than the model's vocab_size ({model_config.vocab_size}).")
 
 
 # ------------------------------------------------------------------------------------------------

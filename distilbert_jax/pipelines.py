@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from distilbert_jax import hf, modeling
-from distilbert_jax.config import BertConfig
+from distilbert_jax.config import BertConfig, ConfigError
+from distilbert_jax.data.task import bucket_for
 from distilbert_jax.tokenizer import Tokenizer, TokenizerError
 
 ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
@@ -58,10 +59,13 @@ class Pipeline:
         if int(batch_size) < 1:
             raise PipelineError(f"batch_size={batch_size} must be at least 1.")
         self.model, self.params, self.tokenizer = model, params, tokenizer
-        self.directory = directory
         self.batch_size = int(batch_size)
         self.max_length = int(max_length or min(tokenizer.model_max_length,
                                                 model.config.max_position_embeddings))
+        try:
+            modeling.check_fits(model.config, directory or "the model", self.max_length, tokenizer.vocab_size)
+        except ConfigError as e:
+            raise PipelineError(str(e)) from None
         self.buckets = tuple(sorted({b for b in buckets if b < self.max_length} | {self.max_length}))
         self.defaults = defaults
         self._check_options(defaults)
@@ -123,8 +127,8 @@ class Pipeline:
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             longest = len(features[chunk[-1]]["input_ids"])
-            length = next((b for b in self.buckets if b >= longest), longest)
-            rows = 1 << (len(chunk) - 1).bit_length()  # batch sizes are powers of two
+            length = bucket_for(longest, self.buckets)
+            rows = min(1 << (len(chunk) - 1).bit_length(), self.batch_size)  # few batch shapes
             batch = {k: np.zeros((rows, length), np.int32)
                      for k in ("input_ids", "attention_mask", "token_type_ids")}
             batch["attention_mask"][:, 0] = 1  # padding rows attend to something
@@ -786,7 +790,10 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
         module, params = model
         if tokenizer is None:
             raise PipelineError("A (module, params) model needs tokenizer= (a directory or a Tokenizer).")
-        _check_head(cls, type(module).__name__, _head_of(module), "the given model", task)
+        if cls.head is None:  # features come from the encoder, whatever head the model has
+            module, params = _encoder_of(module, params)
+        else:
+            _check_head(cls, type(module).__name__, _head_of(module), "the given model", task)
     elif isinstance(model, (str, os.PathLike)):
         directory = hf.resolve(model)
         config, architectures = hf.read_config(directory)
@@ -808,11 +815,20 @@ def _head_of(module: nn.Module) -> str | None:
     return next((h for h, c in modeling.MODEL_CLASSES[family].items() if isinstance(module, c)), None)
 
 
+def _encoder_of(module: nn.Module, params):
+    """The bare encoder (module, params) of a model with or without a head."""
+    family = "bert" if isinstance(module.config, BertConfig) else "distilbert"
+    encoder = modeling.MODEL_CLASSES[family]["base"]
+    if isinstance(module, encoder):
+        return module, params
+    params = params[family]
+    options = {"add_pooling_layer": "pooler" in params} if family == "bert" else {}
+    return encoder(module.config, dtype=module.dtype, **options), params
+
+
 def _check_head(cls, what: str, head: str | None, where: str, task: str):
-    if cls.head is None:  # any checkpoint's encoder gives features
-        return
     if head != cls.head:
-        needs = " or ".join(modeling.MODEL_CLASSES[f][cls.head or "base"].__name__
+        needs = " or ".join(modeling.MODEL_CLASSES[f][cls.head].__name__
                             for f in ("distilbert", "bert"))
         raise PipelineError(f"{where} is {'a ' if what.startswith(('Distil', 'Bert')) else ''}{what}; "
                             f"the {task!r} pipeline needs a {needs} checkpoint.")

@@ -3,6 +3,7 @@
 output. Labels, tokens, words, answers and character offsets must be equal; scores and vectors
 within 1e-4."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -104,6 +105,15 @@ def test_one_compile_per_shape():
     assert pipe._apply._cache_size() == 3
 
 
+def test_batches_are_powers_of_two_up_to_batch_size():
+    pipe = dj.pipeline("text-classification", model=model_path("distilbert_sentiment"), batch_size=6,
+                       buckets=(16,))
+    shapes, apply = [], pipe._apply
+    pipe._apply = lambda params, batch: shapes.append(batch["input_ids"].shape) or apply(params, batch)
+    pipe(["john is in paris."] * 9)  # a full batch of 6, then 3 texts padded to 4 rows
+    assert shapes == [(6, 16), (4, 16)]
+
+
 def test_token_classification_stride_reads_long_texts(tmp_path):
     pipe = cached_pipeline("token-classification", "distilbert_ner")
     text = " ".join(["john is in paris and mary is in london."] * 12)  # > 64 tokens
@@ -122,6 +132,25 @@ def test_sentence_embeddings_on_a_plain_checkpoint(tiny_bert):
     assert vectors.shape == (2, 32) and not np.allclose(np.linalg.norm(vectors, axis=-1), 1.0)
     unit = pipe("mary", normalize=True)
     assert isinstance(unit, list) and abs(np.linalg.norm(unit) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("fixture", ["distilbert_sentiment", "bert_qa"])
+def test_features_of_a_model_with_a_head_come_from_its_encoder(fixture):
+    directory = model_path(fixture)
+    pair = dj.from_pretrained(directory)
+    for task in ("feature-extraction", "sentence-embeddings"):
+        ours = dj.pipeline(task, model=pair, tokenizer=directory)("john is in paris", return_tensors=True)
+        loaded = dj.pipeline(task, model=directory)("john is in paris", return_tensors=True)
+        np.testing.assert_array_equal(ours, loaded)
+
+
+def test_lengths_and_vocabularies_the_model_cannot_hold_are_refused(tiny_model):
+    with pytest.raises(pipelines.PipelineError, match="max_length=1000 is longer than .* positions"):
+        dj.pipeline("text-classification", model=model_path("distilbert_sentiment"), max_length=1000)
+    model, params = dj.from_pretrained(model_path("distilbert_sentiment"))
+    small = model.clone(config=dataclasses.replace(model.config, vocab_size=10))
+    with pytest.raises(pipelines.PipelineError, match="vocabulary of .* tokens, more than the model's vocab_size"):
+        dj.pipeline("text-classification", model=(small, params), tokenizer=model_path("distilbert_sentiment"))
 
 
 def test_a_loaded_model_and_tokenizer_pair(tiny_model):

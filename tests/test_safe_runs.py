@@ -148,7 +148,7 @@ def test_a_vocabulary_larger_than_the_model_is_refused(tmp_path):
     with open(os.path.join(model, "vocab.txt"), "a", encoding="utf-8") as f:
         f.write("".join(f"extra{i}\n" for i in range(10)))  # 109 tokens, the model embeds 99
     data = write_sst2(tmp_path / "SST-2")
-    with pytest.raises(loop.TrainingError, match=r"vocabulary \(109\) is larger than the model's vocab_size \(99\)"):
+    with pytest.raises(ConfigError, match=r"a vocabulary of 109 tokens, more than the model's vocab_size \(99\)"):
         jobs.run(tiny_config(model, data, "sst2"), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 

@@ -1,6 +1,6 @@
 """The checks every training job runs on its config before loading anything or writing anything:
-batch sizes that fit the mesh and the accumulation, known compute dtypes, bucket lengths, and
-sequence lengths the model can hold."""
+batch sizes that fit the mesh and the accumulation, known compute dtypes and bucket lengths. What
+the model can hold is `modeling.check_fits`, run on the checkpoint before its weights load."""
 
 from __future__ import annotations
 
@@ -51,12 +51,3 @@ def check_training(config, layout) -> None:
             raise ConfigError(
                 f"{name}={size} must be a multiple of the {layout.data_ways} devices a batch is split "
                 f"over (mesh {dict(layout.mesh.shape)}) and of {jax.process_count()} processes.")
-
-
-def check_length(max_length: int, model_config, model_name: str) -> None:
-    """Refuses sequences longer than the model has positions for (they would read past the
-    position table and give NaN or garbage silently)."""
-    if max_length > model_config.max_position_embeddings:
-        raise ConfigError(
-            f"max_length={max_length} is longer than {model_name} can hold: it has "
-            f"{model_config.max_position_embeddings} positions (max_position_embeddings).")

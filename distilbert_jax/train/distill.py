@@ -113,7 +113,8 @@ def load_teacher(config, layout: sharding.Layout):
     """(teacher model, params, tokenizer): with its MLM head when the checkpoint has one."""
     directory = hf.resolve(config.teacher)
     saved, architectures = hf.read_config(directory)
-    checks.check_length(config.max_length, saved, config.teacher)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    modeling.check_fits(saved, config.teacher, config.max_length, tokenizer.vocab_size)
     if saved.model_type != "bert":
         raise ConfigError(f"The teacher {config.teacher} is a {saved.model_type!r} model; "
                           "distillation needs a BERT teacher.")
@@ -127,7 +128,7 @@ def load_teacher(config, layout: sharding.Layout):
     model, params = hf.from_pretrained(directory, head="masked_lm" if needs_logits else "base",
                                        dtype=checks.dtype(config, "teacher_dtype"),
                                        shardings=layout.params)
-    return model, params, Tokenizer.from_pretrained(directory)
+    return model, params, tokenizer
 
 
 def build_student(config, teacher, teacher_params, tokenizer, layout: sharding.Layout):
@@ -299,11 +300,11 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     checks.check_training(config, layout)
     workdirs.check_resume(config, workdir)
     directory = hf.resolve(config.teacher)
-    checks.check_length(config.max_length, hf.read_config(directory)[0], config.teacher)
-    model, params = hf.from_pretrained(directory, head="masked_lm", seed=config.seed,
-                                       dtype=checks.dtype(config),
-                                       shardings=layout.params)
     tokenizer = Tokenizer.from_pretrained(directory)
+    modeling.check_fits(hf.read_config(directory)[0], config.teacher, config.max_length,
+                        tokenizer.vocab_size)
+    model, params = hf.from_pretrained(directory, head="masked_lm", seed=config.seed,
+                                       dtype=checks.dtype(config), shardings=layout.params)
     data = load_corpus(config, tokenizer, workdir)
     mask = masker(config, data.counts, tokenizer, model.config.vocab_size)
 

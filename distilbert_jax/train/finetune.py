@@ -101,7 +101,8 @@ def build_task(config) -> Task:
 def load_model(config, task: Task, layout: sharding.Layout, require_trained_head: bool = False,
                path: str | None = None):
     """(model, params, tokenizer) with the task's head and label space on `path` (default
-    `config.model`), params placed by `layout`; refuses a max_length the model cannot hold."""
+    `config.model`), params placed by `layout`; refuses a max_length or a vocabulary the model
+    cannot hold."""
     path = path or config.model
     overrides = dict(config.get("model_overrides", {}))
     if task.label_names:
@@ -110,7 +111,8 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
         overrides["problem_type"] = task.problem_type
     directory = hf.resolve(path)
     saved, architectures = hf.read_config(directory)
-    checks.check_length(config.max_length, saved, path)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    modeling.check_fits(saved, path, config.max_length, tokenizer.vocab_size)
     if require_trained_head:
         head = hf.head_from_architectures(saved.model_type, architectures)
         if head != task.head:
@@ -121,10 +123,6 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
     model, params = hf.from_pretrained(directory, head=task.head, num_labels=task.num_labels,
                                        dtype=checks.dtype(config), seed=config.seed,
                                        shardings=layout.params, **overrides)
-    tokenizer = Tokenizer.from_pretrained(directory)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise TrainingError(f"The tokenizer's vocabulary ({tokenizer.vocab_size}) is larger than "
-                            f"the model's vocab_size ({model.config.vocab_size}).")
     return model, params, tokenizer
 
 
