@@ -301,5 +301,9 @@ def test_sweep_set_takes_mains_form_too():
         2, False, (16, 48), "packaged:all-MiniLM-L6-v2")
     with pytest.raises(ValueError, match=r"^the config has no field 'lrr' \(did you mean 'lr'\?\)$"):
         sweep.load_config("configs/glue.py", "sst2", {"lrr": "1"})
+    nested = sweep.load_config("configs/custom.py", "text", {"task_options.label_column": "stars"})
+    assert nested.task_options.label_column == "stars"
+    with pytest.raises(ValueError, match=r"^the config has no field 'task_options.label_colum'"):
+        sweep.load_config("configs/custom.py", "text", {"task_options.label_colum": "stars"})
     with pytest.raises(ValueError, match=r"^--set=lr is not of the form field=value"):
         sweep.parse_set(["lr"])

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distilbert_jax import io
 from distilbert_jax.data.task import DataError
 from distilbert_jax.losses import IGNORE_INDEX
 
@@ -218,9 +219,7 @@ def _start_or_resume(out_dir: str, recipe: dict) -> None:
                   "preparation of other files or with another tokenizer", file=sys.stderr, flush=True)
         for part in stale:
             os.remove(part)
-        with open(recipe_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(recipe, f, indent=2)
-        os.replace(recipe_path + ".tmp", recipe_path)
+        io.write_json(recipe_path, recipe)
 
 
 def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512,
@@ -278,9 +277,7 @@ def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512
             "max_length": max_length, "vocab_size": tokenizer.vocab_size,
             "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
             "seconds": round(time.perf_counter() - start, 1), "bytes": total_bytes}
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(meta_path + ".tmp", meta_path)
+    io.write_json(meta_path, meta)
     for part in parts:
         os.remove(part)
     os.remove(os.path.join(out_dir, RECIPE))

@@ -92,14 +92,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     head = copy.deepcopy(config.head)
     head.update(teacher=config.teacher, corpus_files=(*config.corpus_files, text), corpus_dir=corpus_dir)
-    _stage(distill.fit_teacher_head, head, os.path.join(workdir, "head"))
+    workdirs.run_once(distill.fit_teacher_head, head, os.path.join(workdir, "head"))
 
     models = {"teacher": config.teacher}
     for variant in config.variants:
         c = copy.deepcopy(config.distill)
         c.update(teacher=os.path.join(workdir, "head", "teacher"), corpus_dir=corpus_dir,
                  **VARIANTS[variant])
-        _stage(distill.distill, c, os.path.join(workdir, "distill", variant))
+        workdirs.run_once(distill.distill, c, os.path.join(workdir, "distill", variant))
         models[variant] = os.path.join(workdir, "distill", variant, "student")
 
     scores = {}
@@ -109,7 +109,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 c = copy.deepcopy(config.finetune)
                 c.update(task=task, model=model, seed=seed,
                          data_dir=os.path.join(config.glue_dir, glue.SPECS[task].directory))
-                results = _stage(finetune.train_and_evaluate, c,
+                results = workdirs.run_once(finetune.train_and_evaluate, c,
                                  os.path.join(workdir, "glue", name, task, f"seed{seed}"))
                 scores.setdefault(name, {}).setdefault(task, []).append(glue_score(results["eval"]["dev"]))
 
@@ -124,20 +124,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     io.write_text(os.path.join(workdir, "tables.md"), markdown)
     print(markdown)
     return summary
-
-
-def _stage(job, config, workdir: str) -> dict:
-    """Runs `job(config, workdir)` unless it already finished there with this same config (another
-    config is refused, as every job refuses it: its results would be reused silently); returns its
-    results.json."""
-    path = os.path.join(workdir, "results.json")
-    if os.path.exists(path):
-        workdirs.check_resume(config, workdir)
-    else:
-        log.info("miniature: %s -> %s", job.__name__, workdir)
-        job(config, workdir)
-    with open(path) as f:
-        return json.load(f)
 
 
 def _cached(path: str, compute) -> dict:

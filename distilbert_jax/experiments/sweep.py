@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
 import importlib.util
 import itertools
 import json
@@ -25,9 +24,10 @@ import statistics
 import sys
 from typing import Any
 
-from distilbert_jax import configs
+from distilbert_jax import configs, io, jobs
 from distilbert_jax.config import did_you_mean
 from distilbert_jax.metrics import glue_score
+from distilbert_jax.train import workdir as workdirs
 
 # The split whose scores the table reports.
 MAIN_SPLIT = "dev"
@@ -73,18 +73,20 @@ def load_config(path: str, arg: str, overrides: dict[str, str]):
     spec.loader.exec_module(module)
     config = module.get_config(arg) if arg else module.get_config()
     for key, value in overrides.items():
-        if key not in config:
+        *parents, name = key.split(".")  # task_options.label_column, as main takes it
+        node = config
+        for part in parents:
+            node = node.get(part) if hasattr(node, "get") else None
+        if not hasattr(node, "keys") or name not in node:
             hint = did_you_mean(key, config.keys())
             raise ValueError(f"the config has no field {key!r}"
                              + (hint if hint else "; see the config file for the fields it has."))
-        config[key] = _value(value)
+        node[name] = _value(value)
     return config
 
 
 def run_sweep(args) -> list[str]:
     """Trains (or prints launch lines for) every grid point; returns the run directories."""
-    from distilbert_jax import jobs
-
     overrides = parse_set(args.set)
     tasks = args.tasks.split(",")
     default = load_config(args.config, tasks[0], {}).get("sweep", {})
@@ -103,11 +105,9 @@ def run_sweep(args) -> list[str]:
             print(" ".join(["launch/tpu.sh", "run", f"{args.config}:{point['task']}", workdir]
                            + [shlex.quote(f) for f in flags]))
             continue
-        if os.path.exists(os.path.join(workdir, "results.json")):
-            continue
         config = load_config(args.config, point["task"], overrides)
         config.lr, config.seed = point["lr"], point["seed"]
-        jobs.run(config, workdir)
+        workdirs.run_once(jobs.run, config, workdir)  # a finished point is kept, if of this config
     return dirs
 
 
@@ -154,14 +154,11 @@ def write_table(root: str) -> str:
                 "Best learning rate (seeds): " + ", ".join(
                     f"{s['task']} {s['lr']:g} ({s['seeds']})" for s in summary)]
     text = "\n".join(markdown) + "\n"
-    with open(os.path.join(root, "table.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(root, "table.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["task", "score", "best_lr", "seeds"])
-        for s in summary:
-            writer.writerow([s["task"], f"{s['score']:.2f}", s["lr"], s["seeds"]])
-        writer.writerow(["macro", f"{macro:.2f}", "", ""])
+    io.write_text(os.path.join(root, "table.md"), text)
+    table_csv = [["task", "score", "best_lr", "seeds"]] + [
+        [s["task"], f"{s['score']:.2f}", s["lr"], s["seeds"]] for s in summary] + [
+        ["macro", f"{macro:.2f}", "", ""]]
+    io.write_text(os.path.join(root, "table.csv"), "".join(",".join(map(str, r)) + "\n" for r in table_csv))
     plot(summary, macro, os.path.join(root, "table.png"))
     return text
 
@@ -202,7 +199,7 @@ def main(argv=None):
                 print(write_table(args.root))
         else:
             print(write_table(args.root))
-    except (KeyError, ValueError, TypeError, OSError) as e:
+    except (*jobs.USER_ERRORS, KeyError, ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

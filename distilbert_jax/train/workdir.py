@@ -117,6 +117,18 @@ def record(config, workdir: str) -> None:
         f.write(json.dumps({"started": started, "config": fields}) + "\n")
 
 
+def run_once(job, config, workdir: str) -> dict:
+    """The results of `job(config, workdir)`: read back when the job already finished there under
+    this config (another config is refused, as every start refuses it), else from running it now."""
+    path = os.path.join(workdir, "results.json")
+    if os.path.exists(path):
+        check_resume(config, workdir)
+    else:
+        job(config, workdir)
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_results(workdir: str, results: dict, name: str = "results.json") -> None:
     """A job's summary (process 0 writes it)."""
     if jax.process_index() == 0:
