@@ -64,8 +64,6 @@ class _ConfigBase:
         self._check_sizes()
         if self.problem_type not in PROBLEM_TYPES:
             raise ConfigError(f"problem_type={self.problem_type!r} is not one of {PROBLEM_TYPES}.")
-        if self.num_labels < 1:
-            raise ConfigError(f"num_labels={self.num_labels} must be at least 1.")
         if self.id2label is not None and len(self.id2label) != self.num_labels:
             raise ConfigError(
                 f"id2label has {len(self.id2label)} labels but num_labels={self.num_labels}.")
@@ -78,6 +76,8 @@ class _ConfigBase:
                 f"{heads}={self.num_attention_heads} does not divide {width}={self.hidden_size}.")
         for name in self.dropout_fields():
             value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{name}={value!r} must be a number.")
             if value is not None and not 0.0 <= value < 1.0:
                 raise ConfigError(f"{name}={value} must be in [0, 1).")
 
@@ -94,10 +94,6 @@ class _ConfigBase:
                 raise ConfigError(f"{f.name}={value!r} must be a whole number.")
             if not 1 <= value <= limit:
                 raise ConfigError(f"{f.name}={value} must be between 1 and {limit:,}.")
-        for name in self.dropout_fields():
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ConfigError(f"{name}={value!r} must be a number.")
 
     @classmethod
     def dropout_fields(cls) -> tuple[str, ...]:

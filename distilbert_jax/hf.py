@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import stat
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -327,12 +328,6 @@ def _is_encoder_key(key: str, family: str, config) -> bool:
     return body.startswith(("embeddings.", "transformer.", "encoder."))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_pretrained(out_dir: str | os.PathLike, model: nn.Module, params: Params, tokenizer=None):
     """Writes config.json + model.safetensors (PyTorch names) [+ tokenizer files], each atomically.
 
@@ -341,12 +336,14 @@ def save_pretrained(out_dir: str | os.PathLike, model: nn.Module, params: Params
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     state = to_pytorch_state_dict(params)
-    weights = os.path.join(out_dir, "model.safetensors")
-    safetensors.numpy.save_file(state, weights + ".tmp", metadata={"format": "pt"})
-    os.chmod(weights + ".tmp", 0o666 & ~_umask())  # safetensors writes 0600: others could not read it
-    os.replace(weights + ".tmp", weights)
     config_path = os.path.join(out_dir, "config.json")
     model.config.to_json_file(config_path + ".tmp", architectures=[type(model).__name__])
+    weights = os.path.join(out_dir, "model.safetensors")
+    safetensors.numpy.save_file(state, weights + ".tmp", metadata={"format": "pt"})
+    # safetensors writes 0600, which others could not read: give it the mode (the umask's) of
+    # the config file just written, without touching the process-wide umask
+    os.chmod(weights + ".tmp", stat.S_IMODE(os.stat(config_path + ".tmp").st_mode))
+    os.replace(weights + ".tmp", weights)
     os.replace(config_path + ".tmp", config_path)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)

@@ -269,6 +269,9 @@ class FillMaskPipeline(Pipeline):
 # text-classification
 # ------------------------------------------------------------------------------------------------
 
+_BEST_ONLY = object()  # top_k not given
+
+
 class TextClassificationPipeline(Pipeline):
     """transformers' TextClassificationPipeline: {label, score} with id2label names; softmax over
     labels, sigmoid for one label or multi_label_classification, nothing for regression, or
@@ -280,13 +283,8 @@ class TextClassificationPipeline(Pipeline):
     def _options(self):
         return {"top_k", "function_to_apply"}
 
-    def __call__(self, inputs=None, **options):
-        legacy = "top_k" not in {**self.defaults, **options}
-        options = {**self.defaults, **options}
-        self._check_options(options)
-        return self._run(inputs, legacy=legacy, **options)
-
-    def _run(self, inputs, legacy=True, top_k=1, function_to_apply=None):
+    def _run(self, inputs, top_k=_BEST_ONLY, function_to_apply=None):
+        legacy = top_k is _BEST_ONLY  # transformers' output shape when top_k is not given
         single = isinstance(inputs, (str, dict))
         items = [inputs] if single else inputs
         if not isinstance(items, (list, tuple)) or not items:
@@ -323,16 +321,13 @@ class TextClassificationPipeline(Pipeline):
         results = []
         for out in outputs:
             scores = function(out["logits"])
-            if top_k == 1 and legacy:
+            if legacy:
                 best = int(scores.argmax())
                 results.append({"label": labels[best], "score": float(scores[best])})
                 continue
-            ranked = [{"label": labels[j], "score": float(s)} for j, s in enumerate(scores)]
-            if not legacy:
-                ranked.sort(key=lambda x: x["score"], reverse=True)
-                if top_k is not None:
-                    ranked = ranked[:top_k]
-            results.append(ranked)
+            ranked = sorted(({"label": labels[j], "score": float(s)} for j, s in enumerate(scores)),
+                            key=lambda x: x["score"], reverse=True)
+            results.append(ranked if top_k is None else ranked[:top_k])
         if single:  # as transformers: one string without top_k gives [best]; one pair gives best
             return [results[0]] if legacy and isinstance(inputs, str) else results[0]
         return results
@@ -742,13 +737,13 @@ def _sentence_transformers_settings(directory: str | None) -> dict:
         pooling = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
         if pooling is not None:
             with open(os.path.join(directory, pooling.get("path", ""), "config.json"), encoding="utf-8") as f:
-                mode = json.load(f)
-            if not mode.get("pooling_mode_mean_tokens", True):
-                raise PipelineError(f"{directory} pools its embeddings by {mode}; the "
-                                    "'sentence-embeddings' pipeline does mean pooling only.")
-    except (OSError, ValueError, AttributeError) as e:
-        if isinstance(e, PipelineError):
-            raise
+                settings["pooling"] = json.load(f)
+    except (OSError, ValueError, AttributeError):
+        pass
+    pooling = settings.get("pooling")
+    if isinstance(pooling, dict) and not pooling.get("pooling_mode_mean_tokens", True):
+        raise PipelineError(f"{directory} pools its embeddings by {pooling}; the "
+                            "'sentence-embeddings' pipeline does mean pooling only.")
     return settings
 
 

@@ -200,22 +200,9 @@ class Tokenizer:
         else:
             batched = isinstance(text, (list, tuple))
         texts = list(text) if batched else [text]
-        pairs = None
-        if text_pair is not None:
-            pairs = list(text_pair) if batched else [text_pair]
-            if len(pairs) != len(texts):
-                raise TokenizerError(
-                    f"text has {len(texts)} items but text_pair has {len(pairs)}.")
-        for t in texts + (pairs or []):
-            words = t if is_split_into_words and isinstance(t, (list, tuple)) else [t]
-            if not all(isinstance(w, str) for w in words):
-                raise TokenizerError(f"Expected a string to encode, got {type(t).__name__}: {t!r}.")
-        self._configure(max_length, truncation, padding, stride, pad_to_multiple_of)
-        inputs = texts if pairs is None else list(zip(texts, pairs))
-        try:
-            encodings = self.backend.encode_batch(inputs, is_pretokenized=is_split_into_words)
-        except Exception as e:  # the Rust side reports e.g. a stride too large for max_length
-            raise TokenizerError(f"Tokenization failed: {e}.") from None
+        pairs = None if text_pair is None else (list(text_pair) if batched else [text_pair])
+        windows = self.encodings(texts, pairs, max_length, truncation, stride, return_overflowing_tokens,
+                                 padding, pad_to_multiple_of, is_split_into_words)
 
         out: dict[str, list] = {"input_ids": [], "attention_mask": []}
         if return_token_type_ids:
@@ -228,8 +215,7 @@ class Tokenizer:
             out["overflow_to_sample_mapping"] = []
         if return_word_ids:
             out["word_ids"] = []
-        for sample, encoding in enumerate(encodings):
-            pieces = [encoding] + (list(encoding.overflowing) if return_overflowing_tokens else [])
+        for sample, pieces in enumerate(windows):
             for e in pieces:
                 out["input_ids"].append(e.ids)
                 out["attention_mask"].append(e.attention_mask)
@@ -252,21 +238,27 @@ class Tokenizer:
             return Encoding({k: v[0] for k, v in out.items()})
         return Encoding(out)
 
-    def encodings(self, text: Sequence[str], text_pair: Sequence[str] | None = None,
-                  max_length: int | None = None, truncation=False, stride: int = 0,
-                  return_overflowing_tokens: bool = False) -> list[list[tokenizers.Encoding]]:
-        """The `tokenizers.Encoding` of each text (or pair), unpadded, as a list per text: the first
-        window, then the overflowing ones when asked. Encodings also answer `sequence_ids`,
-        `word_ids`, `token_to_word` and `word_to_chars`, which the pipelines use to map back to
-        characters; the ids, masks and offsets are those `__call__` returns for the same arguments."""
+    def encodings(self, text: Sequence, text_pair: Sequence | None = None, max_length: int | None = None,
+                  truncation=False, stride: int = 0, return_overflowing_tokens: bool = False,
+                  padding=False, pad_to_multiple_of: int | None = None, is_split_into_words: bool = False
+                  ) -> list[list[tokenizers.Encoding]]:
+        """The `tokenizers.Encoding` of each text (or pair) as a list per text: the first window,
+        then the overflowing ones when asked (unpadded unless `padding`). `__call__` is built on
+        it. Encodings also answer `sequence_ids`, `word_ids`, `token_to_word` and `word_to_chars`,
+        which the pipelines use to map back to characters."""
         texts = list(text)
-        if not all(isinstance(t, str) for t in texts + list(text_pair or [])):
-            raise TokenizerError("Expected strings to encode.")
-        self._configure(max_length, truncation, False, stride, None)
-        inputs = texts if text_pair is None else list(zip(texts, text_pair))
+        pairs = None if text_pair is None else list(text_pair)
+        if pairs is not None and len(pairs) != len(texts):
+            raise TokenizerError(f"text has {len(texts)} items but text_pair has {len(pairs)}.")
+        for t in texts + (pairs or []):
+            words = t if is_split_into_words and isinstance(t, (list, tuple)) else [t]
+            if not all(isinstance(w, str) for w in words):
+                raise TokenizerError(f"Expected a string to encode, got {type(t).__name__}: {t!r}.")
+        self._configure(max_length, truncation, padding, stride, pad_to_multiple_of)
+        inputs = texts if pairs is None else list(zip(texts, pairs))
         try:
-            encoded = self.backend.encode_batch(inputs)
-        except Exception as e:
+            encoded = self.backend.encode_batch(inputs, is_pretokenized=is_split_into_words)
+        except Exception as e:  # the Rust side reports e.g. a stride too large for max_length
             raise TokenizerError(f"Tokenization failed: {e}.") from None
         return [[e] + (list(e.overflowing) if return_overflowing_tokens else []) for e in encoded]
 

@@ -67,7 +67,8 @@ def test_bad_input_is_one_clear_error(minilm_dir, tmp_path):
     tok = dj.Tokenizer.from_pretrained(minilm_dir)
     with pytest.raises(dj.TokenizerError, match="truncation='middle'"):
         tok("x", truncation="middle")
-    with pytest.raises(dj.TokenizerError, match="text_pair has 1"):
-        tok(["a", "b"], ["c"])
+    for encode in (tok, tok.encodings):  # __call__ and the Encoding objects it is built on
+        with pytest.raises(dj.TokenizerError, match="text has 2 items but text_pair has 1"):
+            encode(["a", "b"], ["c"])
     with pytest.raises(dj.TokenizerError, match="Expected a string"):
         tok([1, 2])

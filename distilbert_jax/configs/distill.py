@@ -5,8 +5,8 @@ The paper's recipe (a 6-layer student from BERT-base on your corpus of one seque
     python -m distilbert_jax.main --config=configs/distill.py:paper --workdir=runs/distilbert \
         --config.teacher=/path/to/bert-base-uncased --config.corpus_files='("/data/wiki.txt", "/data/books.txt")'
 
-all-MiniLM-L6-v2 is a bare BertModel: `minilm_head` gives it a masked-LM head (encoder frozen) on
-WikiText-2, so it can give soft targets. The whole miniature of the paper (head, the student and its
+all-MiniLM-L6-v2 is a bare BertModel: `minilm_head` gives it a masked-LM head (encoder frozen),
+trained on the text you give as --config.corpus_files (e.g. WikiText-2), so it can give soft targets. The whole miniature of the paper (head, the student and its
 ablations, GLUE, tables) is one command: configs/miniature.py.
 """
 

@@ -10,9 +10,10 @@ batch 32, 3 epochs, max length 128, no warmup, weight decay 0, linear decay. `sw
 
 from ml_collections import config_dict
 
+from distilbert_jax.data.glue import SPECS
 from distilbert_jax.train.finetune import default_config
 
-TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+TASKS = tuple(SPECS)
 # Small tasks need more epochs to converge (as in the DistilBERT GLUE runs).
 EPOCHS = {"cola": 3, "sst2": 3, "mrpc": 5, "stsb": 5, "qqp": 3, "mnli": 3, "qnli": 3, "rte": 5, "wnli": 5}
 
@@ -24,7 +25,7 @@ def get_config(arg: str = "sst2") -> config_dict.ConfigDict:
     c = default_config()
     c.task = task
     c.num_epochs = float(EPOCHS[task])
-    c.data_dir = f"glue/{_FOLDERS[task]}"  # the task's folder of the GLUE download (or data_source=tfds)
+    c.data_dir = f"glue/{SPECS[task].directory}"  # the task's folder of the GLUE download (or tfds)
     if task == "mnli":
         c.eval_splits = ("dev", "dev_mismatched")
     if variant == "minilm":  # the recipe used for the measured numbers in README
@@ -34,6 +35,3 @@ def get_config(arg: str = "sst2") -> config_dict.ConfigDict:
     c.sweep = config_dict.ConfigDict({"lr": (2e-5, 3e-5, 5e-5), "seed": (42, 43, 44, 45, 46)})
     return c
 
-
-_FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
-            "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}

@@ -164,9 +164,11 @@ def inference_speed(model_dir: str, glue_dir: str, task: str, recipe) -> dict[st
     spec_task = glue.GlueTask(task, os.path.join(glue_dir, glue.SPECS[task].directory))
     examples = spec_task.load("dev")
     features = spec_task.encode(examples, tokenizer, recipe.max_length)
-    forward = jax.jit(lambda p, ids: model.apply({"params": p}, ids, attention_mask=ids != 0)
+    pad = tokenizer.pad_token_id
+    forward = jax.jit(lambda p, ids: model.apply({"params": p}, ids, attention_mask=ids != pad)
                       .last_hidden_state)
-    padded = [np.pad(ids, (0, -len(ids) % 32))[None] for ids in features.inputs["input_ids"]]
+    padded = [np.pad(ids, (0, -len(ids) % 32), constant_values=pad)[None]
+              for ids in features.inputs["input_ids"]]
     for length in sorted({x.shape[1] for x in padded}):  # compile every shape before timing
         forward(params, jnp.zeros((1, length), jnp.int32)).block_until_ready()
     start = time.perf_counter()

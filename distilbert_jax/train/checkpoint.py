@@ -72,9 +72,9 @@ class Checkpoints:
 
     def close(self) -> None:
         """Waits for async writes to finish, then releases the managers."""
+        self.wait()
         for manager in (self.latest, self.best):
             if manager is not None:
-                manager.wait_until_finished()
                 manager.close()
 
     def __enter__(self) -> "Checkpoints":
