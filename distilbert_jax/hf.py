@@ -270,13 +270,14 @@ def head_from_architectures(family: str, architectures: list[str] | None) -> str
 
 def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
                     num_labels: int | None = None, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                    seed: int = 0, allow_pickle: bool = False,
+                    matmul_precision: str = "auto", seed: int = 0, allow_pickle: bool = False,
                     shardings: Callable[[nn.Module], Any] | None = None, **config_overrides):
     """Loads a DistilBERT or BERT checkpoint (local directory or hub id) -> (model, params).
 
     The head comes from config.json's `architectures` unless `head` names one of
     `modeling.MODEL_CLASSES[family]`. Parameters the checkpoint lacks for the head (e.g. a fresh classifier)
     are initialised with `seed` and reported; any missing encoder tensor or shape mismatch is an error.
+    `dtype`, `param_dtype` and `matmul_precision` are the model's numerics (see `modeling`).
     `config_overrides` replace config fields (e.g. dropout=0.0). `shardings(model)` may return
     where each param goes (e.g. `sharding.Layout.params`); by default the default device.
     """
@@ -288,7 +289,8 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
         raise CheckpointError(
             f"head={head!r} is not available for {family} checkpoints; choose one of "
             f"{sorted(modeling.MODEL_CLASSES[family])}.")
-    model = modeling.MODEL_CLASSES[family][head](config, dtype=dtype, param_dtype=param_dtype)
+    model = modeling.MODEL_CLASSES[family][head](config, dtype=dtype, param_dtype=param_dtype,
+                                                 matmul_precision=matmul_precision)
     abstract = modeling.abstract_params(model)
     loaded, report = from_pytorch_state_dict(read_state_dict(directory, allow_pickle), abstract, family)
 

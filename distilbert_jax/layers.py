@@ -39,10 +39,10 @@ def normal_init(stddev: float, axes: Sequence[str | None]):
 
 
 def dense(features: int, axes: tuple[str, str], *, stddev: float, dtype: Dtype,
-          param_dtype: Dtype, name: str) -> nn.Dense:
+          param_dtype: Dtype, precision: str | None, name: str) -> nn.Dense:
     """A Linear layer initialised as HF's `_init_weights` does: N(0, stddev) kernel, zero bias."""
     return nn.Dense(
-        features, dtype=dtype, param_dtype=param_dtype, name=name,
+        features, dtype=dtype, param_dtype=param_dtype, precision=precision, name=name,
         kernel_init=normal_init(stddev, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
 
@@ -85,7 +85,8 @@ def split_heads(x: jax.Array, n_heads: int) -> jax.Array:
     return x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
 
 
-def attention_probs(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
+def attention_probs(q: jax.Array, k: jax.Array, mask: jax.Array, precision: str | None = None
+                    ) -> jax.Array:
     """Softmax(q kᵀ / sqrt(d)) over keys in float32; masked keys get float32's minimum.
 
     q, k: [batch, length, heads, head_dim]; mask: [batch, key_length], nonzero = attend.
@@ -93,15 +94,15 @@ def attention_probs(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
     row becomes a uniform distribution instead of NaN in every dtype.
     """
     q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=precision).astype(jnp.float32)
     keep = mask.astype(bool)[:, None, None, :]
     scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(scores, axis=-1)
 
 
-def attend(probs: jax.Array, v: jax.Array) -> jax.Array:
+def attend(probs: jax.Array, v: jax.Array, precision: str | None = None) -> jax.Array:
     """Weighted sum of values: probs [b, h, q, k], v [b, k, h, d] -> [b, q, h*d]."""
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, precision=precision)
     return context.reshape(*context.shape[:2], -1)
 
 

@@ -66,15 +66,37 @@ class QuestionAnsweringOutput:
     attentions: Optional[tuple[Array, ...]] = None
 
 
+MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
+
+
 class _Base(nn.Module):
-    """Fields every model class has: the config, the compute dtype and the parameter dtype."""
+    """Fields every model class has: the config, the compute dtype, the parameter dtype, and the
+    matmul precision: "auto" is "highest" (true float32) for float32 compute and XLA's default for
+    lower-precision compute; "high" allows TF32 (or bf16_3x) passes for float32 on GPUs and TPUs,
+    "default" the backend's fastest. CPUs compute float32 matmuls in float32 whatever it says."""
     config: DistilBertConfig | BertConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    matmul_precision: str = "auto"
+
+    @property
+    def numerics(self) -> dict:
+        """The fields a submodule inherits."""
+        return {"dtype": self.dtype, "param_dtype": self.param_dtype,
+                "matmul_precision": self.matmul_precision}
+
+    @property
+    def precision(self) -> str | None:
+        """The `precision` every matmul of this module is given (None: the backend's default)."""
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError(f"matmul_precision={self.matmul_precision!r} is not one of {MATMUL_PRECISIONS}.")
+        if self.matmul_precision == "auto":
+            return "highest" if jnp.dtype(self.dtype) == jnp.float32 else None
+        return None if self.matmul_precision == "default" else self.matmul_precision
 
     def _dense(self, features, axes, name):
         return layers.dense(features, axes, stddev=self.config.initializer_range, dtype=self.dtype,
-                            param_dtype=self.param_dtype, name=name)
+                            param_dtype=self.param_dtype, precision=self.precision, name=name)
 
     def _layer_norm(self, name):
         return layers.layer_norm(self.config.layer_norm_eps, param_dtype=self.param_dtype, name=name)
@@ -124,9 +146,10 @@ class MultiHeadSelfAttention(_Base):
         cfg = self.config
         q, k, v = (layers.split_heads(self._dense(cfg.dim, ("embed", "heads"), name)(x), cfg.n_heads)
                    for name in ("q_lin", "k_lin", "v_lin"))
-        probs = layers.attention_probs(q, k, mask)
+        probs = layers.attention_probs(q, k, mask, self.precision)
         dropped = nn.Dropout(cfg.attention_dropout)(probs, deterministic)
-        out = self._dense(cfg.dim, ("heads", "embed"), "out_lin")(layers.attend(dropped, v))
+        context = layers.attend(dropped, v, self.precision)
+        out = self._dense(cfg.dim, ("heads", "embed"), "out_lin")(context)
         return out, probs
 
 
@@ -145,10 +168,10 @@ class TransformerBlock(_Base):
 
     @nn.compact
     def __call__(self, x, mask, deterministic):
-        attn, probs = MultiHeadSelfAttention(self.config, self.dtype, self.param_dtype,
+        attn, probs = MultiHeadSelfAttention(self.config, **self.numerics,
                                              name="attention")(x, mask, deterministic)
         h = self._layer_norm("sa_layer_norm")(attn + x).astype(self.dtype)
-        ffn = FFN(self.config, self.dtype, self.param_dtype, name="ffn")(h, deterministic)
+        ffn = FFN(self.config, **self.numerics, name="ffn")(h, deterministic)
         out = self._layer_norm("output_layer_norm")(ffn + h).astype(self.dtype)
         return layers.constrain(out, layers.HIDDEN_AXES), probs
 
@@ -161,7 +184,7 @@ class LayerStack(_Base):
     def __call__(self, x, mask, deterministic):
         hidden, attentions = [x], []
         for i in range(self.config.num_hidden_layers):
-            x, probs = self.block(self.config, self.dtype, self.param_dtype, name=str(i))(
+            x, probs = self.block(self.config, **self.numerics, name=str(i))(
                 x, mask, deterministic)
             hidden.append(x)
             attentions.append(probs)
@@ -174,7 +197,7 @@ class Encoder(_Base):
 
     @nn.compact
     def __call__(self, x, mask, deterministic):
-        return LayerStack(self.config, self.dtype, self.param_dtype, self.block, name="layer")(
+        return LayerStack(self.config, **self.numerics, block=self.block, name="layer")(
             x, mask, deterministic)
 
 
@@ -186,9 +209,9 @@ class DistilBertModel(_Base):
                  output_hidden_states: bool = False, output_attentions: bool = False):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        x = DistilBertEmbeddings(self.config, self.dtype, self.param_dtype,
+        x = DistilBertEmbeddings(self.config, **self.numerics,
                                  name="embeddings")(input_ids, deterministic)
-        x, hidden, attn = Encoder(self.config, self.dtype, self.param_dtype, TransformerBlock,
+        x, hidden, attn = Encoder(self.config, **self.numerics, block=TransformerBlock,
                                   name="transformer")(x, attention_mask, deterministic)
         return _encoder_outputs(x, hidden, attn, output_hidden_states, output_attentions)
 
@@ -198,7 +221,7 @@ class _DistilBertHead(_Base):
 
     def encode(self, input_ids, attention_mask, deterministic, output_hidden_states,
                output_attentions) -> BaseModelOutput:
-        return DistilBertModel(self.config, self.dtype, self.param_dtype, name="distilbert")(
+        return DistilBertModel(self.config, **self.numerics, name="distilbert")(
             input_ids, attention_mask, deterministic, output_hidden_states, output_attentions)
 
     def classify_cls(self, hidden, deterministic, num_outputs):
@@ -225,7 +248,7 @@ class DistilBertForMaskedLM(_DistilBertHead):
         x = x.astype(self.dtype)
         if cfg.tie_word_embeddings:
             table = _word_embeddings(self, ("distilbert", "embeddings", "word_embeddings"))
-            logits = TiedProjection(cfg, self.dtype, self.param_dtype, name="vocab_projector")(x, table)
+            logits = TiedProjection(cfg, **self.numerics, name="vocab_projector")(x, table)
         else:
             logits = self._dense(cfg.vocab_size, ("embed", "vocab"), "vocab_projector")(x)
         return LogitsOutput(logits, out.hidden_states, out.attentions)
@@ -316,7 +339,8 @@ class TiedProjection(_Base):
     def __call__(self, x, table):
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (self.config.vocab_size,), self.param_dtype)
-        return jnp.einsum("...d,vd->...v", x, table.astype(self.dtype)) + bias.astype(self.dtype)
+        logits = jnp.einsum("...d,vd->...v", x, table.astype(self.dtype), precision=self.precision)
+        return logits + bias.astype(self.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,9 +369,9 @@ class BertSelfAttention(_Base):
         cfg = self.config
         q, k, v = (layers.split_heads(self._dense(cfg.hidden_size, ("embed", "heads"), name)(x),
                                       cfg.num_attention_heads) for name in ("query", "key", "value"))
-        probs = layers.attention_probs(q, k, mask)
+        probs = layers.attention_probs(q, k, mask, self.precision)
         dropped = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic)
-        return layers.attend(dropped, v), probs
+        return layers.attend(dropped, v, self.precision), probs
 
 
 class BertResidual(_Base):
@@ -365,9 +389,9 @@ class BertResidual(_Base):
 class BertAttention(_Base):
     @nn.compact
     def __call__(self, x, mask, deterministic):
-        context, probs = BertSelfAttention(self.config, self.dtype, self.param_dtype, name="self")(
+        context, probs = BertSelfAttention(self.config, **self.numerics, name="self")(
             x, mask, deterministic)
-        out = BertResidual(self.config, self.dtype, self.param_dtype, name="output")(
+        out = BertResidual(self.config, **self.numerics, name="output")(
             context, x, deterministic)
         return out, probs
 
@@ -383,10 +407,10 @@ class BertIntermediate(_Base):
 class BertLayer(_Base):
     @nn.compact
     def __call__(self, x, mask, deterministic):
-        h, probs = BertAttention(self.config, self.dtype, self.param_dtype, name="attention")(
+        h, probs = BertAttention(self.config, **self.numerics, name="attention")(
             x, mask, deterministic)
-        inter = BertIntermediate(self.config, self.dtype, self.param_dtype, name="intermediate")(h)
-        out = BertResidual(self.config, self.dtype, self.param_dtype, ("mlp", "embed"),
+        inter = BertIntermediate(self.config, **self.numerics, name="intermediate")(h)
+        out = BertResidual(self.config, **self.numerics, features_axes=("mlp", "embed"),
                            name="output")(inter, h, deterministic)
         return layers.constrain(out, layers.HIDDEN_AXES), probs
 
@@ -412,11 +436,11 @@ class BertModel(_Base):
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = BertEmbeddings(self.config, self.dtype, self.param_dtype, name="embeddings")(
+        x = BertEmbeddings(self.config, **self.numerics, name="embeddings")(
             input_ids, token_type_ids, deterministic)
-        x, hidden, attn = Encoder(self.config, self.dtype, self.param_dtype, BertLayer,
+        x, hidden, attn = Encoder(self.config, **self.numerics, block=BertLayer,
                                   name="encoder")(x, attention_mask, deterministic)
-        pooled = (BertPooler(self.config, self.dtype, self.param_dtype, name="pooler")(x)
+        pooled = (BertPooler(self.config, **self.numerics, name="pooler")(x)
                   if self.add_pooling_layer else None)
         return _encoder_outputs(x, hidden, attn, output_hidden_states, output_attentions, pooled)
 
@@ -435,12 +459,12 @@ class BertLMPredictionHead(_Base):
     @nn.compact
     def __call__(self, x, table):
         cfg = self.config
-        x = BertPredictionHeadTransform(cfg, self.dtype, self.param_dtype, name="transform")(x)
+        x = BertPredictionHeadTransform(cfg, **self.numerics, name="transform")(x)
         if cfg.tie_word_embeddings:
-            logits = jnp.einsum("...d,vd->...v", x, table.astype(self.dtype))
+            logits = jnp.einsum("...d,vd->...v", x, table.astype(self.dtype), precision=self.precision)
         else:
             logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="decoder",
+                              param_dtype=self.param_dtype, precision=self.precision, name="decoder",
                               kernel_init=layers.normal_init(cfg.initializer_range,
                                                              ("embed", "vocab")))(x)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
@@ -451,7 +475,7 @@ class BertLMPredictionHead(_Base):
 class BertOnlyMLMHead(_Base):
     @nn.compact
     def __call__(self, x, table):
-        return BertLMPredictionHead(self.config, self.dtype, self.param_dtype,
+        return BertLMPredictionHead(self.config, **self.numerics,
                                     name="predictions")(x, table)
 
 
@@ -462,11 +486,11 @@ class BertForMaskedLM(_Base):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
                  output_attentions: bool = False, logit_positions=None):
-        out = BertModel(self.config, self.dtype, self.param_dtype, add_pooling_layer=False,
+        out = BertModel(self.config, **self.numerics, add_pooling_layer=False,
                         name="bert")(input_ids, attention_mask, token_type_ids, deterministic,
                                      output_hidden_states, output_attentions)
         table = _word_embeddings(self, ("bert", "embeddings", "word_embeddings"))
-        logits = BertOnlyMLMHead(self.config, self.dtype, self.param_dtype, name="cls")(
+        logits = BertOnlyMLMHead(self.config, **self.numerics, name="cls")(
             _at_positions(out.last_hidden_state, logit_positions), table)
         return LogitsOutput(logits, out.hidden_states, out.attentions)
 
@@ -477,7 +501,7 @@ class _BertHead(_Base):
 
     def encode(self, input_ids, attention_mask, token_type_ids, deterministic,
                output_hidden_states, output_attentions) -> BaseModelOutput:
-        return BertModel(self.config, self.dtype, self.param_dtype, self.add_pooling_layer,
+        return BertModel(self.config, **self.numerics, add_pooling_layer=self.add_pooling_layer,
                          name="bert")(input_ids, attention_mask, token_type_ids, deterministic,
                                       output_hidden_states, output_attentions)
 

@@ -55,7 +55,7 @@ class Pipeline:
 
     def __init__(self, model: nn.Module, params, tokenizer: Tokenizer, *, directory: str | None = None,
                  batch_size: int = 32, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 max_length: int | None = None, matmul_precision: str | None = None, **defaults):
+                 max_length: int | None = None, **defaults):
         if int(batch_size) < 1:
             raise PipelineError(f"batch_size={batch_size} must be at least 1.")
         self.model, self.params, self.tokenizer = model, params, tokenizer
@@ -69,14 +69,7 @@ class Pipeline:
         self.buckets = tuple(sorted({b for b in buckets if b < self.max_length} | {self.max_length}))
         self.defaults = defaults
         self._check_options(defaults)
-        self.matmul_precision = matmul_precision
-        self._apply = jax.jit(self._traced)
-
-    def _traced(self, params, batch: dict) -> dict:
-        if self.matmul_precision is None:
-            return self._forward(params, batch)
-        with jax.default_matmul_precision(self.matmul_precision):
-            return self._forward(params, batch)
+        self._apply = jax.jit(self._forward)
 
     # --- what subclasses define ----------------------------------------------------------------
     def _forward(self, params, batch: dict) -> dict:
@@ -771,9 +764,9 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
     pair (then pass `tokenizer`). tokenizer: a directory or a `Tokenizer`; by default the model's
     directory. batch_size: texts per forward pass; buckets: the padded lengths (capped at the
     model's positions); max_length: tokens per text (default: the tokenizer's and model's limit).
-    dtype: the compute dtype (e.g. jnp.bfloat16). matmul_precision: "highest" makes float32 matmuls
-    float32 on GPUs and TPUs too (XLA's default there may use TF32/bfloat16 passes); None keeps
-    the backend's default.
+    dtype: the compute dtype of a loaded checkpoint (e.g. jnp.bfloat16). matmul_precision: the
+    model's (`modeling`: "auto", true float32 for float32 compute, or "high" to allow TF32 on a
+    GPU); None keeps a given module's own, and "auto" for a loaded checkpoint.
     Other keyword arguments are defaults for every call (e.g. top_k=3, aggregation_strategy="simple").
     """
     name = ALIASES.get(task, task)
@@ -796,13 +789,15 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
             head = hf.head_from_architectures(config.model_type, architectures)
             _check_head(cls, (architectures or ["a bare encoder"])[0], head, os.fspath(model), task)
         module, params = _load(directory, cls.head or "base", dtype)
+    if matmul_precision is not None:
+        module = module.clone(matmul_precision=matmul_precision)
     else:
         raise PipelineError(f"model= takes a checkpoint directory, a hub id or a (module, params) "
                             f"pair, not {_describe(model)}.")
     if not isinstance(tokenizer, Tokenizer):
         tokenizer = Tokenizer.from_pretrained(tokenizer if tokenizer is not None else directory)
     return cls(module, params, tokenizer, directory=directory, batch_size=batch_size,
-               buckets=buckets, max_length=max_length, matmul_precision=matmul_precision, **defaults)
+               buckets=buckets, max_length=max_length, **defaults)
 
 
 def _head_of(module: nn.Module) -> str | None:
@@ -818,7 +813,7 @@ def _encoder_of(module: nn.Module, params):
         return module, params
     params = params[family]
     options = {"add_pooling_layer": "pooler" in params} if family == "bert" else {}
-    return encoder(module.config, dtype=module.dtype, **options), params
+    return encoder(module.config, **module.numerics, **options), params
 
 
 def _check_head(cls, what: str, head: str | None, where: str, task: str):

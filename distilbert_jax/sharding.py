@@ -154,9 +154,13 @@ class Layout:
         jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
                          donate_argnums=donate_argnums)
 
-        def wrapped(*args, **kwargs):
-            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-                return jitted(*args, **kwargs)
+        def in_scope(method):
+            def call(*args, **kwargs):
+                with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+                    return method(*args, **kwargs)
+            return call
+        wrapped = in_scope(jitted)
+        wrapped.lower = in_scope(jitted.lower)  # the compiled program, e.g. for its HLO or cost
         return wrapped
 
     def to_host(self, tree):

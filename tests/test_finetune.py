@@ -3,7 +3,6 @@
 import csv
 import json
 import os
-import types
 
 import jax
 import numpy as np
@@ -169,7 +168,7 @@ def _features(lengths, targets) -> Features:
 
 def test_eval_loss_is_the_heads_loss_over_the_whole_split():
     rng = np.random.default_rng(0)
-    sizes = types.SimpleNamespace(num_labels=3, problem_type=None)
+    sizes = dj.DistilBertConfig(num_labels=3)
     # One label per row: the mean over rows.
     logits, labels = rng.normal(size=(5, 3)).astype(np.float32), np.array([0, 2, 1, 1, 0])
     loss = finetune.split_loss("sequence_classification", _features([4, 2, 7, 3, 5], {"labels": labels}),

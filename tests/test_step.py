@@ -72,3 +72,28 @@ def test_the_hot_loop_makes_no_hidden_host_device_transfers(tiny_model, tmp_path
         tiny_config(tiny_model, data, "sst2", max_steps=4, log_every=1, eval_every=2, save_model=False),
         str(tmp_path / "run"))
     assert results["steps_this_run"] == 4
+
+
+def _dot_precisions(hlo: str) -> set[str]:
+    """The precision of every matmul (dot_general) in lowered StableHLO text."""
+    return {line.split("precision = [")[1].split("]")[0] if "precision = [" in line else "unset"
+            for line in hlo.splitlines() if "dot_general" in line}
+
+
+def test_float32_training_is_true_float32_on_every_backend(tiny_model):
+    """Forward, backward and the accumulation all ask XLA for HIGHEST: a GPU may not run float32
+    matmuls as TF32 unless the config opts in (matmul_precision="high"). CPUs honour it trivially,
+    so the lowered program is what is checked here."""
+    state, step, layout = tiny_setup(tiny_model, accum=2)
+    lowered = step.lower(state, None, layout.put_batch(batch(), 8)).as_text()
+    assert _dot_precisions(lowered) == {"HIGHEST, HIGHEST"}
+
+
+def test_matmul_precision_is_a_model_argument(tiny_model):
+    expected = {("float32", "auto"): "HIGHEST, HIGHEST", ("float32", "high"): "HIGH, HIGH",
+                ("float32", "default"): "DEFAULT, DEFAULT", ("bfloat16", "auto"): "DEFAULT, DEFAULT"}
+    ids = np.ones((2, 8), np.int32)
+    for (dtype, precision), wanted in expected.items():
+        model, params = dj.from_pretrained(tiny_model, dtype=dtype, matmul_precision=precision)
+        hlo = jax.jit(lambda p: model.apply({"params": p}, ids).logits).lower(params).as_text()
+        assert _dot_precisions(hlo) == {wanted}, (dtype, precision)

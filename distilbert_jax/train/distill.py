@@ -47,6 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.student_init = "teacher"  # or "random" (the paper's ablation)
     c.freeze_positions = True  # the reference trained with BERT's positions frozen
     c.dtype = "float32"
+    c.matmul_precision = "auto"  # float32 matmuls in float32 everywhere; "high" allows TF32 on GPUs
     c.seed = 56
     c.mesh = "dp"
     c.rules = sharding.RULES
@@ -127,6 +128,7 @@ def load_teacher(config, layout: sharding.Layout):
             "use a teacher with an MLM head.")
     model, params = hf.from_pretrained(directory, head="masked_lm" if needs_logits else "base",
                                        dtype=checks.dtype(config, "teacher_dtype"),
+                                       matmul_precision=config.matmul_precision,
                                        shardings=layout.params)
     return model, params, tokenizer
 
@@ -134,7 +136,8 @@ def load_teacher(config, layout: sharding.Layout):
 def build_student(config, teacher, teacher_params, tokenizer, layout: sharding.Layout):
     """The student model and its initial params (teacher layers, or random)."""
     cfg = student.student_config(teacher.config, config.student_layers)
-    model = modeling.DistilBertForMaskedLM(cfg, dtype=checks.dtype(config))
+    model = modeling.DistilBertForMaskedLM(cfg, dtype=checks.dtype(config),
+                                           matmul_precision=config.matmul_precision)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the student's "
                           f"vocab_size is {cfg.vocab_size}; teacher and student must share a vocabulary.")
@@ -304,7 +307,8 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     modeling.check_fits(hf.read_config(directory)[0], config.teacher, config.max_length,
                         tokenizer.vocab_size)
     model, params = hf.from_pretrained(directory, head="masked_lm", seed=config.seed,
-                                       dtype=checks.dtype(config), shardings=layout.params)
+                                       dtype=checks.dtype(config), shardings=layout.params,
+                                       matmul_precision=config.matmul_precision)
     data = load_corpus(config, tokenizer, workdir)
     mask = masker(config, data.counts, tokenizer, model.config.vocab_size)
 

@@ -7,6 +7,7 @@ resumed run ends with the same parameters as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -49,6 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = "distilbert-base-uncased"  # HF checkpoint dir, hub id, or packaged:all-MiniLM-L6-v2
     c.model_overrides = ml_collections.ConfigDict()  # config fields to change, e.g. dropout
     c.dtype = "float32"  # compute dtype; "bfloat16" on TPU (params stay float32)
+    c.matmul_precision = "auto"  # float32 matmuls in float32 everywhere; "high" allows TF32 on GPUs
     c.seed = 42
     c.mesh = "dp"  # a sharding.PRESETS name, or "data:2,fsdp:-1,tensor:2" (-1: the remaining devices)
     c.rules = sharding.RULES  # logical axis name -> mesh axes
@@ -122,6 +124,7 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
         hf.check_labels(saved, task.label_names, checkpoint=path, task=task.name)
     model, params = hf.from_pretrained(directory, head=task.head, num_labels=task.num_labels,
                                        dtype=checks.dtype(config), seed=config.seed,
+                                       matmul_precision=config.matmul_precision,
                                        shardings=layout.params, **overrides)
     return model, params, tokenizer
 
@@ -194,7 +197,13 @@ def split_loss(head: str, features: Features, outputs: dict[str, Any], model_con
     if any(isinstance(v, list) for v in outputs.values()):  # per-token outputs, trimmed to each row
         outputs = {k: _pad_rows(v, length) for k, v in outputs.items()}
     targets = collate(features, np.arange(len(features)), length, pad_id=0)["targets"]
-    return float(losses.head_loss(head, types.SimpleNamespace(**outputs), targets, model_config))
+    outputs, targets = jax.device_put((outputs, targets))  # explicitly: the loop guards transfers
+    return float(jax.device_get(_head_loss(head, outputs, targets, model_config)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _head_loss(head: str, outputs: dict, targets: dict, model_config):
+    return losses.head_loss(head, types.SimpleNamespace(**outputs), targets, model_config)
 
 
 def _pad_rows(rows: list[np.ndarray], length: int) -> np.ndarray:
