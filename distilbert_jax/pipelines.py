@@ -789,11 +789,11 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
             head = hf.head_from_architectures(config.model_type, architectures)
             _check_head(cls, (architectures or ["a bare encoder"])[0], head, os.fspath(model), task)
         module, params = _load(directory, cls.head or "base", dtype)
-    if matmul_precision is not None:
-        module = module.clone(matmul_precision=matmul_precision)
     else:
         raise PipelineError(f"model= takes a checkpoint directory, a hub id or a (module, params) "
                             f"pair, not {_describe(model)}.")
+    if matmul_precision is not None:
+        module = module.clone(matmul_precision=matmul_precision)
     if not isinstance(tokenizer, Tokenizer):
         tokenizer = Tokenizer.from_pretrained(tokenizer if tokenizer is not None else directory)
     return cls(module, params, tokenizer, directory=directory, batch_size=batch_size,
