@@ -94,6 +94,7 @@ def test_matmul_precision_is_a_model_argument(tiny_model):
                 ("float32", "default"): "DEFAULT, DEFAULT", ("bfloat16", "auto"): "DEFAULT, DEFAULT"}
     ids = np.ones((2, 8), np.int32)
     for (dtype, precision), wanted in expected.items():
-        model, params = dj.from_pretrained(tiny_model, dtype=dtype, matmul_precision=precision)
+        model, params = dj.from_pretrained(tiny_model, head="masked_lm", dtype=dtype,
+                                           matmul_precision=precision)
         hlo = jax.jit(lambda p: model.apply({"params": p}, ids).logits).lower(params).as_text()
         assert _dot_precisions(hlo) == {wanted}, (dtype, precision)

@@ -113,8 +113,7 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
         overrides["problem_type"] = task.problem_type
     directory = hf.resolve(path)
     saved, architectures = hf.read_config(directory)
-    tokenizer = Tokenizer.from_pretrained(directory)
-    modeling.check_fits(saved, path, config.max_length, tokenizer.vocab_size)
+    modeling.check_fits(saved, path, config.max_length)  # before the weights load
     if require_trained_head:
         head = hf.head_from_architectures(saved.model_type, architectures)
         if head != task.head:
@@ -126,6 +125,8 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
                                        dtype=checks.dtype(config), seed=config.seed,
                                        matmul_precision=config.matmul_precision,
                                        shardings=layout.params, **overrides)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    modeling.check_fits(model.config, path, config.max_length, tokenizer.vocab_size)
     return model, params, tokenizer
 
 
