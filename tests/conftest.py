@@ -3,7 +3,10 @@ checkpoints, and tiny fine-tuning configs and task files."""
 
 import json
 import os
+import shutil
+import tempfile
 
+import jax
 import numpy as np
 import pytest
 
@@ -11,6 +14,25 @@ from distilbert_jax import hf
 from distilbert_jax.train import finetune
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def pytest_configure(config):
+    """A persistent XLA compilation cache for this session and the subprocesses it starts: the tiny
+    runs (resumed runs, sweep points, miniature stages) compile the same programs again and again,
+    and a cached program is read instead of rebuilt. pytest-xdist's workers inherit the directory
+    from the process that made it, which removes it at the end."""
+    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if directory is None:
+        directory = config.xla_cache = tempfile.mkdtemp(prefix="distilbert-jax-tests-xla-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "xla_cache"):
+        shutil.rmtree(config.xla_cache, ignore_errors=True)
 
 
 def relative_error(ours, reference) -> float:
@@ -54,7 +76,6 @@ TINY_VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijk
 
 def make_tiny_model_dir(directory, fixture="distilbert_base"):
     """A tiny random checkpoint (vocab 99, dim 32) with a matching 99-token WordPiece vocab."""
-    import shutil
     shutil.copytree(os.path.join(FIXTURES, "models", fixture), directory, dirs_exist_ok=True)
     os.remove(os.path.join(directory, "reference.npz"))
     with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
