@@ -145,7 +145,8 @@ def table(runs: list[dict]) -> str:
                 continue  # entity F1 is the metric (precision, recall, token accuracy are in the JSON)
             cells = []
             for fw in ("jax", "torch"):
-                values = [100 * r["dev"][metric] for r in by[fw]]
+                scale = 1 if metric == "loss" else 100  # metrics in %, the loss as it is
+                values = [scale * r["dev"][metric] for r in by[fw] if metric in r["dev"]]
                 per_seed = f" ({', '.join(f'{v:.1f}' for v in values)})" if len(values) > 1 else ""
                 cells.append(f"**{statistics.median(values):.1f}**{per_seed}" if values else "–")
             seeds = f"{len(by['jax'])}" if len(by["jax"]) == len(by["torch"]) else \
