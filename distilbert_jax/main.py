@@ -53,14 +53,22 @@ def parse_flags(argv):
     sys.exit(2)
 
 
-def _resolve_config(argv: list[str]) -> list[str]:
-    """argv with the value of --config (`--config=X` or `--config X`) passed through configs.resolve."""
-    argv = list(argv)
+def _config_slot(argv) -> tuple[int, str] | None:
+    """Where --config's value is in argv: (index, "--config=") inline, or (index, "") after it."""
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
-            argv[i] = "--config=" + configs.resolve(arg.split("=", 1)[1])
-        elif arg == "--config" and i + 1 < len(argv):
-            argv[i + 1] = configs.resolve(argv[i + 1])
+            return i, "--config="
+        if arg == "--config" and i + 1 < len(argv):
+            return i + 1, ""
+    return None
+
+
+def _resolve_config(argv: list[str]) -> list[str]:
+    """argv with the value of --config passed through configs.resolve."""
+    argv, slot = list(argv), _config_slot(argv)
+    if slot is not None:
+        i, prefix = slot
+        argv[i] = prefix + configs.resolve(argv[i][len(prefix):])
     return argv
 
 
@@ -79,12 +87,8 @@ def _no_such_field(error: Exception) -> str:
 
 def _config_arg(argv) -> str:
     """The value of --config in argv (the file, with its :arg)."""
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return "?"
+    slot = _config_slot(argv)
+    return argv[slot[0]][len(slot[1]):] if slot else "?"
 
 
 def _config_file_error(error: BaseException, config_arg: str) -> str:

@@ -69,6 +69,11 @@ class QuestionAnsweringOutput:
 MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
 
 
+def check_matmul_precision(value: str) -> None:
+    if value not in MATMUL_PRECISIONS:
+        raise ConfigError(f"matmul_precision={value!r} is not one of {MATMUL_PRECISIONS}.")
+
+
 class _Base(nn.Module):
     """Fields every model class has: the config, the compute dtype, the parameter dtype, and the
     matmul precision: "auto" is "highest" (true float32) for float32 compute and XLA's default for
@@ -88,8 +93,7 @@ class _Base(nn.Module):
     @property
     def precision(self) -> str | None:
         """The `precision` every matmul of this module is given (None: the backend's default)."""
-        if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ConfigError(f"matmul_precision={self.matmul_precision!r} is not one of {MATMUL_PRECISIONS}.")
+        check_matmul_precision(self.matmul_precision)
         if self.matmul_precision == "auto":
             return "highest" if jnp.dtype(self.dtype) == jnp.float32 else None
         return None if self.matmul_precision == "default" else self.matmul_precision

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distilbert_jax import hf, modeling
-from distilbert_jax.config import BertConfig, ConfigError
+from distilbert_jax.config import ConfigError
 from distilbert_jax.data.task import bucket_for
 from distilbert_jax.tokenizer import Tokenizer, TokenizerError
 
@@ -801,13 +801,13 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
 
 
 def _head_of(module: nn.Module) -> str | None:
-    family = "bert" if isinstance(module.config, BertConfig) else "distilbert"
+    family = module.config.model_type
     return next((h for h, c in modeling.MODEL_CLASSES[family].items() if isinstance(module, c)), None)
 
 
 def _encoder_of(module: nn.Module, params):
     """The bare encoder (module, params) of a model with or without a head."""
-    family = "bert" if isinstance(module.config, BertConfig) else "distilbert"
+    family = module.config.model_type
     encoder = modeling.MODEL_CLASSES[family]["base"]
     if isinstance(module, encoder):
         return module, params

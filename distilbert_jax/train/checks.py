@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from distilbert_jax.config import ConfigError
-from distilbert_jax.modeling import MATMUL_PRECISIONS
+from distilbert_jax.modeling import check_matmul_precision
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -26,8 +26,7 @@ def check_training(config, layout) -> None:
     for field in ("dtype", "teacher_dtype"):
         if field in config:
             dtype(config, field)
-    if config.get("matmul_precision", "auto") not in MATMUL_PRECISIONS:
-        raise ConfigError(f"matmul_precision={config.matmul_precision!r} is not one of {MATMUL_PRECISIONS}.")
+    check_matmul_precision(config.get("matmul_precision", "auto"))
     for field in ("batch_size", "grad_accum_steps", "eval_batch_size", "max_length", "log_every",
                   "checkpoint_every", "keep_checkpoints"):
         if field in config and (not isinstance(config[field], int) or config[field] < 1):
