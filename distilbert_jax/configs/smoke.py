@@ -17,15 +17,7 @@ SAMPLE = os.path.join(os.path.dirname(distilbert_jax.data.__file__), "sample", "
 
 def get_config(arg: str = ""):
     c = default_config()
-    c.task = "sst2"
-    c.data_dir = SAMPLE
-    c.model = "packaged:all-MiniLM-L6-v2"
-    c.max_length = 64
-    c.buckets = (16, 32, 64)
-    c.batch_size = 32
-    c.num_epochs = 1.0
-    c.lr = 1e-4
-    c.warmup_ratio = 0.1
-    c.log_every = 10
-    c.checkpoint_every = 50
+    c.update(task="sst2", data_dir=SAMPLE, model="packaged:all-MiniLM-L6-v2")
+    c.update(max_length=64, buckets=(16, 32, 64), batch_size=32, num_epochs=1.0)
+    c.update(lr=1e-4, warmup_ratio=0.1, log_every=10, checkpoint_every=50)
     return c
