@@ -85,18 +85,30 @@ def split_heads(x: jax.Array, n_heads: int) -> jax.Array:
     return x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
 
 
-def attention_probs(q: jax.Array, k: jax.Array, mask: jax.Array, precision: str | None = None
+def attention_keep(attention_mask: jax.Array | None, segment_ids: jax.Array | None) -> jax.Array:
+    """Which keys each query attends to, boolean [batch, 1 | query, key].
+
+    Unpacked rows: every query sees the row's real keys (`attention_mask` [batch, key], nonzero =
+    real). Packed rows (`segment_ids` [batch, length], 0 = padding, 1.. = the row's sequences): a
+    query sees only the keys of its own sequence, so nothing leaks between packed examples.
+    """
+    if segment_ids is None:
+        return attention_mask.astype(bool)[:, None, :]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return same & (segment_ids[:, None, :] > 0)
+
+
+def attention_probs(q: jax.Array, k: jax.Array, keep: jax.Array, precision: str | None = None
                     ) -> jax.Array:
     """Softmax(q kᵀ / sqrt(d)) over keys in float32; masked keys get float32's minimum.
 
-    q, k: [batch, length, heads, head_dim]; mask: [batch, key_length], nonzero = attend.
+    q, k: [batch, length, heads, head_dim]; keep: [batch, 1 | query, key] (see `attention_keep`).
     A masked score is set to the dtype's own minimum rather than -inf or -1e30, so an all-padding
     row becomes a uniform distribution instead of NaN in every dtype.
     """
     q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=precision).astype(jnp.float32)
-    keep = mask.astype(bool)[:, None, None, :]
-    scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(keep[:, None], scores, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(scores, axis=-1)
 
 
@@ -104,6 +116,25 @@ def attend(probs: jax.Array, v: jax.Array, precision: str | None = None) -> jax.
     """Weighted sum of values: probs [b, h, q, k], v [b, k, h, d] -> [b, q, h*d]."""
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, precision=precision)
     return context.reshape(*context.shape[:2], -1)
+
+
+# --- packing: several sequences per row (see data/packing.py for the layout) ------------------------
+
+def pack(x: jax.Array, token_index: jax.Array, rows: int, length: int, fill=0) -> jax.Array:
+    """Example layout -> packed rows: x [examples, ex_length, ...] goes to [rows, length, ...] at
+    the flat positions `token_index` [examples, ex_length] gives (-1: padding, dropped)."""
+    flat_index = jnp.where(token_index >= 0, token_index, rows * length).reshape(-1)
+    values = x.reshape(flat_index.shape[0], *x.shape[token_index.ndim:])
+    out = jnp.full((rows * length, *values.shape[1:]), fill, x.dtype)
+    return out.at[flat_index].set(values, mode="drop").reshape(rows, length, *values.shape[1:])
+
+
+def unpack(x: jax.Array, token_index: jax.Array) -> jax.Array:
+    """Packed rows -> example layout: x [rows, length, ...] read at `token_index`, zeros at -1."""
+    flat = x.reshape(-1, *x.shape[2:])
+    valid = token_index >= 0
+    gathered = flat[jnp.where(valid, token_index, 0)]
+    return jnp.where(valid.reshape(*valid.shape, *([1] * (x.ndim - 2))), gathered, 0)
 
 
 def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:

@@ -66,6 +66,37 @@ class QuestionAnsweringOutput:
     attentions: Optional[tuple[Array, ...]] = None
 
 
+@flax.struct.dataclass
+class Packing:
+    """Where an example-layout batch's tokens sit when several examples share one row.
+
+    With `packing`, every model class takes its usual example-layout inputs and returns its usual
+    example-layout outputs, but runs the encoder on packed rows: padding is never computed, each
+    token attends only within its own example and reads its own position. `hidden_states` and
+    `attentions` stay in the packed rows' layout. `data.packing` builds it.
+    token_index: [examples..., ex_length] flat position (row * length + column) of each example
+      token in the packed rows, -1 for padding.
+    segment_ids: [rows, length] which example of its row a slot holds (1, 2, ...; 0 = padding).
+    position_ids: [rows, length] each token's position within its own example.
+    """
+    token_index: Array
+    segment_ids: Array
+    position_ids: Array
+
+    def rows_of(self, x: Array, fill=0) -> Array:
+        """An example-layout per-token array ([examples..., ex_length]) in the packed rows."""
+        rows, length = self.segment_ids.shape
+        return layers.pack(x, self.token_index, rows, length, fill)
+
+    def examples_of(self, x: Array) -> Array:
+        """A packed per-token array ([rows, length, ...]) back in the example layout (0 at padding)."""
+        return layers.unpack(x, self.token_index)
+
+    def flat_examples(self, length: int) -> "Packing":
+        """The same layout for examples flattened to [n, length] (multiple choice's choices)."""
+        return self.replace(token_index=self.token_index.reshape(-1, length))
+
+
 MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
 
 
@@ -115,6 +146,30 @@ def _encoder_outputs(hidden, all_hidden, all_attn, output_hidden_states, output_
         pooler_output=pooled)
 
 
+@flax.struct.dataclass
+class _Rows:
+    """What the encoder runs on: the example rows as given, or the packed rows of `packing`."""
+    input_ids: Array
+    token_type_ids: Optional[Array]
+    position_ids: Array
+    keep: Array  # [rows, 1 | query, key], see layers.attention_keep
+    packing: Optional[Packing] = None
+
+    @classmethod
+    def of(cls, input_ids, attention_mask, token_type_ids, packing) -> "_Rows":
+        if packing is None:
+            if attention_mask is None:
+                attention_mask = jnp.ones_like(input_ids)
+            return cls(input_ids, token_type_ids, jnp.arange(input_ids.shape[-1])[None],
+                       layers.attention_keep(attention_mask, None))
+        types = None if token_type_ids is None else packing.rows_of(token_type_ids)
+        return cls(packing.rows_of(input_ids), types, packing.position_ids,
+                   layers.attention_keep(None, packing.segment_ids), packing)
+
+    def to_examples(self, hidden):
+        return hidden if self.packing is None else self.packing.examples_of(hidden)
+
+
 # ------------------------------------------------------------------------------------------------
 # DistilBERT
 # ------------------------------------------------------------------------------------------------
@@ -127,7 +182,7 @@ class DistilBertEmbeddings(_Base):
     """
 
     @nn.compact
-    def __call__(self, input_ids, deterministic):
+    def __call__(self, input_ids, position_ids, deterministic):
         cfg = self.config
         common = dict(stddev=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
         words = layers.embed(cfg.vocab_size, cfg.dim, ("vocab", "embed"), name="word_embeddings",
@@ -135,9 +190,8 @@ class DistilBertEmbeddings(_Base):
         table = (layers.sinusoidal_table(cfg.max_position_embeddings, cfg.dim)
                  if cfg.sinusoidal_pos_embds else None)
         positions = layers.embed(cfg.max_position_embeddings, cfg.dim, ("position", "embed"),
-                                 name="position_embeddings", table=table, **common)(
-                                     jnp.arange(input_ids.shape[-1]))
-        x = self._layer_norm("LayerNorm")(words + positions[None])
+                                 name="position_embeddings", table=table, **common)(position_ids)
+        x = self._layer_norm("LayerNorm")(words + positions)
         x = nn.Dropout(cfg.dropout)(x, deterministic)
         return layers.constrain(x.astype(self.dtype), layers.HIDDEN_AXES)
 
@@ -146,11 +200,11 @@ class MultiHeadSelfAttention(_Base):
     """q_lin/k_lin/v_lin/out_lin; no dropout after out_lin (unlike BERT)."""
 
     @nn.compact
-    def __call__(self, x, mask, deterministic):
+    def __call__(self, x, keep, deterministic):
         cfg = self.config
         q, k, v = (layers.split_heads(self._dense(cfg.dim, ("embed", "heads"), name)(x), cfg.n_heads)
                    for name in ("q_lin", "k_lin", "v_lin"))
-        probs = layers.attention_probs(q, k, mask, self.precision)
+        probs = layers.attention_probs(q, k, keep, self.precision)
         dropped = nn.Dropout(cfg.attention_dropout)(probs, deterministic)
         context = layers.attend(dropped, v, self.precision)
         out = self._dense(cfg.dim, ("heads", "embed"), "out_lin")(context)
@@ -171,9 +225,9 @@ class TransformerBlock(_Base):
     """Post-LN block: LN(x + attention(x)), then LN(h + FFN(h))."""
 
     @nn.compact
-    def __call__(self, x, mask, deterministic):
+    def __call__(self, x, keep, deterministic):
         attn, probs = MultiHeadSelfAttention(self.config, **self.numerics,
-                                             name="attention")(x, mask, deterministic)
+                                             name="attention")(x, keep, deterministic)
         h = self._layer_norm("sa_layer_norm")(attn + x).astype(self.dtype)
         ffn = FFN(self.config, **self.numerics, name="ffn")(h, deterministic)
         out = self._layer_norm("output_layer_norm")(ffn + h).astype(self.dtype)
@@ -185,11 +239,11 @@ class LayerStack(_Base):
     block: type[nn.Module] = TransformerBlock
 
     @nn.compact
-    def __call__(self, x, mask, deterministic):
+    def __call__(self, x, keep, deterministic):
         hidden, attentions = [x], []
         for i in range(self.config.num_hidden_layers):
             x, probs = self.block(self.config, **self.numerics, name=str(i))(
-                x, mask, deterministic)
+                x, keep, deterministic)
             hidden.append(x)
             attentions.append(probs)
         return x, hidden, attentions
@@ -200,9 +254,9 @@ class Encoder(_Base):
     block: type[nn.Module] = TransformerBlock
 
     @nn.compact
-    def __call__(self, x, mask, deterministic):
+    def __call__(self, x, keep, deterministic):
         return LayerStack(self.config, **self.numerics, block=self.block, name="layer")(
-            x, mask, deterministic)
+            x, keep, deterministic)
 
 
 class DistilBertModel(_Base):
@@ -210,23 +264,25 @@ class DistilBertModel(_Base):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+                 output_hidden_states: bool = False, output_attentions: bool = False,
+                 packing: Packing | None = None):
+        rows = _Rows.of(input_ids, attention_mask, None, packing)
         x = DistilBertEmbeddings(self.config, **self.numerics,
-                                 name="embeddings")(input_ids, deterministic)
+                                 name="embeddings")(rows.input_ids, rows.position_ids, deterministic)
         x, hidden, attn = Encoder(self.config, **self.numerics, block=TransformerBlock,
-                                  name="transformer")(x, attention_mask, deterministic)
-        return _encoder_outputs(x, hidden, attn, output_hidden_states, output_attentions)
+                                  name="transformer")(x, rows.keep, deterministic)
+        return _encoder_outputs(rows.to_examples(x), hidden, attn, output_hidden_states,
+                                output_attentions)
 
 
 class _DistilBertHead(_Base):
     """A head over `distilbert` (the param prefix HF uses)."""
 
     def encode(self, input_ids, attention_mask, deterministic, output_hidden_states,
-               output_attentions) -> BaseModelOutput:
+               output_attentions, packing) -> BaseModelOutput:
         return DistilBertModel(self.config, **self.numerics, name="distilbert")(
-            input_ids, attention_mask, deterministic, output_hidden_states, output_attentions)
+            input_ids, attention_mask, deterministic, output_hidden_states, output_attentions,
+            packing)
 
     def classify_cls(self, hidden, deterministic, num_outputs):
         """[CLS] -> pre_classifier -> ReLU -> dropout -> classifier (sequence and choice heads)."""
@@ -242,10 +298,10 @@ class DistilBertForMaskedLM(_DistilBertHead):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
                  output_hidden_states: bool = False, output_attentions: bool = False,
-                 logit_positions=None):
+                 logit_positions=None, packing: Packing | None = None):
         cfg = self.config
         out = self.encode(input_ids, attention_mask, deterministic, output_hidden_states,
-                          output_attentions)
+                          output_attentions, packing)
         x = _at_positions(out.last_hidden_state, logit_positions)
         x = self._dense(cfg.dim, ("embed", "hidden"), "vocab_transform")(x)
         x = self._layer_norm("vocab_layer_norm")(layers.ACTIVATIONS[cfg.activation](x))
@@ -261,9 +317,10 @@ class DistilBertForMaskedLM(_DistilBertHead):
 class DistilBertForSequenceClassification(_DistilBertHead):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+                 output_hidden_states: bool = False, output_attentions: bool = False,
+                 packing: Packing | None = None):
         out = self.encode(input_ids, attention_mask, deterministic, output_hidden_states,
-                          output_attentions)
+                          output_attentions, packing)
         logits = self.classify_cls(out.last_hidden_state, deterministic, self.config.num_labels)
         return LogitsOutput(logits, out.hidden_states, out.attentions)
 
@@ -273,11 +330,13 @@ class DistilBertForMultipleChoice(_DistilBertHead):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+                 output_hidden_states: bool = False, output_attentions: bool = False,
+                 packing: Packing | None = None):
         batch, choices, length = input_ids.shape
         flat_mask = None if attention_mask is None else attention_mask.reshape(-1, length)
         out = self.encode(input_ids.reshape(-1, length), flat_mask, deterministic,
-                          output_hidden_states, output_attentions)
+                          output_hidden_states, output_attentions,
+                          None if packing is None else packing.flat_examples(length))
         logits = self.classify_cls(out.last_hidden_state, deterministic, 1)
         return LogitsOutput(logits.reshape(batch, choices), out.hidden_states, out.attentions)
 
@@ -285,10 +344,11 @@ class DistilBertForMultipleChoice(_DistilBertHead):
 class DistilBertForTokenClassification(_DistilBertHead):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+                 output_hidden_states: bool = False, output_attentions: bool = False,
+                 packing: Packing | None = None):
         cfg = self.config
         out = self.encode(input_ids, attention_mask, deterministic, output_hidden_states,
-                          output_attentions)
+                          output_attentions, packing)
         x = nn.Dropout(cfg.dropout)(out.last_hidden_state, deterministic)
         logits = self._dense(cfg.num_labels, ("embed", "classes"), "classifier")(x)
         return LogitsOutput(logits, out.hidden_states, out.attentions)
@@ -309,14 +369,23 @@ class DistilBertForQuestionAnswering(_DistilBertHead):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+                 output_hidden_states: bool = False, output_attentions: bool = False,
+                 packing: Packing | None = None):
         cfg = self.config
         out = self.encode(input_ids, attention_mask, deterministic, output_hidden_states,
-                          output_attentions)
+                          output_attentions, packing)
         x = nn.Dropout(cfg.qa_dropout)(out.last_hidden_state, deterministic)
-        logits = self._dense(2, ("embed", "classes"), "qa_outputs")(x)
+        logits = _within_examples(self._dense(2, ("embed", "classes"), "qa_outputs")(x), packing)
         return QuestionAnsweringOutput(logits[..., 0], logits[..., 1], out.hidden_states,
                                        out.attentions)
+
+
+def _within_examples(span_logits, packing: Packing | None):
+    """Packed span logits are each example's own: positions past its end get -1e9, out of any
+    softmax (the unpacked model, as transformers', scores its padding too)."""
+    if packing is None:
+        return span_logits
+    return jnp.where((packing.token_index >= 0)[..., None], span_logits, -1e9)
 
 
 def _word_embeddings(module: nn.Module, path: tuple[str, ...]) -> Array:
@@ -353,27 +422,27 @@ class TiedProjection(_Base):
 
 class BertEmbeddings(_Base):
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, deterministic):
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic):
         cfg = self.config
         common = dict(stddev=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
         words = layers.embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"),
                              name="word_embeddings", padding_idx=cfg.pad_token_id, **common)(input_ids)
         positions = layers.embed(cfg.max_position_embeddings, cfg.hidden_size, ("position", "embed"),
-                                 name="position_embeddings", **common)(jnp.arange(input_ids.shape[-1]))
+                                 name="position_embeddings", **common)(position_ids)
         types = layers.embed(cfg.type_vocab_size, cfg.hidden_size, ("token_types", "embed"),
                              name="token_type_embeddings", **common)(token_type_ids)
-        x = self._layer_norm("LayerNorm")(words + positions[None] + types)
+        x = self._layer_norm("LayerNorm")(words + positions + types)
         x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic)
         return layers.constrain(x.astype(self.dtype), layers.HIDDEN_AXES)
 
 
 class BertSelfAttention(_Base):
     @nn.compact
-    def __call__(self, x, mask, deterministic):
+    def __call__(self, x, keep, deterministic):
         cfg = self.config
         q, k, v = (layers.split_heads(self._dense(cfg.hidden_size, ("embed", "heads"), name)(x),
                                       cfg.num_attention_heads) for name in ("query", "key", "value"))
-        probs = layers.attention_probs(q, k, mask, self.precision)
+        probs = layers.attention_probs(q, k, keep, self.precision)
         dropped = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic)
         return layers.attend(dropped, v, self.precision), probs
 
@@ -392,9 +461,9 @@ class BertResidual(_Base):
 
 class BertAttention(_Base):
     @nn.compact
-    def __call__(self, x, mask, deterministic):
+    def __call__(self, x, keep, deterministic):
         context, probs = BertSelfAttention(self.config, **self.numerics, name="self")(
-            x, mask, deterministic)
+            x, keep, deterministic)
         out = BertResidual(self.config, **self.numerics, name="output")(
             context, x, deterministic)
         return out, probs
@@ -410,9 +479,9 @@ class BertIntermediate(_Base):
 
 class BertLayer(_Base):
     @nn.compact
-    def __call__(self, x, mask, deterministic):
+    def __call__(self, x, keep, deterministic):
         h, probs = BertAttention(self.config, **self.numerics, name="attention")(
-            x, mask, deterministic)
+            x, keep, deterministic)
         inter = BertIntermediate(self.config, **self.numerics, name="intermediate")(h)
         out = BertResidual(self.config, **self.numerics, features_axes=("mlp", "embed"),
                            name="output")(inter, h, deterministic)
@@ -435,15 +504,15 @@ class BertModel(_Base):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 output_attentions: bool = False):
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+                 output_attentions: bool = False, packing: Packing | None = None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
+        rows = _Rows.of(input_ids, attention_mask, token_type_ids, packing)
         x = BertEmbeddings(self.config, **self.numerics, name="embeddings")(
-            input_ids, token_type_ids, deterministic)
+            rows.input_ids, rows.token_type_ids, rows.position_ids, deterministic)
         x, hidden, attn = Encoder(self.config, **self.numerics, block=BertLayer,
-                                  name="encoder")(x, attention_mask, deterministic)
+                                  name="encoder")(x, rows.keep, deterministic)
+        x = rows.to_examples(x)
         pooled = (BertPooler(self.config, **self.numerics, name="pooler")(x)
                   if self.add_pooling_layer else None)
         return _encoder_outputs(x, hidden, attn, output_hidden_states, output_attentions, pooled)
@@ -489,10 +558,11 @@ class BertForMaskedLM(_Base):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 output_attentions: bool = False, logit_positions=None):
+                 output_attentions: bool = False, logit_positions=None,
+                 packing: Packing | None = None):
         out = BertModel(self.config, **self.numerics, add_pooling_layer=False,
                         name="bert")(input_ids, attention_mask, token_type_ids, deterministic,
-                                     output_hidden_states, output_attentions)
+                                     output_hidden_states, output_attentions, packing)
         table = _word_embeddings(self, ("bert", "embeddings", "word_embeddings"))
         logits = BertOnlyMLMHead(self.config, **self.numerics, name="cls")(
             _at_positions(out.last_hidden_state, logit_positions), table)
@@ -504,10 +574,10 @@ class _BertHead(_Base):
     add_pooling_layer: bool = False
 
     def encode(self, input_ids, attention_mask, token_type_ids, deterministic,
-               output_hidden_states, output_attentions) -> BaseModelOutput:
+               output_hidden_states, output_attentions, packing) -> BaseModelOutput:
         return BertModel(self.config, **self.numerics, add_pooling_layer=self.add_pooling_layer,
                          name="bert")(input_ids, attention_mask, token_type_ids, deterministic,
-                                      output_hidden_states, output_attentions)
+                                      output_hidden_states, output_attentions, packing)
 
     def dropout(self, x, deterministic):
         cfg = self.config
@@ -522,9 +592,9 @@ class BertForSequenceClassification(_BertHead):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 output_attentions: bool = False):
+                 output_attentions: bool = False, packing: Packing | None = None):
         out = self.encode(input_ids, attention_mask, token_type_ids, deterministic,
-                          output_hidden_states, output_attentions)
+                          output_hidden_states, output_attentions, packing)
         x = self.dropout(out.pooler_output, deterministic)
         logits = self._dense(self.config.num_labels, ("embed", "classes"), "classifier")(x)
         return LogitsOutput(logits, out.hidden_states, out.attentions)
@@ -537,11 +607,12 @@ class BertForMultipleChoice(_BertHead):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 output_attentions: bool = False):
+                 output_attentions: bool = False, packing: Packing | None = None):
         batch, choices, length = input_ids.shape
         flatten = lambda x: None if x is None else x.reshape(-1, length)
         out = self.encode(flatten(input_ids), flatten(attention_mask), flatten(token_type_ids),
-                          deterministic, output_hidden_states, output_attentions)
+                          deterministic, output_hidden_states, output_attentions,
+                          None if packing is None else packing.flat_examples(length))
         x = self.dropout(out.pooler_output, deterministic)
         logits = self._dense(1, ("embed", "classes"), "classifier")(x)
         return LogitsOutput(logits.reshape(batch, choices), out.hidden_states, out.attentions)
@@ -551,9 +622,9 @@ class BertForTokenClassification(_BertHead):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 output_attentions: bool = False):
+                 output_attentions: bool = False, packing: Packing | None = None):
         out = self.encode(input_ids, attention_mask, token_type_ids, deterministic,
-                          output_hidden_states, output_attentions)
+                          output_hidden_states, output_attentions, packing)
         x = self.dropout(out.last_hidden_state, deterministic)
         logits = self._dense(self.config.num_labels, ("embed", "classes"), "classifier")(x)
         return LogitsOutput(logits, out.hidden_states, out.attentions)
@@ -569,10 +640,11 @@ class BertForQuestionAnswering(_BertHead):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 output_attentions: bool = False):
+                 output_attentions: bool = False, packing: Packing | None = None):
         out = self.encode(input_ids, attention_mask, token_type_ids, deterministic,
-                          output_hidden_states, output_attentions)
-        logits = self._dense(2, ("embed", "classes"), "qa_outputs")(out.last_hidden_state)
+                          output_hidden_states, output_attentions, packing)
+        logits = _within_examples(
+            self._dense(2, ("embed", "classes"), "qa_outputs")(out.last_hidden_state), packing)
         return QuestionAnsweringOutput(logits[..., 0], logits[..., 1], out.hidden_states,
                                        out.attentions)
 
@@ -625,4 +697,7 @@ def model_inputs(model: nn.Module, inputs: dict) -> dict:
     has none (tasks always encode them, so this is the one place that decides)."""
     keys = ("input_ids", "attention_mask", "token_type_ids")
     keys = keys if isinstance(model.config, BertConfig) else keys[:2]
-    return {k: inputs[k] for k in keys if k in inputs}
+    selected = {k: inputs[k] for k in keys if k in inputs}
+    if "packing" in inputs:  # a packed batch (data.packing): the model runs on its rows
+        selected["packing"] = Packing(**inputs["packing"])
+    return selected

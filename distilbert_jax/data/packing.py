@@ -1,0 +1,105 @@
+"""Packed batches: the examples of a batch share rows, so the model computes real tokens, not padding.
+
+Packing is a layout, not a new recipe: a packed batch holds the very batch the unpacked path would
+(same examples, same order, same example-layout inputs and targets, so losses and metrics see the
+same values) plus `inputs["packing"]`, which says where each example's tokens sit in `rows` rows of
+`length` slots (see `modeling.Packing`). The model scatters the example tokens into those rows on
+device, runs the encoder on them and gathers its outputs back, so nothing downstream changes.
+
+Examples are placed by first-fit decreasing; the row count is rounded up to a multiple of
+`row_multiple`, so XLA compiles a handful of shapes (one per row count that occurs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(row, offset) of each sequence and the number of rows used: longest first, each into the
+    first row with room. Empty sequences take no room (row -1)."""
+    rows = np.full(len(lengths), -1, np.int64)
+    offsets = np.zeros(len(lengths), np.int64)
+    free: list[int] = []  # room left in each open row
+    for i in np.argsort(-np.asarray(lengths), kind="stable"):
+        n = int(lengths[i])
+        if n == 0:
+            continue
+        if n > capacity:
+            raise ValueError(f"a sequence of {n} tokens cannot be packed into rows of {capacity}.")
+        row = next((r for r, room in enumerate(free) if room >= n), len(free))
+        if row == len(free):
+            free.append(capacity)
+        rows[i], offsets[i] = row, capacity - free[row]
+        free[row] -= n
+    return rows, offsets, len(free)
+
+
+def sequence_lengths(attention_mask: np.ndarray) -> np.ndarray:
+    """Real tokens of every sequence (choices flattened), masks being prefixes of ones."""
+    return attention_mask.reshape(-1, attention_mask.shape[-1]).sum(-1)
+
+
+def layout(attention_mask: np.ndarray, rows: int, length: int) -> dict[str, np.ndarray]:
+    """`modeling.Packing`'s arrays for one batch: token_index shaped like `attention_mask`, and
+    segment_ids / position_ids [rows, length]."""
+    lengths = sequence_lengths(attention_mask)
+    row_of, offset_of, used = first_fit_decreasing(lengths, length)
+    if used > rows:
+        raise ValueError(f"{used} rows are needed to pack this batch, {rows} were given.")
+    example_length = attention_mask.shape[-1]
+    token_index = np.full((len(lengths), example_length), -1, np.int32)
+    segment_ids = np.zeros((rows, length), np.int32)
+    position_ids = np.zeros((rows, length), np.int32)
+    segments_in_row = np.zeros(rows, np.int32)
+    for i, n in enumerate(lengths):
+        if n == 0:
+            continue
+        row, start = int(row_of[i]), int(offset_of[i])
+        segments_in_row[row] += 1
+        token_index[i, :n] = row * length + start + np.arange(n)
+        segment_ids[row, start:start + n] = segments_in_row[row]
+        position_ids[row, start:start + n] = np.arange(n)
+    return {"token_index": token_index.reshape(attention_mask.shape),
+            "segment_ids": segment_ids, "position_ids": position_ids}
+
+
+@dataclasses.dataclass(frozen=True)
+class Packer:
+    """Packs each process's share of a global batch into rows of `length`; every share gets the
+    same row count (the most any share needs, rounded up to `row_multiple`), so the processes
+    agree on the global shape."""
+    length: int
+    row_multiple: int = 1
+
+    def rows_for(self, shares: list[np.ndarray]) -> int:
+        needed = max(first_fit_decreasing(sequence_lengths(mask), self.length)[2] for mask in shares)
+        return max(self.row_multiple, -(-needed // self.row_multiple) * self.row_multiple)
+
+    def __call__(self, batch: dict, process: tuple[int, int] = (0, 1)) -> dict:
+        """This process's share of the global `batch` ({"inputs": ..., ...}), with its layout."""
+        shares = [share(batch, (i, process[1])) for i in range(process[1])]
+        rows = self.rows_for([s["inputs"]["attention_mask"] for s in shares])
+        local = shares[process[0]]
+        local["inputs"]["packing"] = layout(local["inputs"]["attention_mask"], rows, self.length)
+        return local
+
+
+def share(batch: dict, process: tuple[int, int]) -> dict:
+    """The process's contiguous block of a global batch's rows (a copy of the nested dicts)."""
+    index, count = process
+    def take(tree):
+        if isinstance(tree, dict):
+            return {k: take(v) for k, v in tree.items()}
+        per = tree.shape[0] // count
+        return tree[index * per:(index + 1) * per]
+    return take(batch)
+
+
+def real_fraction(batch: dict) -> float:
+    """Real tokens per token the encoder computes: packed rows, or the padded example rows."""
+    inputs = batch["inputs"]
+    computed = inputs["packing"]["segment_ids"].size if "packing" in inputs else inputs["input_ids"].size
+    return float(inputs["attention_mask"].sum()) / computed

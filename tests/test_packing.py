@@ -1,0 +1,129 @@
+"""Packed batches: the same outputs as the unpacked model for every head, nothing crossing examples."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import distilbert_jax as dj
+from distilbert_jax import modeling
+from distilbert_jax.data import packing
+from conftest import relative_error
+
+TOL = 1e-5
+DISTILBERT = dj.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                                 max_position_embeddings=64, num_labels=3)
+BERT = dj.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=37, max_position_embeddings=64, num_labels=3)
+# Lengths cover a full row (16), a one-example row, padding inside rows and an empty slot (0).
+LENGTHS = [16, 3, 9, 1, 12, 5, 0, 7]
+EX_LENGTH = ROW = 16
+
+
+def example_batch(lengths, shape=None, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = (np.arange(EX_LENGTH)[None] < np.array(lengths)[:, None]).astype(np.int32)
+    ids = np.where(mask, rng.integers(3, 99, mask.shape), 0).astype(np.int32)
+    types = np.where(mask, (np.arange(EX_LENGTH)[None] > 4), 0).astype(np.int32)
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    if shape is not None:
+        inputs = {k: v.reshape(*shape, EX_LENGTH) for k, v in inputs.items()}
+    return inputs
+
+
+def packed(inputs, rows=None):
+    rows = rows or packing.first_fit_decreasing(
+        packing.sequence_lengths(inputs["attention_mask"]), ROW)[2]
+    return {**inputs, "packing": packing.layout(inputs["attention_mask"], rows, ROW)}
+
+
+def outputs(model, params, inputs, **kwargs):
+    out = model.apply({"params": params}, **modeling.model_inputs(model, jax.tree.map(
+        jnp.asarray, inputs)), **kwargs)
+    return {k: np.asarray(v) for k, v in vars(out).items()
+            if k in ("logits", "start_logits", "end_logits", "last_hidden_state", "pooler_output")
+            and v is not None}
+
+
+HEADS = [(family, head) for family in ("distilbert", "bert")
+         for head in modeling.MODEL_CLASSES[family]]
+
+
+@pytest.mark.parametrize("family,head", HEADS)
+def test_packed_outputs_equal_unpacked_for_every_head(family, head):
+    config = (DISTILBERT if family == "distilbert" else BERT).replace(
+        num_labels=2 if head == "question_answering" else 3)
+    model = modeling.MODEL_CLASSES[family][head](config)
+    choices = head == "multiple_choice"
+    inputs = example_batch(LENGTHS, shape=(4, 2) if choices else None)
+    params = modeling.init_params(model, seed=1, input_shape=(1, EX_LENGTH))
+    unpacked = outputs(model, params, inputs)
+    pack = outputs(model, params, packed(inputs))
+    real = inputs["attention_mask"].astype(bool)
+    for name, ours in pack.items():
+        reference = unpacked[name]
+        if name in ("last_hidden_state", "start_logits", "end_logits") or (
+                name == "logits" and head in ("token_classification", "masked_lm")):
+            ours, reference = ours[real], reference[real]  # per token: real tokens only
+        else:  # per example: the empty slot's output is dropped by every caller
+            keep = real.any(-1)
+            ours, reference = ours[keep], reference[keep]
+        assert relative_error(ours, reference) <= TOL, (name, relative_error(ours, reference))
+    if head == "question_answering":  # each example's span softmax covers only its own tokens
+        assert np.all(pack["start_logits"][~real] == -1e9)
+
+
+def test_no_attention_weight_crosses_an_example():
+    model = dj.DistilBertModel(DISTILBERT)
+    inputs = packed(example_batch(LENGTHS))
+    params = modeling.init_params(model, seed=2)
+    out = model.apply({"params": params}, **modeling.model_inputs(model, jax.tree.map(
+        jnp.asarray, inputs)), output_attentions=True)
+    segments = inputs["packing"]["segment_ids"]
+    same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+    real_queries = np.broadcast_to((segments > 0)[:, None, :, None], (*same.shape[:1], 1,
+                                                                      *same.shape[1:]))
+    for probs in out.attentions:  # [rows, heads, query, key], in the packed rows
+        probs = np.asarray(probs)
+        crossing = np.broadcast_to(~same[:, None] & real_queries, probs.shape)
+        assert crossing.any() and np.all(probs[crossing] == 0)
+        np.testing.assert_allclose(probs.sum(-1)[np.broadcast_to((segments > 0)[:, None],
+                                                                 probs.shape[:-1])], 1, rtol=1e-6)
+
+
+def test_a_model_that_ignores_segments_would_be_caught():
+    """The check above fails for attention that sees the whole row (maxtext #4476's bug): an
+    example's output changes when its row-mates change."""
+    model = dj.DistilBertModel(DISTILBERT)
+    params = modeling.init_params(model, seed=3)
+    a = example_batch([5, 6], seed=0)
+    b = {k: v.copy() for k, v in a.items()}
+    b["input_ids"][1, :6] = (b["input_ids"][1, :6] + 1) % 90 + 3  # change the row-mate only
+    run = lambda inputs, **kw: outputs(model, params, inputs, **kw)["last_hidden_state"][0, :5]
+    np.testing.assert_array_equal(run(packed(a, rows=1)), run(packed(b, rows=1)))
+    whole_row = lambda x: {**x, "packing": {**x["packing"], "segment_ids": np.minimum(
+        x["packing"]["segment_ids"], 1)}}  # every real token in segment 1
+    assert not np.allclose(run(whole_row(packed(a, rows=1))), run(whole_row(packed(b, rows=1))))
+
+
+def test_first_fit_decreasing_places_every_token_once():
+    lengths = np.array([16, 3, 9, 1, 12, 5, 0, 7])
+    rows, offsets, used = packing.first_fit_decreasing(lengths, 16)
+    assert used == 4  # 53 tokens in rows of 16: the fewest possible
+    slots = set()
+    for n, r, o in zip(lengths, rows, offsets):
+        assert n == 0 or o + n <= 16
+        slots.update((r, o + j) for j in range(n))
+    assert len(slots) == lengths.sum()
+    with pytest.raises(ValueError, match="17 tokens"):
+        packing.first_fit_decreasing(np.array([17]), 16)
+
+
+def test_every_process_share_gets_the_same_row_count():
+    inputs = example_batch(LENGTHS)
+    batch = {"inputs": inputs, "targets": {"labels": np.arange(8)}}
+    packer = packing.Packer(ROW, row_multiple=3)  # shares need 2 rows each (29 and 24 tokens)
+    shares = [packer(batch, (i, 2)) for i in range(2)]
+    assert {s["inputs"]["packing"]["segment_ids"].shape for s in shares} == {(3, ROW)}
+    np.testing.assert_array_equal(shares[1]["targets"]["labels"], [4, 5, 6, 7])
+    assert packing.real_fraction(shares[0]) == pytest.approx(29 / 48)
