@@ -88,7 +88,7 @@ def run_jax(args, restrict: bool) -> float:
     times = []
     for i, batch in enumerate(batches(model.config.vocab_size, args.batch, args.length,
                                       args.warmup + args.steps)):
-        batch = layout.put_batch(batch, args.batch)
+        batch = layout.put_batch(batch)
         start = time.perf_counter()
         state, metrics = step(state, teacher_params, batch)
         jax.block_until_ready(metrics)

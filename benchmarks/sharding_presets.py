@@ -53,7 +53,7 @@ def step_time(mesh, steps: int = 5) -> float:
     batch = {"inputs": {"input_ids": rng.integers(0, 8192, (32, 128)).astype(np.int32),
                         "attention_mask": np.ones((32, 128), np.int32)},
              "targets": {"labels": rng.integers(0, 2, (32,)).astype(np.int32)}}
-    batch = layout.put_batch(batch, 32)
+    batch = layout.put_batch(batch)
     state, metrics = step(state, None, batch)  # compile
     jax.block_until_ready(metrics)
     start = time.perf_counter()

@@ -127,11 +127,13 @@ def logit_mse_sums(student_logits, teacher_logits, mask):
 def distillation_loss(student_logits, teacher_logits, student_hidden, teacher_hidden,
                       attention_mask, mlm_labels, *, temperature: float, alpha_ce: float,
                       alpha_mlm: float, alpha_cos: float, alpha_mse: float = 0.0,
-                      restrict_ce_to_mask: bool = False):
+                      restrict_ce_to_mask: bool = False, hidden_mask=None):
     """α_ce·L_ce + α_mlm·L_mlm + α_cos·L_cos (+ α_mse·L_mse), each a mean over its tokens.
 
     L_ce and L_mse cover every real token (or only the MLM targets with restrict_ce_to_mask), L_cos
-    every real token, L_mlm the MLM targets. Returns (loss, {term name: value}).
+    every real token, L_mlm the MLM targets. `hidden_mask` marks the real tokens of the hidden
+    states when they are laid out differently from `attention_mask` (packed rows).
+    Returns (loss, {term name: value}).
     """
     real = attention_mask.astype(bool)
     ce_mask = (mlm_labels != IGNORE_INDEX) if restrict_ce_to_mask else real
@@ -143,7 +145,8 @@ def distillation_loss(student_logits, teacher_logits, student_hidden, teacher_hi
         total, count = cross_entropy_sums(student_logits, mlm_labels)
         terms["mlm"] = total / jnp.maximum(count, 1)
     if alpha_cos:
-        total, count = cosine_sums(student_hidden, teacher_hidden, real)
+        total, count = cosine_sums(student_hidden, teacher_hidden,
+                                   real if hidden_mask is None else hidden_mask)
         terms["cos"] = total / jnp.maximum(count, 1)
     if alpha_mse:
         total, count = logit_mse_sums(student_logits, teacher_logits, ce_mask)

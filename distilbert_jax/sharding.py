@@ -143,10 +143,11 @@ class Layout:
         """Where each of `model`'s params goes (the `shardings` argument of hf.from_pretrained)."""
         return self.shardings(modeling.abstract_params(model))
 
-    def put_batch(self, batch, global_rows: int):
-        """A global batch (a tree of arrays) from this process's rows (each holds only its slice)."""
+    def put_batch(self, batch):
+        """A global batch (a tree of arrays) from this process's rows: every process holds an
+        equal contiguous slice of each array's first axis."""
         return jax.tree.map(lambda v: jax.make_array_from_process_local_data(
-            self.batch, v, (global_rows, *v.shape[1:])), batch)
+            self.batch, v, (v.shape[0] * jax.process_count(), *v.shape[1:])), batch)
 
     def jit(self, fn, in_shardings, out_shardings, donate_argnums=()):
         """`jax.jit` with explicit shardings, run with the mesh and rules in scope so activation

@@ -192,9 +192,9 @@ def test_length_grouped_batches_are_a_function_of_the_step(minilm_dir, tmp_path)
     tokens = rng.integers(1000, 2000, lengths.sum()).astype(np.uint16)
     data = corpus.Corpus(tokens, lengths, np.bincount(tokens, minlength=30522))
     straight = data.batches(8, 3, 0, 0, length_multiple=16)
-    batches = [next(straight) for _ in range(50)]  # crosses an epoch (37 batches each)
+    batches = [next(straight)["inputs"] for _ in range(50)]  # crosses an epoch (37 batches each)
     resumed = data.batches(8, 3, 41, 0, length_multiple=16)
-    np.testing.assert_array_equal(next(resumed)["input_ids"], batches[41]["input_ids"])
+    np.testing.assert_array_equal(next(resumed)["inputs"]["input_ids"], batches[41]["input_ids"])
     for b in batches:
         real = b["attention_mask"].sum(1)
         assert b["input_ids"].shape[1] % 16 == 0 and b["input_ids"].shape[1] - real.max() < 16

@@ -1,14 +1,20 @@
 """Packed batches: the same outputs as the unpacked model for every head, nothing crossing examples."""
 
+import json
+import os
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 
 import distilbert_jax as dj
 from distilbert_jax import modeling
 from distilbert_jax.data import packing
-from conftest import relative_error
+from distilbert_jax.train import distill, finetune
+from conftest import crashing_at, relative_error, tiny_config, write_sst2, write_stsb
 
 TOL = 1e-5
 DISTILBERT = dj.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
@@ -127,3 +133,76 @@ def test_every_process_share_gets_the_same_row_count():
     assert {s["inputs"]["packing"]["segment_ids"].shape for s in shares} == {(3, ROW)}
     np.testing.assert_array_equal(shares[1]["targets"]["labels"], [4, 5, 6, 7])
     assert packing.real_fraction(shares[0]) == pytest.approx(29 / 48)
+
+
+# --- jobs: packing changes the layout, never the numbers -----------------------------------------------
+
+def step_metrics(workdir, name):
+    lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return [line[name] for line in lines if name in line]
+
+
+@pytest.mark.parametrize("family,task,accum", [("distilbert", "sst2", 1), ("bert", "stsb", 2)])
+def test_fine_tuning_packed_equals_unpacked(family, task, accum, tiny_model, tiny_bert, tmp_path):
+    """Dropout off: every update's loss and the dev metrics agree, packed or not (with micro-batch
+    accumulation and token types on the BERT run)."""
+    model = tiny_model if family == "distilbert" else tiny_bert
+    data = (write_sst2 if task == "sst2" else write_stsb)(tmp_path / task)
+    config_class = dj.DistilBertConfig if family == "distilbert" else dj.BertConfig
+    overrides = {field: 0.0 for field in config_class.dropout_fields()}
+    results = {}
+    for packed_run in (False, True):
+        config = tiny_config(model, data, task, max_steps=6, log_every=1, grad_accum_steps=accum,
+                             packing=packed_run, model_overrides=overrides, save_model=False)
+        workdir = str(tmp_path / f"packed_{packed_run}")
+        results[packed_run] = (finetune.train_and_evaluate(config, workdir),
+                               step_metrics(workdir, "train/loss"),
+                               step_metrics(workdir, "batch/computed_tokens"))
+    (plain, plain_losses, plain_slots), (packed_result, packed_losses, packed_slots) = (
+        results[False], results[True])
+    assert len(plain_losses) == 6
+    assert sum(packed_slots) < sum(plain_slots)  # 2 rows of 48 slots against 8 of 16
+    np.testing.assert_allclose(packed_losses, plain_losses, rtol=1e-5)
+    for name, value in plain["eval"]["dev"].items():
+        assert packed_result["eval"]["dev"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_a_packed_run_resumes_exactly(tiny_model, tmp_path, monkeypatch):
+    data = write_sst2(tmp_path / "SST-2")
+    config = tiny_config(tiny_model, data, "sst2", max_steps=8, packing=True)
+    finetune.train_and_evaluate(config, str(tmp_path / "straight"))
+    real_step = finetune.make_step
+    monkeypatch.setattr(finetune, "make_step", crashing_at(5, real_step))
+    with pytest.raises(KeyboardInterrupt):
+        finetune.train_and_evaluate(config, str(tmp_path / "resumed"))
+    monkeypatch.setattr(finetune, "make_step", real_step)
+    finetune.train_and_evaluate(config, str(tmp_path / "resumed"))
+    straight, resumed = (safetensors.numpy.load_file(str(tmp_path / run / "model" / "model.safetensors"))
+                         for run in ("straight", "resumed"))
+    for key in straight:
+        np.testing.assert_array_equal(straight[key], resumed[key], err_msg=key)
+
+
+def test_the_distillation_loss_packed_equals_unpacked():
+    """The triple loss (KL over every real token, MLM at the targets, cosine of the last hidden
+    states) of one batch, with the same masking draws and dropout off, in both layouts."""
+    teacher = dj.BertForMaskedLM(BERT.replace(hidden_dropout_prob=0.0,
+                                              attention_probs_dropout_prob=0.0))
+    student = dj.DistilBertForMaskedLM(DISTILBERT.replace(dropout=0.0, attention_dropout=0.0))
+    teacher_params = modeling.init_params(teacher, seed=4)
+    params = modeling.init_params(student, seed=5)
+    config = distill.default_config()
+    for restrict in (False, True):
+        config.restrict_ce_to_mask = restrict
+        mask = distill.masker(config, np.ones(99), types.SimpleNamespace(
+            all_special_ids=[0, 1, 2], mask_token_id=4), 99)
+        loss_fn = jax.jit(distill.distill_loss(student, teacher, config, mask))
+        inputs = example_batch(LENGTHS)
+        del inputs["token_type_ids"]
+        key = jax.random.key(7)
+        plain, plain_terms = loss_fn(params, teacher_params, {"inputs": inputs}, key)
+        packed_loss, packed_terms = loss_fn(params, teacher_params, {"inputs": packed(inputs)}, key)
+        assert set(plain_terms) == {"ce", "mlm", "cos"}
+        for name in plain_terms:
+            assert relative_error(packed_terms[name], plain_terms[name]) <= TOL, name
+        assert relative_error(packed_loss, plain) <= TOL

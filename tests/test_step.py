@@ -38,7 +38,7 @@ def test_accumulating_two_halves_equals_one_whole_batch(tiny_model):
     whole, step1, layout = tiny_setup(tiny_model, accum=1)
     halves, step2, _ = tiny_setup(tiny_model, accum=2)
     for seed in range(3):
-        b = layout.put_batch(batch(seed=seed), 8)
+        b = layout.put_batch(batch(seed=seed))
         whole, m1 = step1(whole, None, b)
         halves, m2 = step2(halves, None, b)
         # (Parameters are not compared: Adam scales float noise in near-zero gradients, such as
@@ -53,7 +53,7 @@ def test_the_step_donates_the_state_and_keeps_its_shardings(tiny_model):
     state, step, layout = tiny_setup(tiny_model, accum=1)
     before = jax.tree.map(lambda x: x.sharding, state)
     old_params = state.params
-    state, _ = step(state, None, layout.put_batch(batch(), 8))
+    state, _ = step(state, None, layout.put_batch(batch()))
     assert jax.tree.map(lambda x: x.sharding, state) == before
     assert all(x.is_deleted() for x in jax.tree.leaves(old_params))  # donated: no second copy
 
@@ -85,7 +85,7 @@ def test_float32_training_is_true_float32_on_every_backend(tiny_model):
     matmuls as TF32 unless the config opts in (matmul_precision="high"). CPUs honour it trivially,
     so the lowered program is what is checked here."""
     state, step, layout = tiny_setup(tiny_model, accum=2)
-    lowered = step.lower(state, None, layout.put_batch(batch(), 8)).as_text()
+    lowered = step.lower(state, None, layout.put_batch(batch())).as_text()
     assert _dot_precisions(lowered) == {"HIGHEST, HIGHEST"}
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distilbert_jax import io
+from distilbert_jax.data.packing import Packer, share
 from distilbert_jax.data.task import DataError
 from distilbert_jax.losses import IGNORE_INDEX
 
@@ -72,15 +73,17 @@ def mask_tokens(key: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
     return corrupted, labels
 
 
-def target_positions(labels: jax.Array, mask_prop: float):
-    """(flat indices of the MLM targets, their labels), padded to a static ceil(mask_prop · size).
+def target_positions(labels: jax.Array, mask_prop: float, max_real: int | None = None):
+    """(flat indices of the MLM targets, their labels), padded to a static ceil(mask_prop · n),
+    n the batch's size or `max_real`, a static bound on its real tokens (its packed rows' size).
 
     `mask_tokens` never selects more than that many tokens (one slot spare for float32 rounding), so
     every target is kept; padding slots point at token 0 with label -100. Lets the loss compute
     vocabulary logits at the targets only.
     """
     flat = labels.reshape(-1)
-    size = min(flat.size, math.ceil(mask_prop * flat.size) + 1)
+    n = flat.size if max_real is None else min(flat.size, max_real)
+    size = min(flat.size, math.ceil(mask_prop * n) + 1)
     is_target = flat != IGNORE_INDEX
     positions = jnp.nonzero(is_target, size=size, fill_value=0)[0]
     valid = jnp.arange(size) < jnp.sum(is_target)
@@ -340,17 +343,21 @@ class Corpus:
         return self.tokens[self.offsets[i]:self.offsets[i + 1]]
 
     def batches(self, batch_size: int, seed: int, start_step: int, pad_id: int,
-                length_multiple: int = 32, pool: int = 50,
-                process: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
-        """Endless length-grouped batches; batch k depends only on (seed, k), so resuming is exact.
+                length_multiple: int = 32, pool: int = 50, process: tuple[int, int] = (0, 1),
+                packer: Packer | None = None) -> Iterator[dict[str, dict[str, np.ndarray]]]:
+        """Endless length-grouped batches ({"inputs": ...}); batch k depends only on (seed, k), so
+        resuming is exact.
 
         Each epoch shuffles the sequences, sorts pools of `pool` batches by length (the reference's
         length grouping) and shuffles the batches; a batch is padded to a multiple of
-        `length_multiple`, so XLA compiles a handful of shapes. Each process takes its share.
+        `length_multiple`, so XLA compiles a handful of shapes. Each process takes its share; with
+        a `packer` the batch is packed (data/packing.py), its example rows padded to its length.
         """
         per_epoch = len(self.lengths) // batch_size
         if per_epoch == 0:
             raise DataError(f"{len(self.lengths)} sequences cannot fill one batch of {batch_size}.")
+        if batch_size % process[1]:
+            raise DataError(f"batch size {batch_size} is not divisible by {process[1]} processes.")
         epoch_batches, epoch = None, -1
         step = start_step
         while True:
@@ -358,16 +365,20 @@ class Corpus:
             if e != epoch:
                 epoch, epoch_batches = e, self._epoch(batch_size, seed, e, pool)
             rows = epoch_batches[index]
-            length = int(-(-self.lengths[rows].max() // length_multiple) * length_multiple)
-            share = batch_size // process[1]
-            rows = rows[process[0] * share:(process[0] + 1) * share]
-            ids = np.full((len(rows), length), pad_id, np.int32)
-            for r, i in enumerate(rows):
-                seq = self.sequence(i)
-                ids[r, :len(seq)] = seq
-            yield {"input_ids": ids, "attention_mask": (np.arange(length)[None] <
-                                                         self.lengths[rows][:, None]).astype(np.int32)}
+            if packer is None:
+                length = int(-(-self.lengths[rows].max() // length_multiple) * length_multiple)
+                yield share({"inputs": self._collate(rows, length, pad_id)}, process)
+            else:
+                yield packer({"inputs": self._collate(rows, packer.length, pad_id)}, process)
             step += 1
+
+    def _collate(self, rows: np.ndarray, length: int, pad_id: int) -> dict[str, np.ndarray]:
+        ids = np.full((len(rows), length), pad_id, np.int32)
+        for r, i in enumerate(rows):
+            seq = self.sequence(i)
+            ids[r, :len(seq)] = seq
+        mask = np.arange(length)[None] < self.lengths[rows][:, None]
+        return {"input_ids": ids, "attention_mask": mask.astype(np.int32)}
 
     def _epoch(self, batch_size: int, seed: int, epoch: int, pool: int) -> list[np.ndarray]:
         rng = np.random.default_rng([seed, epoch])

@@ -42,9 +42,11 @@ def sequence_lengths(attention_mask: np.ndarray) -> np.ndarray:
     return attention_mask.reshape(-1, attention_mask.shape[-1]).sum(-1)
 
 
-def layout(attention_mask: np.ndarray, rows: int, length: int) -> dict[str, np.ndarray]:
+def layout(attention_mask: np.ndarray, rows: int, length: int, first_row: int = 0
+           ) -> dict[str, np.ndarray]:
     """`modeling.Packing`'s arrays for one batch: token_index shaped like `attention_mask`, and
-    segment_ids / position_ids [rows, length]."""
+    segment_ids / position_ids [rows, length]; indices count from row `first_row` of what the
+    model sees (a block that is not the first of its micro-batch)."""
     lengths = sequence_lengths(attention_mask)
     row_of, offset_of, used = first_fit_decreasing(lengths, length)
     if used > rows:
@@ -59,7 +61,7 @@ def layout(attention_mask: np.ndarray, rows: int, length: int) -> dict[str, np.n
             continue
         row, start = int(row_of[i]), int(offset_of[i])
         segments_in_row[row] += 1
-        token_index[i, :n] = row * length + start + np.arange(n)
+        token_index[i, :n] = (first_row + row) * length + start + np.arange(n)
         segment_ids[row, start:start + n] = segments_in_row[row]
         position_ids[row, start:start + n] = np.arange(n)
     return {"token_index": token_index.reshape(attention_mask.shape),
@@ -68,22 +70,32 @@ def layout(attention_mask: np.ndarray, rows: int, length: int) -> dict[str, np.n
 
 @dataclasses.dataclass(frozen=True)
 class Packer:
-    """Packs each process's share of a global batch into rows of `length`; every share gets the
-    same row count (the most any share needs, rounded up to `row_multiple`), so the processes
-    agree on the global shape."""
+    """Packs a global batch into rows of `length`, block by block: the batch is cut into as many
+    equal blocks as both the processes (each loads its own share) and the micro-batches (each one
+    model call, see train/step.py) need, every block gets the same row count (the most any needs,
+    rounded up to `row_multiple`), and a block's rows follow its predecessor's in its micro-batch.
+    So the processes agree on the global shape, and splitting the rows into micro-batches splits
+    the examples with them."""
     length: int
     row_multiple: int = 1
+    micro_batches: int = 1
 
-    def rows_for(self, shares: list[np.ndarray]) -> int:
-        needed = max(first_fit_decreasing(sequence_lengths(mask), self.length)[2] for mask in shares)
+    def rows_for(self, blocks: list[np.ndarray]) -> int:
+        needed = max(first_fit_decreasing(sequence_lengths(mask), self.length)[2] for mask in blocks)
         return max(self.row_multiple, -(-needed // self.row_multiple) * self.row_multiple)
 
     def __call__(self, batch: dict, process: tuple[int, int] = (0, 1)) -> dict:
         """This process's share of the global `batch` ({"inputs": ..., ...}), with its layout."""
-        shares = [share(batch, (i, process[1])) for i in range(process[1])]
-        rows = self.rows_for([s["inputs"]["attention_mask"] for s in shares])
-        local = shares[process[0]]
-        local["inputs"]["packing"] = layout(local["inputs"]["attention_mask"], rows, self.length)
+        index, count = process
+        n = int(np.lcm(count, self.micro_batches))
+        masks = [share(batch, (b, n))["inputs"]["attention_mask"] for b in range(n)]
+        rows = self.rows_for(masks)
+        per_micro = n // self.micro_batches
+        mine = range(index * n // count, (index + 1) * n // count)
+        blocks = [layout(masks[b], rows, self.length, first_row=(b % per_micro) * rows) for b in mine]
+        local = share(batch, process)
+        local["inputs"]["packing"] = {k: np.concatenate([block[k] for block in blocks])
+                                      for k in blocks[0]}
         return local
 
 

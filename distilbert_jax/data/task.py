@@ -14,8 +14,10 @@ import queue
 import threading
 from typing import Any, Iterator, Sequence
 
+import jax
 import numpy as np
 
+from distilbert_jax.data.packing import Packer
 from distilbert_jax.losses import IGNORE_INDEX
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 384, 512)
@@ -104,6 +106,19 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
     return int(length)
 
 
+def packer_for(config, batch_size: int, data_ways: int = 1, micro_batches: int = 1
+               ) -> Packer | None:
+    """The Packer of a job's config (None unless `config.packing`): rows of `max_length`'s bucket;
+    a block's row count is rounded up to a multiple of the `data_ways` and of an eighth of the
+    block, so that a handful of shapes compile."""
+    if not config.get("packing", False):
+        return None
+    blocks = np.lcm(jax.process_count(), micro_batches)
+    row_multiple = np.lcm(data_ways, max(1, batch_size // blocks // 8))
+    return Packer(bucket_for(config.max_length, tuple(config.buckets)), int(row_multiple),
+                  micro_batches)
+
+
 def collate(features: Features, rows: Sequence[int], length: int, pad_id: int,
             batch_size: int | None = None) -> dict[str, dict[str, np.ndarray]]:
     """{"inputs": ..., "targets": ...}: rows padded to `length` (and the batch to `batch_size`
@@ -143,13 +158,15 @@ def collate(features: Features, rows: Sequence[int], length: int, pad_id: int,
 
 def train_batches(features: Features, batch_size: int, seed: int, start_step: int, pad_id: int,
                   buckets: Sequence[int] = DEFAULT_BUCKETS, process: tuple[int, int] = (0, 1),
-                  ) -> Iterator[dict[str, np.ndarray]]:
+                  packer: Packer | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Endless shuffled batches; batch k is a pure function of (seed, k), so resuming is exact.
 
     Each epoch is a fresh permutation from (seed, epoch); the last incomplete batch is dropped.
     With `process=(index, count)` each process collates only its contiguous share of the rows,
-    padded to the bucket of the whole global batch so every process agrees on the shape.
+    padded to the bucket of the whole global batch so every process agrees on the shape. With a
+    `packer`, the same batch is packed (see data/packing.py).
     """
+    _check_shares(batch_size, process)
     per_epoch = len(features) // batch_size
     if per_epoch == 0:
         raise DataError(f"{len(features)} training rows cannot fill one batch of {batch_size}.")
@@ -159,35 +176,44 @@ def train_batches(features: Features, batch_size: int, seed: int, start_step: in
         epoch, index = divmod(step, per_epoch)
         order = np.random.default_rng([seed, epoch]).permutation(len(features))
         rows = order[index * batch_size:(index + 1) * batch_size]
-        length = bucket_for(int(lengths[rows].max()), buckets)
-        yield collate(features, _share(rows, batch_size, process), length, pad_id)
+        if packer is None:
+            length = bucket_for(int(lengths[rows].max()), buckets)
+            yield collate(features, _share(rows, batch_size, process), length, pad_id)
+        else:
+            yield packer(collate(features, rows, packer.length, pad_id), process)
         step += 1
 
 
 def eval_batches(features: Features, batch_size: int, pad_id: int,
                  buckets: Sequence[int] = DEFAULT_BUCKETS, process: tuple[int, int] = (0, 1),
-                 ) -> Iterator[tuple[np.ndarray, dict]]:
+                 packer: Packer | None = None) -> Iterator[tuple[np.ndarray, dict]]:
     """(global rows, local batch) over every row once, sorted by length so padding is small.
 
     Every batch has `batch_size` slots (empty rows fill the last one); slot i of the global batch
-    holds `rows[i]`.
+    holds `rows[i]`. With a `packer`, each batch is packed (see data/packing.py).
     """
+    _check_shares(batch_size, process)
     lengths = features.lengths()
     order = np.argsort(lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        length = bucket_for(int(lengths[rows].max()), buckets)
-        local = _share(rows, batch_size, process)
-        yield rows, collate(features, local, length, pad_id, batch_size // process[1])
+        if packer is None:
+            length = bucket_for(int(lengths[rows].max()), buckets)
+            local = _share(rows, batch_size, process)
+            yield rows, collate(features, local, length, pad_id, batch_size // process[1])
+        else:
+            yield rows, packer(collate(features, rows, packer.length, pad_id, batch_size), process)
+
+
+def _check_shares(batch_size: int, process: tuple[int, int]) -> None:
+    if batch_size % process[1]:
+        raise DataError(f"batch size {batch_size} is not divisible by {process[1]} processes.")
 
 
 def _share(rows: np.ndarray, batch_size: int, process: tuple[int, int]) -> np.ndarray:
     """The rows in this process's contiguous block of the batch's slots."""
-    index, count = process
-    if batch_size % count:
-        raise DataError(f"batch size {batch_size} is not divisible by {count} processes.")
-    per = batch_size // count
-    return rows[index * per:(index + 1) * per]
+    per = batch_size // process[1]
+    return rows[process[0] * per:(process[0] + 1) * per]
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:

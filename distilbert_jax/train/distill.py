@@ -23,13 +23,13 @@ from jax.experimental import multihost_utils
 from distilbert_jax import hf, losses, modeling, sharding, student
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import corpus
-from distilbert_jax.data.task import DataError, prefetch
+from distilbert_jax.data.task import DataError, packer_for, prefetch
 from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import checks, loop, workdir as workdirs
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.checkpoint import Checkpoints
 from distilbert_jax.train.logging import MetricWriter, Progress
-from distilbert_jax.train.step import make_step
+from distilbert_jax.train.step import computed_tokens, make_step
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.warmup_ratio = 0.05
     c.max_grad_norm = 5.0
     c.length_multiple = 32  # batches are padded to a multiple of this (few compiled shapes)
+    c.packing = False  # True: a batch's sequences share rows of max_length (data/packing.py)
 
     c.log_every = 50
     c.checkpoint_every = 500
@@ -174,9 +175,10 @@ def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
 def corpus_batches(data: corpus.Corpus, config, pad_id: int, layout: sharding.Layout, start: int):
     """Global length-grouped batches ({"inputs": ...}) from batch `start` on, each process loading
     its own share."""
-    return prefetch(layout.put_batch({"inputs": b}, config.batch_size) for b in data.batches(
+    packer = packer_for(config, config.batch_size, layout.data_ways, config.grad_accum_steps)
+    return prefetch(layout.put_batch(b) for b in data.batches(
         config.batch_size, config.seed, start, pad_id, config.length_multiple,
-        process=(jax.process_index(), jax.process_count())))
+        process=(jax.process_index(), jax.process_count()), packer=packer))
 
 
 def masker(config, token_counts, tokenizer, vocab_size: int):
@@ -210,19 +212,28 @@ def distill_loss(student_model, teacher_model, config, mask):
         ids, labels = mask(mask_key, batch["inputs"])
         positions = None
         if at_targets:
-            positions, labels = corpus.target_positions(labels, config.mlm_mask_prop)
-        attention = batch["inputs"]["attention_mask"]
+            positions, labels = corpus.target_positions(labels, config.mlm_mask_prop,
+                                                        computed_tokens(batch["inputs"]))
+        inputs = {**batch["inputs"], "input_ids": ids}
         teacher_out = teacher_model.apply(
-            {"params": teacher_params}, ids, attention_mask=attention, output_hidden_states=True,
-            **({"logit_positions": positions} if teacher_logits else {}))
+            {"params": teacher_params}, **modeling.model_inputs(teacher_model, inputs),
+            output_hidden_states=True, **({"logit_positions": positions} if teacher_logits else {}))
         t_logits = jax.lax.stop_gradient(teacher_out.logits) if teacher_logits else None
         t_hidden = jax.lax.stop_gradient(teacher_out.hidden_states[-1])
-        out = student_model.apply({"params": params}, ids, attention_mask=attention,
+        out = student_model.apply({"params": params}, **modeling.model_inputs(student_model, inputs),
                                   deterministic=False, rngs={"dropout": dropout_key},
                                   output_hidden_states=True, logit_positions=positions)
         return losses.distillation_loss(out.logits, t_logits, out.hidden_states[-1], t_hidden,
-                                        attention, labels, **terms_weights)
+                                        inputs["attention_mask"], labels,
+                                        hidden_mask=hidden_states_mask(inputs), **terms_weights)
     return loss_fn
+
+
+def hidden_states_mask(inputs):
+    """The real tokens of a model's `hidden_states`: in the packed rows' layout when packed."""
+    if "packing" in inputs:
+        return inputs["packing"]["segment_ids"] > 0
+    return inputs["attention_mask"]
 
 
 def frozen_where(predicate):
@@ -315,9 +326,10 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     def loss_fn(params, _, batch, key):
         params = {"bert": jax.lax.stop_gradient(params["bert"]), "cls": params["cls"]}
         ids, labels = mask(key, batch["inputs"])
-        positions, labels = corpus.target_positions(labels, config.mlm_mask_prop)
-        out = model.apply({"params": params}, ids, attention_mask=batch["inputs"]["attention_mask"],
-                          logit_positions=positions)
+        positions, labels = corpus.target_positions(labels, config.mlm_mask_prop,
+                                                    computed_tokens(batch["inputs"]))
+        out = model.apply({"params": params}, **modeling.model_inputs(
+            model, {**batch["inputs"], "input_ids": ids}), logit_positions=positions)
         return losses.masked_lm_loss(out.logits, labels), {}
 
     state, total, _ = train_on_corpus(config, workdir, model, params, data, tokenizer,

@@ -21,7 +21,8 @@ import numpy as np
 
 from distilbert_jax import hf, io, losses, modeling, sharding
 from distilbert_jax.data import Features, Task, get_task
-from distilbert_jax.data.task import DataError, collate, eval_batches, prefetch, train_batches
+from distilbert_jax.data.task import (DataError, collate, eval_batches, packer_for, prefetch,
+                                     train_batches)
 from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import checks, loop, workdir as workdirs
 from distilbert_jax.train import state as train_state
@@ -57,6 +58,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.max_length = 128
     c.buckets = (32, 64, 128, 256, 384, 512)  # padded lengths: one compiled shape per bucket
+    # True: each batch's examples share rows of max_length's bucket (data/packing.py), so padding
+    # is not computed; the same examples, order, losses and metrics as unpacked
+    c.packing = False
     c.batch_size = 32  # examples per optimiser update
     c.grad_accum_steps = 1  # micro-batches per update (batch_size must be a multiple)
     c.eval_batch_size = 64
@@ -171,14 +175,14 @@ def make_eval_step(model, param_shardings, layout: sharding.Layout) -> Callable:
 
 
 def predict(eval_step, params, task: Task, features: Features, batch_size: int, pad_id: int,
-            buckets, layout: sharding.Layout) -> dict[str, Any]:
+            buckets, layout: sharding.Layout, packer=None) -> dict[str, Any]:
     """Model outputs for every row: arrays [rows, ...], or per-row lists trimmed to each row's length."""
     lengths = features.lengths()
     collected: dict[str, list] = {}
     order: list[int] = []
     process = (jax.process_index(), jax.process_count())
-    for rows, batch in prefetch(eval_batches(features, batch_size, pad_id, buckets, process)):
-        inputs = layout.put_batch(batch["inputs"], batch_size)
+    for rows, batch in prefetch(eval_batches(features, batch_size, pad_id, buckets, process, packer)):
+        inputs = layout.put_batch(batch["inputs"])
         out = jax.device_get({k: v.addressable_data(0) for k, v in eval_step(params, inputs).items()})
         for key, value in out.items():
             for i, row in enumerate(rows):
@@ -222,7 +226,8 @@ def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config
     for split, features in splits.items():
         started = time.perf_counter()
         outputs = predict(eval_step, params, task, features, config.eval_batch_size, pad_id,
-                          tuple(config.buckets), layout)
+                          tuple(config.buckets), layout,
+                          packer_for(config, config.eval_batch_size, layout.data_ways))
         seconds = time.perf_counter() - started
         log.info("Evaluated %s: %d rows in %.1f s (%.0f rows/s)", split, len(features), seconds,
                  len(features) / max(seconds, 1e-9))
@@ -284,9 +289,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                learning_rate=schedule)
         eval_step = make_eval_step(model, state_shardings.params, layout)
         process = (jax.process_index(), jax.process_count())
-        batches = prefetch(layout.put_batch(batch, config.batch_size) for batch in train_batches(
+        batches = prefetch(layout.put_batch(batch) for batch in train_batches(
             train, config.batch_size, config.seed, start, tokenizer.pad_token_id,
-            tuple(config.buckets), process))
+            tuple(config.buckets), process,
+            packer_for(config, config.batch_size, layout.data_ways, config.grad_accum_steps)))
         evaluate = lambda params, splits, predictions=None: evaluate_splits(
             eval_step, params, task, splits, config, tokenizer.pad_token_id, layout, model.config,
             predictions)

@@ -29,8 +29,9 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, layout: shardin
     `batch` is {"inputs": {...}, ...} with rows on the first axis; with `accum_steps` > 1 it is
     split into that many micro-batches whose losses and gradients are averaged, micro-batch i
     drawing its randomness from fold_in(key, i). Metrics: `<prefix>/loss`, `<prefix>/loss_<term>`,
-    `train/grad_norm`, `train/param_norm`, `batch/tokens` (real tokens in the batch) and, given the
-    optimiser's schedule, `train/lr` (this update's), all computed on device.
+    `train/grad_norm`, `train/param_norm`, `batch/tokens` (real tokens in the batch),
+    `batch/computed_tokens` (the token slots the encoder computes: padded or packed rows) and, given
+    the optimiser's schedule, `train/lr` (this update's), all computed on device.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -56,7 +57,8 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, layout: shardin
         params = optax.apply_updates(state.params, updates)
         metrics = {f"{prefix}/loss": loss, **{f"{prefix}/loss_{k}": v for k, v in terms.items()},
                    "train/grad_norm": global_norm(grads), "train/param_norm": global_norm(params),
-                   "batch/tokens": jnp.sum(batch["inputs"]["attention_mask"])}
+                   "batch/tokens": jnp.sum(batch["inputs"]["attention_mask"]),
+                   "batch/computed_tokens": computed_tokens(batch["inputs"])}
         if learning_rate is not None:
             metrics["train/lr"] = learning_rate(state.step)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -64,3 +66,8 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, layout: shardin
     return layout.jit(step, in_shardings=(state_shardings, frozen_shardings or layout.replicated,
                                           layout.batch),
                       out_shardings=(state_shardings, layout.replicated), donate_argnums=0)
+
+
+def computed_tokens(inputs) -> int:
+    """How many token slots the encoder computes for a batch: its packed rows' or its padded rows'."""
+    return (inputs["packing"]["segment_ids"] if "packing" in inputs else inputs["input_ids"]).size
