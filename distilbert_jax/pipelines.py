@@ -29,6 +29,7 @@ import numpy as np
 
 from distilbert_jax import hf, modeling
 from distilbert_jax.config import ConfigError
+from distilbert_jax.data import packing as packing_lib
 from distilbert_jax.data.task import bucket_for
 from distilbert_jax.tokenizer import Tokenizer, TokenizerError
 
@@ -55,7 +56,7 @@ class Pipeline:
 
     def __init__(self, model: nn.Module, params, tokenizer: Tokenizer, *, directory: str | None = None,
                  batch_size: int = 32, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 max_length: int | None = None, **defaults):
+                 max_length: int | None = None, packing: bool = False, **defaults):
         if int(batch_size) < 1:
             raise PipelineError(f"batch_size={batch_size} must be at least 1.")
         self.model, self.params, self.tokenizer = model, params, tokenizer
@@ -67,6 +68,7 @@ class Pipeline:
         except ConfigError as e:
             raise PipelineError(str(e)) from None
         self.buckets = tuple(sorted({b for b in buckets if b < self.max_length} | {self.max_length}))
+        self.packing = bool(packing)
         self.defaults = defaults
         self._check_options(defaults)
         self._apply = jax.jit(self._forward)
@@ -124,11 +126,14 @@ class Pipeline:
             rows = min(1 << (len(chunk) - 1).bit_length(), self.batch_size)  # few batch shapes
             batch = {k: np.zeros((rows, length), np.int32)
                      for k in ("input_ids", "attention_mask", "token_type_ids")}
-            batch["attention_mask"][:, 0] = 1  # padding rows attend to something
             for r, i in enumerate(chunk):
                 n = len(features[i]["input_ids"])
                 for k in batch:
                     batch[k][r, :n] = features[i].get(k, [0] * n)
+            if self.packing:
+                batch["packing"] = self._packing(batch["attention_mask"], length)
+            else:
+                batch["attention_mask"][len(chunk):, 0] = 1  # padding rows attend to something
             if extra is not None:
                 batch.update(extra([features[i] for i in chunk] + [None] * (rows - len(chunk)), length))
             out = jax.device_get(self._apply(self.params, batch))
@@ -136,6 +141,14 @@ class Pipeline:
                 n = len(features[i]["input_ids"])
                 results[i] = {k: (v[r, :n] if k in self.per_token else v[r]) for k, v in out.items()}
         return results
+
+    def _packing(self, attention_mask: np.ndarray, length: int) -> dict[str, np.ndarray]:
+        """The batch's texts packed into rows of at least 128 tokens (or the longest's bucket), a
+        power of two of them, so few shapes compile (see data/packing.py)."""
+        row_length = max(length, bucket_for(min(128, self.max_length), self.buckets))
+        needed = packing_lib.first_fit_decreasing(
+            packing_lib.sequence_lengths(attention_mask), row_length)[2]
+        return packing_lib.layout(attention_mask, 1 << (needed - 1).bit_length(), row_length)
 
     def encode(self, texts, pairs=None, **kwargs) -> list[list[Any]]:
         try:
@@ -757,7 +770,8 @@ TASKS = tuple(PIPELINES) + tuple(ALIASES)
 
 def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
              buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: int | None = None,
-             dtype=jnp.float32, matmul_precision: str | None = None, **defaults) -> Pipeline:
+             dtype=jnp.float32, matmul_precision: str | None = None, packing: bool = False,
+             **defaults) -> Pipeline:
     """A callable that applies `model` to text for `task`, like `transformers.pipeline`.
 
     model: a checkpoint directory, a hub id, `packaged:all-MiniLM-L6-v2`, or a (module, params)
@@ -766,7 +780,8 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
     model's positions); max_length: tokens per text (default: the tokenizer's and model's limit).
     dtype: the compute dtype of a loaded checkpoint (e.g. jnp.bfloat16). matmul_precision: the
     model's (`modeling`: "auto", true float32 for float32 compute, or "high" to allow TF32 on a
-    GPU); None keeps a given module's own, and "auto" for a loaded checkpoint.
+    GPU); None keeps a given module's own, and "auto" for a loaded checkpoint. packing: several
+    texts share a row (data/packing.py), so padding is not computed; outputs are unchanged.
     Other keyword arguments are defaults for every call (e.g. top_k=3, aggregation_strategy="simple").
     """
     name = ALIASES.get(task, task)
@@ -797,7 +812,7 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
     if not isinstance(tokenizer, Tokenizer):
         tokenizer = Tokenizer.from_pretrained(tokenizer if tokenizer is not None else directory)
     return cls(module, params, tokenizer, directory=directory, batch_size=batch_size,
-               buckets=buckets, max_length=max_length, **defaults)
+               buckets=buckets, max_length=max_length, packing=packing, **defaults)
 
 
 def _head_of(module: nn.Module) -> str | None:

@@ -2,7 +2,7 @@
 
     python -m distilbert_jax.predict --model=runs/sst2/model --task=text-classification \\
         --input=reviews.txt [--output=predictions.jsonl] [--text_column=text] [--batch_size=32] \\
-        [--options='{"top_k": 2}']
+        [--packing] [--options='{"top_k": 2}']
 
 --input: text lines (.txt, one text a line, blank lines skipped), JSON lines (.jsonl: the
 --text_column field, or "question" and "context" for question-answering; "text_pair" makes a pair
@@ -48,6 +48,8 @@ def parse_args(argv):
     parser.add_argument("--output", default=None, help=".jsonl or .csv file (default: stdout, JSON lines)")
     parser.add_argument("--text_column", default="text", help="the text field of JSONL/CSV rows")
     parser.add_argument("--batch_size", type=int, default=32, help="texts per forward pass")
+    parser.add_argument("--packing", action="store_true",
+                        help="pack several texts per row: padding is not computed, answers unchanged")
     parser.add_argument("--options", default="{}", help="pipeline call options as a JSON object")
     return parser.parse_args(argv)
 
@@ -175,7 +177,7 @@ def predict(args) -> dict:
     rows = read_rows(args.input, args.text_column, args.task)
 
     started = time.perf_counter()
-    pipe = dj.pipeline(args.task, model=args.model, batch_size=args.batch_size)
+    pipe = dj.pipeline(args.task, model=args.model, batch_size=args.batch_size, packing=args.packing)
     qa = args.task == "question-answering"
     writer = Writer(args.output)
     ok, first, done = False, None, 0

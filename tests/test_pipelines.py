@@ -30,8 +30,8 @@ def model_path(model):
 
 
 @functools.lru_cache(maxsize=None)
-def cached_pipeline(task, model):
-    return dj.pipeline(task, model=model_path(model))
+def cached_pipeline(task, model, packing=False):
+    return dj.pipeline(task, model=model_path(model), packing=packing)
 
 
 def differences(ours, reference, where="output"):
@@ -72,10 +72,12 @@ def _numeric_array(value):
         return None
 
 
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("case", CASES)
-def test_pipeline_matches_transformers(case):
+def test_pipeline_matches_transformers(case, packing):
+    """Every task, with texts padded to buckets or packed several to a row (the same answers)."""
     fixture = load_case(case)
-    pipe = cached_pipeline(fixture["task"], fixture["model"])
+    pipe = cached_pipeline(fixture["task"], fixture["model"], packing)
     for call in fixture["calls"]:
         ours = pipe(call["inputs"], **call["kwargs"])
         abs_diff, _ = differences(ours, call["output"], f"{case} {call['kwargs']}")

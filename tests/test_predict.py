@@ -50,7 +50,7 @@ def test_jsonl_with_ids_pairs_and_options(tmp_path):
     source = write(tmp_path / "in.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     out = str(tmp_path / "out.jsonl")
     assert predict.main([f"--model={SENTIMENT}", "--task=sentiment-analysis", f"--input={source}",
-                         f"--output={out}", '--options={"top_k": null}']) == 0
+                         f"--output={out}", "--packing", '--options={"top_k": null}']) == 0
     pipe = cached_pipeline("text-classification", "distilbert_sentiment")
     got = read_jsonl(out)
     assert [g["id"] for g in got] == ["a", "b"] and got[1]["text_pair"] == TEXTS[2]
