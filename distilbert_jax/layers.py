@@ -112,6 +112,24 @@ def attention_probs(q: jax.Array, k: jax.Array, keep: jax.Array, precision: str 
     return jax.nn.softmax(scores, axis=-1)
 
 
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, keep: jax.Array,
+                    implementation: str | None, precision: str | None = None) -> jax.Array:
+    """softmax(q kᵀ / sqrt(d)) v without handing back the probabilities: `jax.nn.dot_product_attention`
+    (cuDNN's flash attention with implementation="cudnn", XLA's otherwise) -> [b, q, h*d].
+
+    cuDNN takes the padding as key lengths, so it serves unpacked rows (`keep` [b, 1, k], masks being
+    prefixes of ones); packed rows use XLA with the segment mask. Matmuls follow `precision`.
+    """
+    if implementation == "cudnn" and keep.shape[1] == 1:
+        lengths = jnp.sum(keep[:, 0], axis=-1, dtype=jnp.int32)
+        out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths,
+                                           key_value_seq_lengths=lengths, implementation="cudnn")
+    else:
+        with jax.default_matmul_precision(precision or "default"):
+            out = jax.nn.dot_product_attention(q, k, v, mask=keep[:, None], implementation="xla")
+    return out.reshape(*out.shape[:2], -1)
+
+
 def attend(probs: jax.Array, v: jax.Array, precision: str | None = None) -> jax.Array:
     """Weighted sum of values: probs [b, h, q, k], v [b, k, h, d] -> [b, q, h*d]."""
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, precision=precision)

@@ -117,8 +117,6 @@ def _last_line(error: Exception) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _MULTIHOST.value or _COORDINATOR.value:
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save INFO lines drown the progress
     ours = logging.getLogger("distilbert_jax")  # our notices as plain lines, not log records
     handler = logging.StreamHandler(sys.stderr)
@@ -137,6 +135,9 @@ def main(argv):
         print(f"error: {_config_file_error(e, flags.FLAGS['config'].serialize().split('=', 1)[-1])}",
               file=sys.stderr)
         sys.exit(2)
+    distributed.use_deterministic_ops(config.get("deterministic", True))  # before any device
+    if _MULTIHOST.value or _COORDINATOR.value:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         results = jobs.run(config, _WORKDIR.value)
     except jobs.USER_ERRORS as e:  # one clear sentence, a non-zero exit

@@ -98,6 +98,7 @@ class Packing:
 
 
 MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
+ATTENTION_IMPLEMENTATIONS = ("auto", "explicit", "xla", "cudnn")
 
 
 def check_matmul_precision(value: str) -> None:
@@ -114,12 +115,17 @@ class _Base(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     matmul_precision: str = "auto"
+    # "auto": fused attention (jax.nn.dot_product_attention; cuDNN's flash attention for 16-bit
+    # compute on a GPU) unless attention maps are asked for or attention dropout is active, then the
+    # explicit softmax; "explicit", "xla" or "cudnn" ask for one (maps and dropout still need explicit).
+    attention_implementation: str = "auto"
 
     @property
     def numerics(self) -> dict:
         """The fields a submodule inherits."""
         return {"dtype": self.dtype, "param_dtype": self.param_dtype,
-                "matmul_precision": self.matmul_precision}
+                "matmul_precision": self.matmul_precision,
+                "attention_implementation": self.attention_implementation}
 
     @property
     def precision(self) -> str | None:
@@ -128,6 +134,22 @@ class _Base(nn.Module):
         if self.matmul_precision == "auto":
             return "highest" if jnp.dtype(self.dtype) == jnp.float32 else None
         return None if self.matmul_precision == "default" else self.matmul_precision
+
+    def _attention(self, q, k, v, keep, dropout_rate, deterministic, output_attentions):
+        """(context [b, q, h*d], attention maps [b, h, q, k] or None when fused)."""
+        implementation = self.attention_implementation
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(f"attention_implementation={implementation!r} is not one of "
+                              f"{ATTENTION_IMPLEMENTATIONS}.")
+        if output_attentions or implementation == "explicit" or (dropout_rate and not deterministic):
+            probs = layers.attention_probs(q, k, keep, self.precision)
+            dropped = nn.Dropout(dropout_rate)(probs, deterministic)
+            return layers.attend(dropped, v, self.precision), probs
+        if implementation == "auto":
+            flash = (jax.default_backend() == "gpu" and keep.shape[1] == 1
+                     and jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16))
+            implementation = "cudnn" if flash else "xla"
+        return layers.fused_attention(q, k, v, keep, implementation, self.precision), None
 
     def _dense(self, features, axes, name):
         return layers.dense(features, axes, stddev=self.config.initializer_range, dtype=self.dtype,
@@ -200,13 +222,12 @@ class MultiHeadSelfAttention(_Base):
     """q_lin/k_lin/v_lin/out_lin; no dropout after out_lin (unlike BERT)."""
 
     @nn.compact
-    def __call__(self, x, keep, deterministic):
+    def __call__(self, x, keep, deterministic, output_attentions=False):
         cfg = self.config
         q, k, v = (layers.split_heads(self._dense(cfg.dim, ("embed", "heads"), name)(x), cfg.n_heads)
                    for name in ("q_lin", "k_lin", "v_lin"))
-        probs = layers.attention_probs(q, k, keep, self.precision)
-        dropped = nn.Dropout(cfg.attention_dropout)(probs, deterministic)
-        context = layers.attend(dropped, v, self.precision)
+        context, probs = self._attention(q, k, v, keep, cfg.attention_dropout, deterministic,
+                                         output_attentions)
         out = self._dense(cfg.dim, ("heads", "embed"), "out_lin")(context)
         return out, probs
 
@@ -225,9 +246,10 @@ class TransformerBlock(_Base):
     """Post-LN block: LN(x + attention(x)), then LN(h + FFN(h))."""
 
     @nn.compact
-    def __call__(self, x, keep, deterministic):
+    def __call__(self, x, keep, deterministic, output_attentions=False):
         attn, probs = MultiHeadSelfAttention(self.config, **self.numerics,
-                                             name="attention")(x, keep, deterministic)
+                                             name="attention")(x, keep, deterministic,
+                                                               output_attentions)
         h = self._layer_norm("sa_layer_norm")(attn + x).astype(self.dtype)
         ffn = FFN(self.config, **self.numerics, name="ffn")(h, deterministic)
         out = self._layer_norm("output_layer_norm")(ffn + h).astype(self.dtype)
@@ -239,11 +261,11 @@ class LayerStack(_Base):
     block: type[nn.Module] = TransformerBlock
 
     @nn.compact
-    def __call__(self, x, keep, deterministic):
+    def __call__(self, x, keep, deterministic, output_attentions=False):
         hidden, attentions = [x], []
         for i in range(self.config.num_hidden_layers):
             x, probs = self.block(self.config, **self.numerics, name=str(i))(
-                x, keep, deterministic)
+                x, keep, deterministic, output_attentions)
             hidden.append(x)
             attentions.append(probs)
         return x, hidden, attentions
@@ -254,9 +276,9 @@ class Encoder(_Base):
     block: type[nn.Module] = TransformerBlock
 
     @nn.compact
-    def __call__(self, x, keep, deterministic):
+    def __call__(self, x, keep, deterministic, output_attentions=False):
         return LayerStack(self.config, **self.numerics, block=self.block, name="layer")(
-            x, keep, deterministic)
+            x, keep, deterministic, output_attentions)
 
 
 class DistilBertModel(_Base):
@@ -270,7 +292,8 @@ class DistilBertModel(_Base):
         x = DistilBertEmbeddings(self.config, **self.numerics,
                                  name="embeddings")(rows.input_ids, rows.position_ids, deterministic)
         x, hidden, attn = Encoder(self.config, **self.numerics, block=TransformerBlock,
-                                  name="transformer")(x, rows.keep, deterministic)
+                                  name="transformer")(x, rows.keep, deterministic,
+                                                      output_attentions)
         return _encoder_outputs(rows.to_examples(x), hidden, attn, output_hidden_states,
                                 output_attentions)
 
@@ -438,13 +461,12 @@ class BertEmbeddings(_Base):
 
 class BertSelfAttention(_Base):
     @nn.compact
-    def __call__(self, x, keep, deterministic):
+    def __call__(self, x, keep, deterministic, output_attentions=False):
         cfg = self.config
         q, k, v = (layers.split_heads(self._dense(cfg.hidden_size, ("embed", "heads"), name)(x),
                                       cfg.num_attention_heads) for name in ("query", "key", "value"))
-        probs = layers.attention_probs(q, k, keep, self.precision)
-        dropped = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic)
-        return layers.attend(dropped, v, self.precision), probs
+        return self._attention(q, k, v, keep, cfg.attention_probs_dropout_prob, deterministic,
+                               output_attentions)
 
 
 class BertResidual(_Base):
@@ -461,9 +483,9 @@ class BertResidual(_Base):
 
 class BertAttention(_Base):
     @nn.compact
-    def __call__(self, x, keep, deterministic):
+    def __call__(self, x, keep, deterministic, output_attentions=False):
         context, probs = BertSelfAttention(self.config, **self.numerics, name="self")(
-            x, keep, deterministic)
+            x, keep, deterministic, output_attentions)
         out = BertResidual(self.config, **self.numerics, name="output")(
             context, x, deterministic)
         return out, probs
@@ -479,9 +501,9 @@ class BertIntermediate(_Base):
 
 class BertLayer(_Base):
     @nn.compact
-    def __call__(self, x, keep, deterministic):
+    def __call__(self, x, keep, deterministic, output_attentions=False):
         h, probs = BertAttention(self.config, **self.numerics, name="attention")(
-            x, keep, deterministic)
+            x, keep, deterministic, output_attentions)
         inter = BertIntermediate(self.config, **self.numerics, name="intermediate")(h)
         out = BertResidual(self.config, **self.numerics, features_axes=("mlp", "embed"),
                            name="output")(inter, h, deterministic)
@@ -511,7 +533,8 @@ class BertModel(_Base):
         x = BertEmbeddings(self.config, **self.numerics, name="embeddings")(
             rows.input_ids, rows.token_type_ids, rows.position_ids, deterministic)
         x, hidden, attn = Encoder(self.config, **self.numerics, block=BertLayer,
-                                  name="encoder")(x, rows.keep, deterministic)
+                                  name="encoder")(x, rows.keep, deterministic,
+                                                  output_attentions)
         x = rows.to_examples(x)
         pooled = (BertPooler(self.config, **self.numerics, name="pooler")(x)
                   if self.add_pooling_layer else None)

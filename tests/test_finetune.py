@@ -50,19 +50,22 @@ def test_glue_regression_with_a_bert_and_accumulation(tiny_bert, tmp_path):
     assert isinstance(model, dj.BertForSequenceClassification) and model.config.num_labels == 1
 
 
-def test_token_classification_end_to_end(tiny_model, tmp_path):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_token_classification_end_to_end(tiny_model, tmp_path, packing):
     data = tmp_path / "conll"
     os.makedirs(data)
     sentence = "john NNP B-NP B-PER\nlives VBZ B-VP O\nin IN B-PP O\nparis NNP B-NP B-LOC\n. . O O\n\n"
     for name in ("train.txt", "valid.txt"):
         (data / name).write_text("-DOCSTART- -X- -X- O\n\n" + sentence * 20)
-    results = finetune.train_and_evaluate(tiny_config(tiny_model, data, "conll2003"), str(tmp_path / "run"))
+    results = finetune.train_and_evaluate(tiny_config(tiny_model, data, "conll2003", packing=packing),
+                                          str(tmp_path / "run"))
     assert {"precision", "recall", "f1", "accuracy"} <= set(results["eval"]["dev"])
     lines = (tmp_path / "run" / "predictions" / "dev" / "conll2003_dev.txt").read_text().splitlines()
     assert lines[0].split()[:2] == ["john", "B-PER"]
 
 
-def test_question_answering_end_to_end(tiny_model, tmp_path):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_question_answering_end_to_end(tiny_model, tmp_path, packing):
     data = tmp_path / "squad"
     os.makedirs(data)
     context = "paris is a city . london is a city . the movie was good ."
@@ -72,7 +75,8 @@ def test_question_answering_end_to_end(tiny_model, tmp_path):
     for name in ("train-v1.1.json", "dev-v1.1.json"):
         (data / name).write_text(json.dumps({"version": "1.1", "data": [
             {"title": "t", "paragraphs": [{"context": context, "qas": qas}]}]}))
-    config = tiny_config(tiny_model, data, "squad", max_length=24, max_steps=LEARN_STEPS)
+    config = tiny_config(tiny_model, data, "squad", max_length=24, max_steps=LEARN_STEPS,
+                         packing=packing)
     config.task_options = {"doc_stride": 8}
     results = finetune.train_and_evaluate(config, str(tmp_path / "run"))
     assert {"exact_match", "f1", "loss"} == set(results["eval"]["dev"])
@@ -83,7 +87,8 @@ def test_question_answering_end_to_end(tiny_model, tmp_path):
     assert set(predictions.values()) == {"paris"} and results["eval"]["dev"]["exact_match"] == 100.0
 
 
-def test_multiple_choice_end_to_end(tiny_model, tmp_path):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_multiple_choice_end_to_end(tiny_model, tmp_path, packing):
     data = tmp_path / "swag"
     os.makedirs(data)
     for name in ("train.csv", "val.csv"):
@@ -95,8 +100,9 @@ def test_multiple_choice_end_to_end(tiny_model, tmp_path):
             for i in range(16):  # the gold ending, "saw paris", moves to position i % 4
                 endings = wrong[: i % 4] + ["saw paris"] + wrong[i % 4:]
                 w.writerow(["v", i, "s", "he went to the city", "he", "gold", *endings, i % 4])
-    results = finetune.train_and_evaluate(tiny_config(tiny_model, data, "swag", max_steps=LEARN_STEPS),
-                                          str(tmp_path / "run"))
+    results = finetune.train_and_evaluate(
+        tiny_config(tiny_model, data, "swag", max_steps=LEARN_STEPS, packing=packing),
+        str(tmp_path / "run"))
     assert results["eval"]["dev"]["accuracy"] == 1.0
     model, _ = dj.from_pretrained(tmp_path / "run" / "model")
     assert isinstance(model, dj.DistilBertForMultipleChoice)

@@ -132,3 +132,42 @@ def test_logical_names_of_key_parameters():
     assert layer["ffn"]["lin1"]["kernel"].names == ("embed", "mlp")
     assert boxed["distilbert"]["embeddings"]["word_embeddings"]["embedding"].names == ("vocab", "embed")
     assert boxed["vocab_projector"]["bias"].names == ("vocab",)
+
+
+@pytest.mark.parametrize("family", ["distilbert", "bert"])
+def test_fused_attention_equals_the_explicit_softmax(family):
+    """Without attention maps or active attention dropout the models take jax.nn.dot_product_attention
+    (XLA's here); its outputs equal the explicit path's on real tokens, padded or packed."""
+    from distilbert_jax import modeling
+    from distilbert_jax.data import packing
+    config = TINY if family == "distilbert" else dj.BertConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=64)
+    fused = modeling.MODEL_CLASSES[family]["base"](config)
+    explicit = fused.clone(attention_implementation="explicit")
+    params = modeling.init_params(fused, seed=0, input_shape=IDS.shape)
+    layouts = {"padded": {}, "packed": {"packing": modeling.Packing(**{
+        k: jnp.asarray(v) for k, v in packing.layout(np.asarray(MASK), 1, 8).items()})}}
+    real = np.asarray(MASK, bool)
+    for name, extra in layouts.items():
+        a = fused.apply({"params": params}, IDS, MASK, **extra).last_hidden_state
+        b = explicit.apply({"params": params}, IDS, MASK, **extra).last_hidden_state
+        np.testing.assert_allclose(np.asarray(a)[real], np.asarray(b)[real], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    maps = fused.apply({"params": params}, IDS, MASK, output_attentions=True).attentions
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 6, 6)  # asking for maps takes the explicit path
+    with pytest.raises(dj.ConfigError, match="attention_implementation='flash'"):
+        fused.clone(attention_implementation="flash").apply({"params": params}, IDS, MASK)
+
+
+def test_deterministic_gpu_ops_are_asked_for_before_the_backend_starts(monkeypatch):
+    from distilbert_jax import distributed
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    distributed.use_deterministic_ops(True)
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
+                                                "--xla_gpu_deterministic_ops=true"]
+    distributed.use_deterministic_ops(True)  # once only
+    assert os.environ["XLA_FLAGS"].count("deterministic") == 1
+    monkeypatch.setenv("XLA_FLAGS", "")
+    distributed.use_deterministic_ops(False)
+    assert os.environ["XLA_FLAGS"] == ""

@@ -206,3 +206,39 @@ def test_the_distillation_loss_packed_equals_unpacked():
         for name in plain_terms:
             assert relative_error(packed_terms[name], plain_terms[name]) <= TOL, name
         assert relative_error(packed_loss, plain) <= TOL
+
+
+@pytest.mark.parametrize("processes,micro_batches", [(2, 1), (1, 2), (2, 4), (4, 2)])
+def test_blocks_line_up_with_processes_and_micro_batches(processes, micro_batches):
+    """The global packed batch (the processes' shares, one after another) split into micro-batches
+    as train/step.py splits it: each micro-batch's token_index points into its own rows, at its own
+    examples' tokens."""
+    lengths = [16, 3, 9, 1, 12, 5, 0, 7, 2, 14, 6, 11, 4, 8, 10, 13]
+    batch = {"inputs": example_batch(lengths)}
+    packer = packing.Packer(ROW, row_multiple=1, micro_batches=micro_batches)
+    shares = [packer(batch, (p, processes)) for p in range(processes)]
+    glued = {k: np.concatenate([s["inputs"]["packing"][k] for s in shares])
+             for k in ("token_index", "segment_ids", "position_ids")}
+    ids = np.concatenate([s["inputs"]["input_ids"] for s in shares])
+    mask = np.concatenate([s["inputs"]["attention_mask"] for s in shares])
+    np.testing.assert_array_equal(ids, batch["inputs"]["input_ids"])
+    micro = lambda x: x.reshape(micro_batches, -1, *x.shape[1:])
+    for m_ids, m_mask, m_index, m_segments, m_positions in zip(
+            micro(ids), micro(mask), micro(glued["token_index"]), micro(glued["segment_ids"]),
+            micro(glued["position_ids"])):
+        rows = np.zeros(m_segments.size, np.int32)
+        real = m_mask.astype(bool)
+        assert np.all(m_index[real] >= 0) and np.all(m_index[real] < m_segments.size)
+        assert np.all(m_index[~real] == -1)
+        rows[m_index[real]] = m_ids[real]  # scatter the micro-batch's examples into its rows
+        np.testing.assert_array_equal(rows[m_index[real]], m_ids[real])
+        assert len(set(m_index[real].tolist())) == real.sum()  # no two tokens share a slot
+        assert (m_segments.reshape(-1) > 0).sum() == real.sum()
+        np.testing.assert_array_equal(m_positions.reshape(-1)[m_index[real]],
+                                      np.nonzero(real)[1])  # each token at its own position
+
+
+def test_row_counts_come_from_a_short_ladder():
+    assert [packing.round_up(n) for n in range(1, 14)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
+    packer = packing.Packer(ROW, row_multiple=2)  # two data-parallel devices: whole rows each
+    assert packer.rows_for([example_batch([16] * 5)["attention_mask"]]) == 2 * 3

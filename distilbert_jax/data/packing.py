@@ -6,8 +6,8 @@ same values) plus `inputs["packing"]`, which says where each example's tokens si
 `length` slots (see `modeling.Packing`). The model scatters the example tokens into those rows on
 device, runs the encoder on them and gathers its outputs back, so nothing downstream changes.
 
-Examples are placed by first-fit decreasing; the row count is rounded up to a multiple of
-`row_multiple`, so XLA compiles a handful of shapes (one per row count that occurs).
+Examples are placed by first-fit decreasing; the row count is rounded up (`round_up`, in units of
+`row_multiple`, the data-parallel ways), so XLA compiles a handful of shapes.
 """
 
 from __future__ import annotations
@@ -68,12 +68,22 @@ def layout(attention_mask: np.ndarray, rows: int, length: int, first_row: int = 
             "segment_ids": segment_ids, "position_ids": position_ids}
 
 
+ROW_COUNTS = sorted({1 << k for k in range(32)} | {3 << k for k in range(32)})  # 1 2 3 4 6 8 12 ...
+
+
+def round_up(n: int) -> int:
+    """The smallest of ROW_COUNTS that holds n rows: at most a third of the rows go spare, and
+    about two shapes compile per doubling of the rows a batch needs."""
+    return next(count for count in ROW_COUNTS if count >= n)
+
+
 @dataclasses.dataclass(frozen=True)
 class Packer:
     """Packs a global batch into rows of `length`, block by block: the batch is cut into as many
     equal blocks as both the processes (each loads its own share) and the micro-batches (each one
     model call, see train/step.py) need, every block gets the same row count (the most any needs,
-    rounded up to `row_multiple`), and a block's rows follow its predecessor's in its micro-batch.
+    rounded up in units of `row_multiple`), and a block's rows follow its predecessor's in its
+    micro-batch.
     So the processes agree on the global shape, and splitting the rows into micro-batches splits
     the examples with them."""
     length: int
@@ -82,7 +92,7 @@ class Packer:
 
     def rows_for(self, blocks: list[np.ndarray]) -> int:
         needed = max(first_fit_decreasing(sequence_lengths(mask), self.length)[2] for mask in blocks)
-        return max(self.row_multiple, -(-needed // self.row_multiple) * self.row_multiple)
+        return self.row_multiple * round_up(-(-needed // self.row_multiple))
 
     def __call__(self, batch: dict, process: tuple[int, int] = (0, 1)) -> dict:
         """This process's share of the global `batch` ({"inputs": ..., ...}), with its layout."""

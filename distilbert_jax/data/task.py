@@ -106,17 +106,12 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
     return int(length)
 
 
-def packer_for(config, batch_size: int, data_ways: int = 1, micro_batches: int = 1
-               ) -> Packer | None:
-    """The Packer of a job's config (None unless `config.packing`): rows of `max_length`'s bucket;
-    a block's row count is rounded up to a multiple of the `data_ways` and of an eighth of the
-    block, so that a handful of shapes compile."""
+def packer_for(config, data_ways: int = 1, micro_batches: int = 1) -> Packer | None:
+    """The Packer of a job's config (None unless `config.packing`): rows of `max_length`'s bucket,
+    a block's row count in units of the `data_ways` (so every device gets whole rows)."""
     if not config.get("packing", False):
         return None
-    blocks = np.lcm(jax.process_count(), micro_batches)
-    row_multiple = np.lcm(data_ways, max(1, batch_size // blocks // 8))
-    return Packer(bucket_for(config.max_length, tuple(config.buckets)), int(row_multiple),
-                  micro_batches)
+    return Packer(bucket_for(config.max_length, tuple(config.buckets)), data_ways, micro_batches)
 
 
 def collate(features: Features, rows: Sequence[int], length: int, pad_id: int,

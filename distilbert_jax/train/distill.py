@@ -48,6 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.freeze_positions = True  # the reference trained with BERT's positions frozen
     c.dtype = "float32"
     c.matmul_precision = "auto"  # float32 matmuls in float32 everywhere; "high" allows TF32 on GPUs
+    c.deterministic = True  # GPU reductions in a fixed order: exact resume there too (main.py sets it)
     c.seed = 56
     c.mesh = "dp"
     c.rules = sharding.RULES
@@ -175,7 +176,7 @@ def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
 def corpus_batches(data: corpus.Corpus, config, pad_id: int, layout: sharding.Layout, start: int):
     """Global length-grouped batches ({"inputs": ...}) from batch `start` on, each process loading
     its own share."""
-    packer = packer_for(config, config.batch_size, layout.data_ways, config.grad_accum_steps)
+    packer = packer_for(config, layout.data_ways, config.grad_accum_steps)
     return prefetch(layout.put_batch(b) for b in data.batches(
         config.batch_size, config.seed, start, pad_id, config.length_multiple,
         process=(jax.process_index(), jax.process_count()), packer=packer))

@@ -52,6 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict()  # config fields to change, e.g. dropout
     c.dtype = "float32"  # compute dtype; "bfloat16" on TPU (params stay float32)
     c.matmul_precision = "auto"  # float32 matmuls in float32 everywhere; "high" allows TF32 on GPUs
+    c.deterministic = True  # GPU reductions in a fixed order: exact resume there too (main.py sets it)
     c.seed = 42
     c.mesh = "dp"  # a sharding.PRESETS name, or "data:2,fsdp:-1,tensor:2" (-1: the remaining devices)
     c.rules = sharding.RULES  # logical axis name -> mesh axes
@@ -227,7 +228,7 @@ def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config
         started = time.perf_counter()
         outputs = predict(eval_step, params, task, features, config.eval_batch_size, pad_id,
                           tuple(config.buckets), layout,
-                          packer_for(config, config.eval_batch_size, layout.data_ways))
+                          packer_for(config, layout.data_ways))
         seconds = time.perf_counter() - started
         log.info("Evaluated %s: %d rows in %.1f s (%.0f rows/s)", split, len(features), seconds,
                  len(features) / max(seconds, 1e-9))
@@ -292,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batches = prefetch(layout.put_batch(batch) for batch in train_batches(
             train, config.batch_size, config.seed, start, tokenizer.pad_token_id,
             tuple(config.buckets), process,
-            packer_for(config, config.batch_size, layout.data_ways, config.grad_accum_steps)))
+            packer_for(config, layout.data_ways, config.grad_accum_steps)))
         evaluate = lambda params, splits, predictions=None: evaluate_splits(
             eval_step, params, task, splits, config, tokenizer.pad_token_id, layout, model.config,
             predictions)
