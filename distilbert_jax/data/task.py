@@ -14,7 +14,6 @@ import queue
 import threading
 from typing import Any, Iterator, Sequence
 
-import jax
 import numpy as np
 
 from distilbert_jax.data.packing import Packer
