@@ -3,7 +3,9 @@
 Parameter trees are laid out exactly as Hugging Face's Flax models lay them out
 (`distilbert/transformer/layer/3/attention/q_lin/kernel`, `bert/encoder/layer/0/attention/self/query/kernel`),
 so a `flax_model.msgpack` loads as is and PyTorch names follow from one renaming rule (see `hf.py`).
-Outputs use HF's field names. Heads return logits; losses live in `losses.py`.
+Outputs use HF's field names. Heads return logits; losses live in `losses.py`. Every class also
+takes `packing` (a `Packing` layout): the same example-layout inputs and outputs, computed on rows
+that hold several examples each, so padding is not computed (see data/packing.py).
 
 What `apply` does not check (it runs traced, so it cannot raise on values): every id must lie in
 [0, vocab_size) and no sequence may be longer than max_position_embeddings; outside them XLA's
@@ -717,7 +719,8 @@ def init_params(model: nn.Module, seed: int = 0, input_shape=(1, 1), shardings=N
 
 def model_inputs(model: nn.Module, inputs: dict) -> dict:
     """The entries of a batch's `inputs` that `model` takes: BERT reads token types, DistilBERT
-    has none (tasks always encode them, so this is the one place that decides)."""
+    has none (tasks always encode them, so this is the one place that decides); a packed batch's
+    layout becomes the `packing` argument."""
     keys = ("input_ids", "attention_mask", "token_type_ids")
     keys = keys if isinstance(model.config, BertConfig) else keys[:2]
     selected = {k: inputs[k] for k in keys if k in inputs}

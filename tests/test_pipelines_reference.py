@@ -21,7 +21,7 @@ pytestmark = [
                        reason="needs the reference extra: pip install -e '.[reference]'"),
 ]
 sys.path.insert(0, FIXTURES)
-TOL = 1e-6  # transformers against itself: only float noise across machines
+TOL = 1e-5  # transformers against itself: float32 rounding that varies with threads and machines
 
 
 @pytest.fixture(scope="module")
