@@ -44,13 +44,19 @@ def losses_of(workdir):
     return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
-def test_distillation_loss_falls_and_the_student_exports(teacher, corpus_file, tmp_path):
-    results = distill.distill(tiny(teacher, corpus_file, max_steps=20), str(tmp_path / "run"))
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_distillation_loss_falls_and_the_student_exports(teacher, corpus_file, tmp_path, packing):
+    """Also packed, in two micro-batches per update (each packed on its own)."""
+    results = distill.distill(tiny(teacher, corpus_file, max_steps=20, packing=packing),
+                              str(tmp_path / "run"))
     assert results["steps_this_run"] == 20
     lines = losses_of(tmp_path / "run")
     assert {"distill/loss", "distill/loss_ce", "distill/loss_mlm", "distill/loss_cos"} <= set(lines[0])
     first, last = np.mean([l["distill/loss"] for l in lines[:3]]), np.mean([l["distill/loss"] for l in lines[-3:]])
     assert last < 0.9 * first
+    computed = [l["batch/computed_tokens"] for l in lines if "batch/computed_tokens" in l]
+    real = [l["batch/tokens"] for l in lines if "batch/tokens" in l]
+    assert np.mean(real) / np.mean(computed) > (0.6 if packing else 0.0)  # 0.68 packed
     model, params = dj.from_pretrained(tmp_path / "run" / "student")
     assert isinstance(model, dj.DistilBertForMaskedLM) and model.config.n_layers == 1
     _, teacher_params = dj.from_pretrained(teacher)

@@ -110,7 +110,8 @@ def packer_for(config, data_ways: int = 1, micro_batches: int = 1) -> Packer | N
     a block's row count in units of the `data_ways` (so every device gets whole rows)."""
     if not config.get("packing", False):
         return None
-    return Packer(bucket_for(config.max_length, tuple(config.buckets)), data_ways, micro_batches)
+    length = bucket_for(config.max_length, tuple(config.get("buckets", ())))  # distill: none
+    return Packer(length, data_ways, micro_batches)
 
 
 def collate(features: Features, rows: Sequence[int], length: int, pad_id: int,
