@@ -62,6 +62,8 @@ def main():
     parser.add_argument("--num_processes", type=int, default=1)
     parser.add_argument("--process_id", type=int, default=0)
     parser.add_argument("--job", default="finetune", choices=("finetune", "distill"))
+    parser.add_argument("--layout", default="", choices=("", "padded", "packed"),
+                        help="fine-tuning with dropout off in this layout, so both layouts agree")
     args = parser.parse_args()
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -79,6 +81,9 @@ def main():
     data = write_sst2(os.path.join(inputs, "SST-2"))
     config = tiny_config(model_dir, data, "sst2", mesh=args.mesh, max_steps=4, batch_size=16,
                          eval_batch_size=16, log_every=1, save_model=False)
+    if args.layout:
+        config.packing = args.layout == "packed"
+        config.model_overrides = {f: 0.0 for f in hf.read_config(model_dir)[0].dropout_fields()}
     layout = sharding.Layout.from_config(config)
     losses = []
     if not args.restore_from:

@@ -15,14 +15,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 
-def run(mesh, tmp_path, devices, restore_from="", job="finetune"):
-    out = tmp_path / f"{job}_{mesh}_{devices}.npz"
+def run(mesh, tmp_path, devices, restore_from="", job="finetune", layout=None):
+    out = tmp_path / f"{job}_{mesh}_{devices}_{layout}.npz"
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "PYTHONPATH": REPO}
     command = [sys.executable, os.path.join(HERE, "sharded_run.py"), f"--mesh={mesh}", f"--job={job}",
                f"--workdir={tmp_path / f'{mesh}_{devices}'}", f"--out={out}"]
     if restore_from:
         command.append(f"--restore_from={restore_from}")
+    if layout:
+        command.append(f"--layout={layout}")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(out) as data:
@@ -90,7 +92,7 @@ def test_mesh_from_config():
         sharding.make_mesh("data=2")
 
 
-def two_processes(tmp_path, job):
+def two_processes(tmp_path, job, layout=None):
     """2 processes x 4 CPU devices on localhost through jax.distributed, FSDP over all 8."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -100,7 +102,7 @@ def two_processes(tmp_path, job):
     processes = [subprocess.Popen(
         [sys.executable, os.path.join(HERE, "sharded_run.py"), "--mesh=fsdp", f"--job={job}",
          f"--workdir={tmp_path / 'w'}", f"--out={out}", f"--coordinator=localhost:{port}",
-         "--num_processes=2", f"--process_id={i}"],
+         "--num_processes=2", f"--process_id={i}", *([f"--layout={layout}"] if layout else [])],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
     for p in processes:
         _, err = p.communicate(timeout=600)
@@ -130,6 +132,26 @@ def test_distillation_on_a_mesh_equals_single_device(mesh, single_device_distill
 def test_two_processes_distill_equal_one_device(single_device_distill, tmp_path):
     params, info = two_processes(tmp_path, "distill")
     reference, reference_info = single_device_distill
+    assert info["devices"] == 8
+    np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
+    assert_close_params(params, reference)
+
+
+@pytest.fixture(scope="module")
+def single_device_no_dropout(tmp_path_factory):
+    return run("dp", tmp_path_factory.mktemp("single_padded"), 1, layout="padded")
+
+
+@pytest.mark.parametrize("where", ["8 devices", "2 processes"])
+def test_packed_on_a_mesh_equals_padded_on_one_device(where, single_device_no_dropout, tmp_path):
+    """Packed batches split over 8 devices (each gets whole rows; the model gathers the examples
+    across them), or packed block by block in 2 processes: the single-device padded run, dropout
+    off."""
+    if where == "8 devices":
+        params, info = run("fsdp_tp", tmp_path, 8, layout="packed")
+    else:
+        params, info = two_processes(tmp_path, "finetune", layout="packed")
+    reference, reference_info = single_device_no_dropout
     assert info["devices"] == 8
     np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
     assert_close_params(params, reference)
