@@ -218,3 +218,14 @@ def test_the_command_line_stops_a_non_finite_run_in_one_sentence(tiny_model, tmp
     lines = [l for l in result.stderr.splitlines() if l.strip()]
     assert lines[-1].startswith("error: train/") and "the run stopped before saving that state" in lines[-1]
     assert "Event loop is closed" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_field_added_since_a_run_started_counts_at_what_the_run_did():
+    """A workdir written before `packing` existed resumes unpacked, and only unpacked."""
+    from distilbert_jax.train import finetune, workdir
+    config = finetune.default_config()
+    saved = json.loads(json.dumps(config.to_dict(), default=str))
+    del saved["packing"]
+    assert workdir.changed_fields(saved, config) == []
+    config.packing = True
+    assert workdir.changed_fields(saved, config) == ["packing"]

@@ -25,6 +25,10 @@ FREE_FIELDS = frozenset({
 })
 
 
+# Fields added after runs already existed: a saved config without one ran as this value does.
+ADDED_FIELDS = {"packing": False, "matmul_precision": "auto"}
+
+
 def probe(workdir: str) -> str:
     """Refuses, in one sentence, a workdir this process cannot create or write; leaves nothing
     behind. Returns its absolute path."""
@@ -67,7 +71,7 @@ def saved_config(workdir: str) -> dict | None:
 
 def changed_fields(saved: dict, config) -> list[str]:
     """The fields (dotted for nested ones) whose values in `config` differ from `saved`, except
-    FREE_FIELDS."""
+    FREE_FIELDS; a field `saved` predates counts at its ADDED_FIELDS value."""
     def flat(tree, prefix=""):
         out = {}
         for key, value in tree.items():
@@ -77,7 +81,7 @@ def changed_fields(saved: dict, config) -> list[str]:
                 out[prefix + key] = value
         return out
     wanted = flat(json.loads(json.dumps(config.to_dict(), default=str)))
-    saved = flat(saved)
+    saved = {**{k: v for k, v in ADDED_FIELDS.items() if k in wanted}, **flat(saved)}
     return sorted(k for k in set(saved) | set(wanted)
                   if k.split(".")[0] not in FREE_FIELDS and saved.get(k) != wanted.get(k))
 
