@@ -406,11 +406,12 @@ class DistilBertForQuestionAnswering(_DistilBertHead):
 
 
 def _within_examples(span_logits, packing: Packing | None):
-    """Packed span logits are each example's own: positions past its end get -1e9, out of any
-    softmax (the unpacked model, as transformers', scores its padding too)."""
+    """Packed span logits are each example's own: positions past its end get the dtype's minimum,
+    out of any softmax (the unpacked model, as transformers', scores its padding too)."""
     if packing is None:
         return span_logits
-    return jnp.where((packing.token_index >= 0)[..., None], span_logits, -1e9)
+    return jnp.where((packing.token_index >= 0)[..., None], span_logits,
+                     jnp.finfo(span_logits.dtype).min)
 
 
 def _word_embeddings(module: nn.Module, path: tuple[str, ...]) -> Array:

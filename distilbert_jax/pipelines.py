@@ -143,12 +143,11 @@ class Pipeline:
         return results
 
     def _packing(self, attention_mask: np.ndarray, length: int) -> dict[str, np.ndarray]:
-        """The batch's texts packed into rows of at least 128 tokens (or the longest's bucket), a
-        power of two of them, so few shapes compile (see data/packing.py)."""
+        """The batch's texts packed into rows of at least 128 tokens (or the longest's bucket), as
+        many as the row-count ladder gives, so few shapes compile (see data/packing.py)."""
         row_length = max(length, bucket_for(min(128, self.max_length), self.buckets))
-        needed = packing_lib.first_fit_decreasing(
-            packing_lib.sequence_lengths(attention_mask), row_length)[2]
-        return packing_lib.layout(attention_mask, 1 << (needed - 1).bit_length(), row_length)
+        rows = packing_lib.Packer(row_length).rows_for([attention_mask])
+        return packing_lib.layout(attention_mask, rows, row_length)
 
     def encode(self, texts, pairs=None, **kwargs) -> list[list[Any]]:
         try:

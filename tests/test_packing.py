@@ -76,7 +76,7 @@ def test_packed_outputs_equal_unpacked_for_every_head(family, head):
             ours, reference = ours[keep], reference[keep]
         assert relative_error(ours, reference) <= TOL, (name, relative_error(ours, reference))
     if head == "question_answering":  # each example's span softmax covers only its own tokens
-        assert np.all(pack["start_logits"][~real] == -1e9)
+        assert np.all(pack["start_logits"][~real] == np.finfo(np.float32).min)
 
 
 def test_no_attention_weight_crosses_an_example():
@@ -128,11 +128,20 @@ def test_first_fit_decreasing_places_every_token_once():
 def test_every_process_share_gets_the_same_row_count():
     inputs = example_batch(LENGTHS)
     batch = {"inputs": inputs, "targets": {"labels": np.arange(8)}}
-    packer = packing.Packer(ROW, row_multiple=3)  # shares need 2 rows each (29 and 24 tokens)
+    packer = packing.Packer(ROW, data_ways=4)  # shares need 2 rows each (29 and 24 tokens)
     shares = [packer(batch, (i, 2)) for i in range(2)]
-    assert {s["inputs"]["packing"]["segment_ids"].shape for s in shares} == {(3, ROW)}
+    assert {s["inputs"]["packing"]["segment_ids"].shape for s in shares} == {(2, ROW)}
     np.testing.assert_array_equal(shares[1]["targets"]["labels"], [4, 5, 6, 7])
-    assert packing.real_fraction(shares[0]) == pytest.approx(29 / 48)
+
+
+def test_more_processes_do_not_multiply_the_rows():
+    """8 devices over 2 processes: each process's block is rounded to whole rows for its own 4
+    devices, not for all 8, so the batch takes as many rows as on one process."""
+    batch = {"inputs": example_batch([16] * 6 + [0, 0])}  # 3 full rows in each half
+    one = packing.Packer(ROW, data_ways=8)(batch)["inputs"]["packing"]["segment_ids"].shape
+    two = [packing.Packer(ROW, data_ways=8)(batch, (i, 2))["inputs"]["packing"]["segment_ids"].shape
+           for i in range(2)]
+    assert one == (8, ROW) and two == [(4, ROW)] * 2
 
 
 # --- jobs: packing changes the layout, never the numbers -----------------------------------------------
@@ -215,7 +224,7 @@ def test_blocks_line_up_with_processes_and_micro_batches(processes, micro_batche
     examples' tokens."""
     lengths = [16, 3, 9, 1, 12, 5, 0, 7, 2, 14, 6, 11, 4, 8, 10, 13]
     batch = {"inputs": example_batch(lengths)}
-    packer = packing.Packer(ROW, row_multiple=1, micro_batches=micro_batches)
+    packer = packing.Packer(ROW, micro_batches=micro_batches)
     shares = [packer(batch, (p, processes)) for p in range(processes)]
     glued = {k: np.concatenate([s["inputs"]["packing"][k] for s in shares])
              for k in ("token_index", "segment_ids", "position_ids")}
@@ -240,5 +249,7 @@ def test_blocks_line_up_with_processes_and_micro_batches(processes, micro_batche
 
 def test_row_counts_come_from_a_short_ladder():
     assert [packing.round_up(n) for n in range(1, 14)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
-    packer = packing.Packer(ROW, row_multiple=2)  # two data-parallel devices: whole rows each
-    assert packer.rows_for([example_batch([16] * 5)["attention_mask"]]) == 2 * 3
+    packer = packing.Packer(ROW)
+    assert packer.rows_for([example_batch([16] * 5)["attention_mask"]], unit=2) == 2 * 3
+    with pytest.raises(ValueError, match="right-padded"):
+        packing.sequence_lengths(np.array([[0, 1, 1, 0]]))  # left padding

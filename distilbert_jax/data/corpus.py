@@ -351,7 +351,7 @@ class Corpus:
         Each epoch shuffles the sequences, sorts pools of `pool` batches by length (the reference's
         length grouping) and shuffles the batches; a batch is padded to a multiple of
         `length_multiple`, so XLA compiles a handful of shapes. Each process takes its share; with
-        a `packer` the batch is packed (data/packing.py), its example rows padded to its length.
+        a `packer` the same batch is packed (data/packing.py).
         """
         per_epoch = len(self.lengths) // batch_size
         if per_epoch == 0:
@@ -365,14 +365,15 @@ class Corpus:
             if e != epoch:
                 epoch, epoch_batches = e, self._epoch(batch_size, seed, e, pool)
             rows = epoch_batches[index]
+            length = int(-(-self.lengths[rows].max() // length_multiple) * length_multiple)
             if packer is None:
-                length = int(-(-self.lengths[rows].max() // length_multiple) * length_multiple)
-                yield share({"inputs": self._collate(rows, length, pad_id)}, process)
+                yield {"inputs": self._collate(share(rows, process), length, pad_id)}
             else:
-                yield packer({"inputs": self._collate(rows, packer.length, pad_id)}, process)
+                yield packer({"inputs": self._collate(rows, length, pad_id)}, process)
             step += 1
 
     def _collate(self, rows: np.ndarray, length: int, pad_id: int) -> dict[str, np.ndarray]:
+        """input_ids and attention_mask of `rows`, right-padded to `length`."""
         ids = np.full((len(rows), length), pad_id, np.int32)
         for r, i in enumerate(rows):
             seq = self.sequence(i)

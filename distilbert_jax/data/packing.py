@@ -7,12 +7,13 @@ same values) plus `inputs["packing"]`, which says where each example's tokens si
 device, runs the encoder on them and gathers its outputs back, so nothing downstream changes.
 
 Examples are placed by first-fit decreasing; the row count is rounded up (`round_up`, in units of
-`row_multiple`, the data-parallel ways), so XLA compiles a handful of shapes.
+the data-parallel ways), so XLA compiles a handful of shapes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -38,8 +39,14 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray
 
 
 def sequence_lengths(attention_mask: np.ndarray) -> np.ndarray:
-    """Real tokens of every sequence (choices flattened), masks being prefixes of ones."""
-    return attention_mask.reshape(-1, attention_mask.shape[-1]).sum(-1)
+    """Real tokens of every sequence (choices flattened); refuses a mask that is not a prefix of
+    ones (left padding, holes), which packing would read wrongly."""
+    mask = attention_mask.reshape(-1, attention_mask.shape[-1]).astype(bool)
+    lengths = mask.sum(-1)
+    if not np.array_equal(mask, np.arange(mask.shape[-1])[None] < lengths[:, None]):
+        raise ValueError("packing needs right-padded rows: every attention mask a run of ones "
+                         "followed by zeros.")
+    return lengths
 
 
 def layout(attention_mask: np.ndarray, rows: int, length: int, first_row: int = 0
@@ -85,22 +92,24 @@ class Packer:
     rounded up in units of `row_multiple`), and a block's rows follow its predecessor's in its
     micro-batch.
     So the processes agree on the global shape, and splitting the rows into micro-batches splits
-    the examples with them."""
+    the examples with them. Each micro-batch's rows divide evenly over the `data_ways` devices."""
     length: int
-    row_multiple: int = 1
+    data_ways: int = 1
     micro_batches: int = 1
 
-    def rows_for(self, blocks: list[np.ndarray]) -> int:
+    def rows_for(self, blocks: list[np.ndarray], unit: int = 1) -> int:
+        """The row count every block gets: the most any block's masks need, rounded up on the
+        ladder in units of `unit` rows."""
         needed = max(first_fit_decreasing(sequence_lengths(mask), self.length)[2] for mask in blocks)
-        return self.row_multiple * round_up(-(-needed // self.row_multiple))
+        return unit * round_up(-(-needed // unit))
 
     def __call__(self, batch: dict, process: tuple[int, int] = (0, 1)) -> dict:
         """This process's share of the global `batch` ({"inputs": ..., ...}), with its layout."""
         index, count = process
         n = int(np.lcm(count, self.micro_batches))
         masks = [share(batch, (b, n))["inputs"]["attention_mask"] for b in range(n)]
-        rows = self.rows_for(masks)
-        per_micro = n // self.micro_batches
+        per_micro = n // self.micro_batches  # blocks that make up one micro-batch
+        rows = self.rows_for(masks, self.data_ways // math.gcd(self.data_ways, per_micro))
         mine = range(index * n // count, (index + 1) * n // count)
         blocks = [layout(masks[b], rows, self.length, first_row=(b % per_micro) * rows) for b in mine]
         local = share(batch, process)
@@ -109,8 +118,9 @@ class Packer:
         return local
 
 
-def share(batch: dict, process: tuple[int, int]) -> dict:
-    """The process's contiguous block of a global batch's rows (a copy of the nested dicts)."""
+def share(batch, process: tuple[int, int]):
+    """The process's contiguous block of the rows of a global batch (an array, or nested dicts of
+    arrays, copied as dicts)."""
     index, count = process
     def take(tree):
         if isinstance(tree, dict):
@@ -118,10 +128,3 @@ def share(batch: dict, process: tuple[int, int]) -> dict:
         per = tree.shape[0] // count
         return tree[index * per:(index + 1) * per]
     return take(batch)
-
-
-def real_fraction(batch: dict) -> float:
-    """Real tokens per token the encoder computes: packed rows, or the padded example rows."""
-    inputs = batch["inputs"]
-    computed = inputs["packing"]["segment_ids"].size if "packing" in inputs else inputs["input_ids"].size
-    return float(inputs["attention_mask"].sum()) / computed

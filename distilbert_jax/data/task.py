@@ -107,7 +107,7 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
 
 def packer_for(config, data_ways: int = 1, micro_batches: int = 1) -> Packer | None:
     """The Packer of a job's config (None unless `config.packing`): rows of `max_length`'s bucket,
-    a block's row count in units of the `data_ways` (so every device gets whole rows)."""
+    each micro-batch's rows split evenly over the `data_ways` devices."""
     if not config.get("packing", False):
         return None
     length = bucket_for(config.max_length, tuple(config.get("buckets", ())))  # distill: none
@@ -171,11 +171,11 @@ def train_batches(features: Features, batch_size: int, seed: int, start_step: in
         epoch, index = divmod(step, per_epoch)
         order = np.random.default_rng([seed, epoch]).permutation(len(features))
         rows = order[index * batch_size:(index + 1) * batch_size]
+        length = bucket_for(int(lengths[rows].max()), buckets)
         if packer is None:
-            length = bucket_for(int(lengths[rows].max()), buckets)
             yield collate(features, _share(rows, batch_size, process), length, pad_id)
         else:
-            yield packer(collate(features, rows, packer.length, pad_id), process)
+            yield packer(collate(features, rows, length, pad_id), process)
         step += 1
 
 
@@ -192,12 +192,12 @@ def eval_batches(features: Features, batch_size: int, pad_id: int,
     order = np.argsort(lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
+        length = bucket_for(int(lengths[rows].max()), buckets)
         if packer is None:
-            length = bucket_for(int(lengths[rows].max()), buckets)
             local = _share(rows, batch_size, process)
             yield rows, collate(features, local, length, pad_id, batch_size // process[1])
         else:
-            yield rows, packer(collate(features, rows, packer.length, pad_id, batch_size), process)
+            yield rows, packer(collate(features, rows, length, pad_id, batch_size), process)
 
 
 def _check_shares(batch_size: int, process: tuple[int, int]) -> None:
