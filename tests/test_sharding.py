@@ -42,13 +42,13 @@ def single_device_distill(tmp_path_factory):
     return run("dp", tmp_path_factory.mktemp("single_distill"), 1, job="distill")
 
 
-def assert_close_params(params, reference):
+def assert_close_params(params, reference, atol=1e-5):
     for name, value in reference.items():
         if name.endswith("k_lin/bias"):
             # Softmax ignores a constant added to every key score, so this bias's gradient is zero in
             # exact arithmetic; Adam turns the rounding noise left in it into lr-sized steps.
             continue
-        np.testing.assert_allclose(params[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(params[name], value, rtol=1e-4, atol=atol, err_msg=name)
 
 
 @pytest.mark.parametrize("mesh", ["dp", "fsdp", "tp", "fsdp_tp"])
@@ -154,4 +154,7 @@ def test_packed_on_a_mesh_equals_padded_on_one_device(where, single_device_no_dr
     reference, reference_info = single_device_no_dropout
     assert info["devices"] == 8
     np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
-    assert_close_params(params, reference)
+    # Packed rows add up attention and matmuls in another order; where a gradient component is
+    # rounding noise around zero, Adam turns it into steps of up to lr (1e-3) either way. So the
+    # params must agree to a tenth of one step (the largest difference measured: 2.3e-5).
+    assert_close_params(params, reference, atol=1e-4)
