@@ -112,6 +112,7 @@ def two_processes(tmp_path, job, layout=None):
     return params, json.load(open(str(out) + ".json"))
 
 
+@pytest.mark.xdist_group("processes")  # one multi-process job at a time
 def test_two_processes_equal_one_device(single_device, tmp_path):
     params, info = two_processes(tmp_path, "finetune")
     reference, reference_info = single_device
@@ -129,6 +130,7 @@ def test_distillation_on_a_mesh_equals_single_device(mesh, single_device_distill
     assert_close_params(params, reference)
 
 
+@pytest.mark.xdist_group("processes")  # one multi-process job at a time
 def test_two_processes_distill_equal_one_device(single_device_distill, tmp_path):
     params, info = two_processes(tmp_path, "distill")
     reference, reference_info = single_device_distill
@@ -142,6 +144,7 @@ def single_device_no_dropout(tmp_path_factory):
     return run("dp", tmp_path_factory.mktemp("single_padded"), 1, layout="padded")
 
 
+@pytest.mark.xdist_group("processes")  # one multi-process job at a time
 @pytest.mark.parametrize("where", ["8 devices", "2 processes"])
 def test_packed_on_a_mesh_equals_padded_on_one_device(where, single_device_no_dropout, tmp_path):
     """Packed batches split over 8 devices (each gets whole rows; the model gathers the examples
