@@ -101,11 +101,21 @@ class Packing:
 
 MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
 ATTENTION_IMPLEMENTATIONS = ("auto", "explicit", "xla", "cudnn")
+# What the backward pass keeps of each transformer block, and recomputes from the block's input:
+# "none" keeps every activation; "dots" keeps the dense layers' matmul outputs and recomputes the
+# rest (attention, GELU, layer norms, dropout masks); "full" keeps only the input. Same numbers.
+REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
 
 
 def check_matmul_precision(value: str) -> None:
     if value not in MATMUL_PRECISIONS:
         raise ConfigError(f"matmul_precision={value!r} is not one of {MATMUL_PRECISIONS}.")
+
+
+def check_remat(value: str) -> None:
+    if value not in REMAT_POLICIES:
+        raise ConfigError(f"remat={value!r} is not one of {tuple(REMAT_POLICIES)}.")
 
 
 class _Base(nn.Module):
@@ -121,13 +131,14 @@ class _Base(nn.Module):
     # compute on a GPU) unless attention maps are asked for or attention dropout is active, then the
     # explicit softmax; "explicit", "xla" or "cudnn" ask for one (maps and dropout still need explicit).
     attention_implementation: str = "auto"
+    remat: str = "none"  # see REMAT_POLICIES: memory for long sequences, at one more forward's cost
 
     @property
     def numerics(self) -> dict:
         """The fields a submodule inherits."""
         return {"dtype": self.dtype, "param_dtype": self.param_dtype,
                 "matmul_precision": self.matmul_precision,
-                "attention_implementation": self.attention_implementation}
+                "attention_implementation": self.attention_implementation, "remat": self.remat}
 
     @property
     def precision(self) -> str | None:
@@ -264,9 +275,13 @@ class LayerStack(_Base):
 
     @nn.compact
     def __call__(self, x, keep, deterministic, output_attentions=False):
+        check_remat(self.remat)
+        block = self.block
+        if self.remat != "none":  # `deterministic` and `output_attentions` are Python bools
+            block = nn.remat(block, policy=REMAT_POLICIES[self.remat], static_argnums=(3, 4))
         hidden, attentions = [x], []
         for i in range(self.config.num_hidden_layers):
-            x, probs = self.block(self.config, **self.numerics, name=str(i))(
+            x, probs = block(self.config, **self.numerics, name=str(i))(
                 x, keep, deterministic, output_attentions)
             hidden.append(x)
             attentions.append(probs)

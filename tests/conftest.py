@@ -148,3 +148,9 @@ def crashing_at(step: int, make_step):
 def read_results(workdir):
     with open(os.path.join(workdir, "results.json")) as f:
         return json.load(f)
+
+
+def step_metrics(workdir, name):
+    """One metric's values, step by step, from a run's metrics.jsonl."""
+    lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return [line[name] for line in lines if name in line]

@@ -11,7 +11,7 @@ import pytest
 import distilbert_jax as dj
 from distilbert_jax.data import Features
 from distilbert_jax.train import finetune
-from conftest import read_results, tiny_config, write_sst2, write_stsb
+from conftest import read_results, step_metrics, tiny_config, write_sst2, write_stsb
 
 LEARN_STEPS = 30  # enough updates for a tiny model to learn each toy task below exactly
 
@@ -198,3 +198,20 @@ def test_eval_loss_is_the_heads_loss_over_the_whole_split():
     expected = np.mean([(_cross_entropy(s, a) + _cross_entropy(e, b)) / 2
                         for s, e, a, b in zip(start_logits, end_logits, starts, ends)])
     assert loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_remat_trains_the_same_run(tiny_model, tmp_path):
+    """remat="full" recomputes every block in the backward, dropout included: the same draws, so the
+    same loss at every update and the same dev metrics as remat="none"."""
+    data = write_sst2(tmp_path / "SST-2")
+    runs = {}
+    for remat in ("none", "full"):
+        config = tiny_config(tiny_model, data, "sst2", max_steps=6, log_every=1, remat=remat,
+                             save_model=False)
+        workdir = str(tmp_path / remat)
+        runs[remat] = (finetune.train_and_evaluate(config, workdir), step_metrics(workdir, "train/loss"))
+    (plain, plain_losses), (remat_result, remat_losses) = runs["none"], runs["full"]
+    assert len(plain_losses) == 6
+    np.testing.assert_allclose(remat_losses, plain_losses, rtol=1e-5)
+    for name, value in plain["eval"]["dev"].items():
+        assert remat_result["eval"]["dev"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name

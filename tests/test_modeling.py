@@ -171,3 +171,53 @@ def test_deterministic_gpu_ops_are_asked_for_before_the_backend_starts(monkeypat
     monkeypatch.setenv("XLA_FLAGS", "")
     distributed.use_deterministic_ops(False)
     assert os.environ["XLA_FLAGS"] == ""
+
+
+def test_remat_asks_the_cpu_to_schedule_for_memory(monkeypatch):
+    from distilbert_jax import distributed
+    monkeypatch.setenv("XLA_FLAGS", "")
+    distributed.schedule_for_memory(False)
+    assert os.environ["XLA_FLAGS"] == ""
+    distributed.schedule_for_memory(True)
+    distributed.schedule_for_memory(True)
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=true")
+    distributed.schedule_for_memory(True)  # the user's own setting stands
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+
+
+@pytest.mark.parametrize("family", ["distilbert", "bert"])
+def test_remat_changes_memory_not_numbers(family):
+    """remat="dots" / "full" recompute block activations in the backward: the same params, loss and
+    gradients (dropout on: the recomputed masks are the same draws), and fewer bytes kept for the
+    backward (the residuals `jax.vjp` holds) than remat="none", "full" fewest."""
+    from distilbert_jax import modeling
+    config = TINY if family == "distilbert" else dj.BertConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=64)
+    model = modeling.MODEL_CLASSES[family]["sequence_classification"](config)
+    params = modeling.init_params(model, seed=0, input_shape=IDS.shape)
+    ids, mask = jnp.tile(IDS, (8, 8)), jnp.tile(MASK, (8, 8))  # [16, 48]: activations outweigh params
+
+    def run(remat):
+        remodel = model.clone(remat=remat)
+        assert jax.tree.structure(modeling.init_params(remodel, 0, IDS.shape)) == jax.tree.structure(params)
+
+        def loss(p):
+            logits = remodel.apply({"params": p}, ids, mask, deterministic=False,
+                                   rngs={"dropout": jax.random.key(3)}).logits
+            return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[:, 0])
+        value, backward = jax.vjp(loss, params)
+        kept = sum(x.nbytes for x in jax.tree.leaves(backward))
+        return value, backward(jnp.ones_like(value))[0], kept
+
+    loss, grads, kept = run("none")
+    kept_by_remat = {}
+    for remat in ("dots", "full"):
+        remat_loss, remat_grads, kept_by_remat[remat] = run(remat)
+        np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                     remat_grads, grads)
+    assert kept_by_remat["full"] < kept_by_remat["dots"] < kept / 2, (kept, kept_by_remat)
+    with pytest.raises(dj.ConfigError, match="remat='all' is not one of"):
+        model.clone(remat="all").apply({"params": params}, IDS, MASK)

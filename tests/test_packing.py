@@ -1,7 +1,5 @@
 """Packed batches: the same outputs as the unpacked model for every head, nothing crossing examples."""
 
-import json
-import os
 import types
 
 import jax
@@ -13,7 +11,7 @@ import distilbert_jax as dj
 from distilbert_jax import modeling
 from distilbert_jax.data import packing
 from distilbert_jax.train import distill, finetune
-from conftest import relative_error, tiny_config, write_sst2, write_stsb
+from conftest import relative_error, step_metrics, tiny_config, write_sst2, write_stsb
 
 TOL = 1e-5
 DISTILBERT = dj.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
@@ -144,11 +142,6 @@ def test_more_processes_do_not_multiply_the_rows():
 
 
 # --- jobs: packing changes the layout, never the numbers -----------------------------------------------
-
-def step_metrics(workdir, name):
-    lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    return [line[name] for line in lines if name in line]
-
 
 @pytest.mark.parametrize("family,task,accum", [("distilbert", "sst2", 1), ("bert", "stsb", 2)])
 def test_fine_tuning_packed_equals_unpacked(family, task, accum, tiny_model, tiny_bert, tmp_path):

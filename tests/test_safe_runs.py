@@ -62,6 +62,13 @@ def test_resuming_under_another_config_is_refused_naming_the_fields(copy_of, fie
     assert snapshot(workdir) == before
 
 
+def test_remat_may_change_on_resume(copy_of):
+    """remat trades memory for time and leaves the numbers alone, so a run may resume under another."""
+    config, workdir, _ = copy_of
+    config.remat = "full"
+    assert jobs.run(config, str(workdir))["steps_this_run"] == 0  # finished already: nothing to redo
+
+
 def test_another_model_in_the_workdir_is_refused(copy_of, tiny_bert):
     config, workdir, _ = copy_of
     before = snapshot(workdir)
@@ -99,6 +106,7 @@ def test_a_deliberate_change_continues_the_run_and_keeps_both_configs(copy_of):
     ({"batch_size": 6, "grad_accum_steps": 4}, ConfigError, r"batch_size=6 is not a multiple of grad_accum_steps=4"),
     ({"buckets": ("a", "b", "c")}, ConfigError, r"buckets=\('a', 'b', 'c'\) must be a tuple of positive lengths"),
     ({"dtype": "bf16"}, ConfigError, r"dtype='bf16' is not one of"),
+    ({"remat": "all"}, ConfigError, r"remat='all' is not one of \('none', 'dots', 'full'\)"),
     ({"max_length": 100}, ConfigError, r"max_length=100 is longer than .* has 64 positions"),
     ({"predict_splits": ("test",)}, DataError, r"test.tsv' does not exist"),
     ({"batch_size": 64}, DataError, r"training split has 48 rows, fewer than one batch of batch_size=64"),

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from distilbert_jax.config import ConfigError
-from distilbert_jax.modeling import check_matmul_precision
+from distilbert_jax.modeling import check_matmul_precision, check_remat
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -27,6 +27,7 @@ def check_training(config, layout) -> None:
         if field in config:
             dtype(config, field)
     check_matmul_precision(config.get("matmul_precision", "auto"))
+    check_remat(config.get("remat", "none"))
     for field in ("batch_size", "grad_accum_steps", "eval_batch_size", "max_length", "log_every",
                   "checkpoint_every", "keep_checkpoints"):
         if field in config and (not isinstance(config[field], int) or config[field] < 1):

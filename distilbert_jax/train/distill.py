@@ -49,6 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"
     c.matmul_precision = "auto"  # float32 matmuls in float32 everywhere; "high" allows TF32 on GPUs
     c.deterministic = True  # GPU reductions in a fixed order: exact resume there too (main.py sets it)
+    c.remat = "none"  # "dots" or "full": recompute block activations in the backward (long sequences)
     c.seed = 56
     c.mesh = "dp"
     c.rules = sharding.RULES
@@ -139,7 +140,8 @@ def build_student(config, teacher, teacher_params, tokenizer, layout: sharding.L
     """The student model and its initial params (teacher layers, or random)."""
     cfg = student.student_config(teacher.config, config.student_layers)
     model = modeling.DistilBertForMaskedLM(cfg, dtype=checks.dtype(config),
-                                           matmul_precision=config.matmul_precision)
+                                           matmul_precision=config.matmul_precision,
+                                           remat=config.get("remat", "none"))
     if tokenizer.vocab_size != cfg.vocab_size:
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the student's "
                           f"vocab_size is {cfg.vocab_size}; teacher and student must share a vocabulary.")

@@ -53,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype; "bfloat16" on TPU (params stay float32)
     c.matmul_precision = "auto"  # float32 matmuls in float32 everywhere; "high" allows TF32 on GPUs
     c.deterministic = True  # GPU reductions in a fixed order: exact resume there too (main.py sets it)
+    c.remat = "none"  # "dots" or "full": recompute block activations in the backward (long sequences)
     c.seed = 42
     c.mesh = "dp"  # a sharding.PRESETS name, or "data:2,fsdp:-1,tensor:2" (-1: the remaining devices)
     c.rules = sharding.RULES  # logical axis name -> mesh axes
@@ -130,6 +131,7 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
                                        dtype=checks.dtype(config), seed=config.seed,
                                        matmul_precision=config.matmul_precision,
                                        shardings=layout.params, **overrides)
+    model = model.clone(remat=config.get("remat", "none"))
     tokenizer = Tokenizer.from_pretrained(directory)
     modeling.check_fits(model.config, path, config.max_length, tokenizer.vocab_size)
     return model, params, tokenizer

@@ -21,7 +21,7 @@ from distilbert_jax.config import ConfigError
 FREE_FIELDS = frozenset({
     "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
     "eval_splits", "predict_splits", "limit_eval_examples", "save_model", "mesh", "rules",
-    "allow_config_change", "sweep", "export", "deterministic",
+    "allow_config_change", "sweep", "export", "deterministic", "remat",
 })
 
 
