@@ -136,7 +136,6 @@ def main(argv):
               file=sys.stderr)
         sys.exit(2)
     distributed.use_deterministic_ops(config.get("deterministic", True))  # before any device
-    distributed.schedule_for_memory(config.get("remat", "none") != "none")
     if _MULTIHOST.value or _COORDINATOR.value:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:

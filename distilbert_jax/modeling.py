@@ -131,7 +131,7 @@ class _Base(nn.Module):
     # compute on a GPU) unless attention maps are asked for or attention dropout is active, then the
     # explicit softmax; "explicit", "xla" or "cudnn" ask for one (maps and dropout still need explicit).
     attention_implementation: str = "auto"
-    remat: str = "none"  # see REMAT_POLICIES: memory for long sequences, at one more forward's cost
+    remat: str = "none"  # see REMAT_POLICIES: activation memory for long sequences, for time
 
     @property
     def numerics(self) -> dict:

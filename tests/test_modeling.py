@@ -173,19 +173,6 @@ def test_deterministic_gpu_ops_are_asked_for_before_the_backend_starts(monkeypat
     assert os.environ["XLA_FLAGS"] == ""
 
 
-def test_remat_asks_the_cpu_to_schedule_for_memory(monkeypatch):
-    from distilbert_jax import distributed
-    monkeypatch.setenv("XLA_FLAGS", "")
-    distributed.schedule_for_memory(False)
-    assert os.environ["XLA_FLAGS"] == ""
-    distributed.schedule_for_memory(True)
-    distributed.schedule_for_memory(True)
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=true")
-    distributed.schedule_for_memory(True)  # the user's own setting stands
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_concurrency_optimized_scheduler=true"
-
-
 @pytest.mark.parametrize("family", ["distilbert", "bert"])
 def test_remat_changes_memory_not_numbers(family):
     """remat="dots" / "full" recompute block activations in the backward: the same params, loss and
