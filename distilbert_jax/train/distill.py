@@ -49,7 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"
     c.matmul_precision = "auto"  # float32 matmuls in float32 everywhere; "high" allows TF32 on GPUs
     c.deterministic = True  # GPU reductions in a fixed order: exact resume there too (main.py sets it)
-    c.remat = "none"  # "dots" or "full": recompute block activations in the backward (long sequences)
+    c.remat = "none"  # "dots"/"full": recompute block activations in the backward (GPU/TPU memory)
     c.seed = 56
     c.mesh = "dp"
     c.rules = sharding.RULES

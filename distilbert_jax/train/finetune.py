@@ -53,7 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype; "bfloat16" on TPU (params stay float32)
     c.matmul_precision = "auto"  # float32 matmuls in float32 everywhere; "high" allows TF32 on GPUs
     c.deterministic = True  # GPU reductions in a fixed order: exact resume there too (main.py sets it)
-    c.remat = "none"  # "dots" or "full": recompute block activations in the backward (long sequences)
+    c.remat = "none"  # "dots"/"full": recompute block activations in the backward (GPU/TPU memory)
     c.seed = 42
     c.mesh = "dp"  # a sharding.PRESETS name, or "data:2,fsdp:-1,tensor:2" (-1: the remaining devices)
     c.rules = sharding.RULES  # logical axis name -> mesh axes
