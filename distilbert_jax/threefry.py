@@ -7,7 +7,7 @@ unrolled, and a MiniLM fine-tuning update at 32x128 spends about a fifth of its 
 JAX already lowers the hash unrolled. `unroll_on_cpu()` gives the CPU that same lowering: the hash
 is Salmon et al.'s Threefry-2x32 with 20 rounds (the Random123 constants JAX uses), so every draw
 keeps the bits it had, on every backend. The price is compile time: about 2 s more per compiled
-training step on that CPU, earned back after about 5 updates of that shape at 32x128, or 60 at 4x128.
+training step on that CPU, earned back after about 5 updates of that shape at 32x128, or 50 at 4x128.
 """
 
 from __future__ import annotations
