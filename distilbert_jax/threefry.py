@@ -12,6 +12,8 @@ training step on that CPU, earned back after about 5 updates of that shape at 32
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from jax.extend.random import threefry2x32_p
 from jax.interpreters import mlir
@@ -38,8 +40,9 @@ def threefry2x32(key0, key1, count0, count1):
     return x0, x1
 
 
+@functools.cache
 def unroll_on_cpu() -> None:
     """Lowers `threefry2x32` on CPU as one straight-line fusion (same bits, fewer passes). Every
-    training step calls it; calling it again changes nothing."""
+    training step asks for it; the lowering is registered once per process."""
     mlir.register_lowering(threefry2x32_p, mlir.lower_fun(threefry2x32, multiple_results=True),
                            platform="cpu")

@@ -154,3 +154,13 @@ def step_metrics(workdir, name):
     """One metric's values, step by step, from a run's metrics.jsonl."""
     lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     return [line[name] for line in lines if name in line]
+
+
+def assert_same_training(run, reference, steps):
+    """Two runs, each (results, per-update train losses), train the same: the same loss at every
+    update and the same dev metrics, up to float32 rounding."""
+    (results, losses), (reference_results, reference_losses) = run, reference
+    assert len(reference_losses) == steps
+    np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
+    for name, value in reference_results["eval"]["dev"].items():
+        assert results["eval"]["dev"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name

@@ -11,7 +11,8 @@ import pytest
 import distilbert_jax as dj
 from distilbert_jax.data import Features
 from distilbert_jax.train import finetune
-from conftest import read_results, step_metrics, tiny_config, write_sst2, write_stsb
+from conftest import (assert_same_training, read_results, step_metrics, tiny_config,
+                      write_sst2, write_stsb)
 
 LEARN_STEPS = 30  # enough updates for a tiny model to learn each toy task below exactly
 
@@ -210,8 +211,4 @@ def test_remat_trains_the_same_run(tiny_model, tmp_path):
                              save_model=False)
         workdir = str(tmp_path / remat)
         runs[remat] = (finetune.train_and_evaluate(config, workdir), step_metrics(workdir, "train/loss"))
-    (plain, plain_losses), (remat_result, remat_losses) = runs["none"], runs["full"]
-    assert len(plain_losses) == 6
-    np.testing.assert_allclose(remat_losses, plain_losses, rtol=1e-5)
-    for name, value in plain["eval"]["dev"].items():
-        assert remat_result["eval"]["dev"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    assert_same_training(runs["full"], runs["none"], steps=6)

@@ -13,6 +13,8 @@ from conftest import FIXTURES
 
 TINY = dj.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
                            max_position_embeddings=64)
+TINY_BERT = dj.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=37, max_position_embeddings=64)
 IDS = jnp.array([[1, 7, 8, 9, 2, 0], [1, 5, 2, 0, 0, 0]])  # ids within the tiny vocab
 MASK = (IDS != 0).astype(jnp.int32)
 
@@ -140,9 +142,7 @@ def test_fused_attention_equals_the_explicit_softmax(family):
     (XLA's here); its outputs equal the explicit path's on real tokens, padded or packed."""
     from distilbert_jax import modeling
     from distilbert_jax.data import packing
-    config = TINY if family == "distilbert" else dj.BertConfig(
-        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=37, max_position_embeddings=64)
+    config = TINY if family == "distilbert" else TINY_BERT
     fused = modeling.MODEL_CLASSES[family]["base"](config)
     explicit = fused.clone(attention_implementation="explicit")
     params = modeling.init_params(fused, seed=0, input_shape=IDS.shape)
@@ -179,9 +179,7 @@ def test_remat_changes_memory_not_numbers(family):
     gradients (dropout on: the recomputed masks are the same draws), and fewer bytes kept for the
     backward (the residuals `jax.vjp` holds) than remat="none", "full" fewest."""
     from distilbert_jax import modeling
-    config = TINY if family == "distilbert" else dj.BertConfig(
-        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=37, max_position_embeddings=64)
+    config = TINY if family == "distilbert" else TINY_BERT
     model = modeling.MODEL_CLASSES[family]["sequence_classification"](config)
     params = modeling.init_params(model, seed=0, input_shape=IDS.shape)
     ids, mask = jnp.tile(IDS, (8, 8)), jnp.tile(MASK, (8, 8))  # [16, 48]: activations outweigh params

@@ -11,7 +11,8 @@ import distilbert_jax as dj
 from distilbert_jax import modeling
 from distilbert_jax.data import packing
 from distilbert_jax.train import distill, finetune
-from conftest import relative_error, step_metrics, tiny_config, write_sst2, write_stsb
+from conftest import (assert_same_training, relative_error, step_metrics, tiny_config,
+                      write_sst2, write_stsb)
 
 TOL = 1e-5
 DISTILBERT = dj.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
@@ -159,13 +160,9 @@ def test_fine_tuning_packed_equals_unpacked(family, task, accum, tiny_model, tin
         results[packed_run] = (finetune.train_and_evaluate(config, workdir),
                                step_metrics(workdir, "train/loss"),
                                step_metrics(workdir, "batch/computed_tokens"))
-    (plain, plain_losses, plain_slots), (packed_result, packed_losses, packed_slots) = (
-        results[False], results[True])
-    assert len(plain_losses) == 6
+    (*plain, plain_slots), (*packed, packed_slots) = results[False], results[True]
     assert sum(packed_slots) < sum(plain_slots)  # 2 rows of 48 slots against 8 of 16
-    np.testing.assert_allclose(packed_losses, plain_losses, rtol=1e-5)
-    for name, value in plain["eval"]["dev"].items():
-        assert packed_result["eval"]["dev"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    assert_same_training(packed, plain, steps=6)
 
 
 def test_the_distillation_loss_packed_equals_unpacked():
