@@ -195,7 +195,7 @@ class _Rows:
         if packing is None:
             if attention_mask is None:
                 attention_mask = jnp.ones_like(input_ids)
-            return cls(input_ids, token_type_ids, jnp.arange(input_ids.shape[-1])[None],
+            return cls(input_ids, token_type_ids, jax.lax.broadcasted_iota(jnp.int32, (1, input_ids.shape[-1]), 1),
                        layers.attention_keep(attention_mask, None))
         types = None if token_type_ids is None else packing.rows_of(token_type_ids)
         return cls(packing.rows_of(input_ids), types, packing.position_ids,

@@ -1,0 +1,434 @@
+"""A checkpoint exported to run without this package: ONNX for onnxruntime (float32, or int8 by
+onnxruntime's dynamic quantisation), or a serialized `jax.export` (StableHLO) artefact.
+
+    python -m distilbert_jax.export --model=runs/sst2/model --format=onnx --quantize=int8 \\
+        --output=exported/sst2 [--task=text-classification]
+
+--model: any checkpoint the project reads (a fine-tuned `model/` folder, a Hugging Face folder or
+hub id, `packaged:all-MiniLM-L6-v2`). --task: what the graph computes (its head and outputs); by
+default the checkpoint's own head. The output folder is self-contained: the model file
+(`model.onnx` or `model.stablehlo`), the tokenizer files, `config.json`, `export.json` (what the
+graph takes and returns) and a README card with the measured agreement with the source model. It
+appears whole or not at all. `dj.pipeline(task, model=OUT)` and `predict --model=OUT` run it.
+
+ONNX graphs take `input_ids`, `attention_mask` (and `token_type_ids` for BERT) as int64 with
+dynamic batch and length axes, and name their outputs as transformers' (Optimum's) ONNX exports
+do, so tools that read such a folder read this one. A StableHLO artefact takes the same inputs
+as int32 and returns the outputs in `export.json`'s order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distilbert_jax import hf, io, modeling
+from distilbert_jax.config import BertConfig, ConfigError
+from distilbert_jax.hf import CheckpointError
+from distilbert_jax.tokenizer import Tokenizer, TokenizerError
+
+FORMATS = {"onnx": "model.onnx", "stablehlo": "model.stablehlo"}
+QUANTIZATIONS = ("none", "int8")
+MANIFEST = "export.json"
+# What each task's graph computes: (head, output names as transformers' ONNX exports name them).
+TASKS = {
+    "feature-extraction": ("base", ("last_hidden_state",)),
+    "sentence-embeddings": ("base", ("token_embeddings", "sentence_embedding")),
+    "text-classification": ("sequence_classification", ("logits",)),
+    "token-classification": ("token_classification", ("logits",)),
+    "question-answering": ("question_answering", ("start_logits", "end_logits")),
+    "fill-mask": ("masked_lm", ("logits",)),
+    "multiple-choice": ("multiple_choice", ("logits",)),
+}
+# A checkpoint's head -> the task exported when --task is not given.
+DEFAULT_TASK = {head: task for task, (head, _) in TASKS.items() if task != "sentence-embeddings"}
+# sentence-transformers' files beside the weights (max_seq_length, pooling, Normalize).
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json",
+                               "config_sentence_transformers.json", "1_Pooling/config.json")
+# Shapes (batch, length) the export is checked on: several batches and lengths, padding included.
+CHECK_SHAPES = ((1, 8), (2, 16), (3, 37))
+ONNX_EXTRA = "pip install 'distilbert-jax[export]'"
+
+
+class ExportError(ValueError):
+    """An export cannot be made or loaded as asked: one sentence for the user."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The computation a graph holds
+# ------------------------------------------------------------------------------------------------
+
+def input_names(config) -> tuple[str, ...]:
+    return ("input_ids", "attention_mask") + (("token_type_ids",) if isinstance(config, BertConfig) else ())
+
+
+def graph_function(module, params, task: str, normalize: bool = False) -> Callable:
+    """(input_ids, attention_mask[, token_type_ids]) -> the task's outputs, params baked in, in
+    float32. `normalize`: the sentence embedding is L2-normalised (a Normalize module follows)."""
+    names = input_names(module.config)
+    outputs = TASKS[task][1]
+
+    def forward(*arrays):
+        out = module.apply({"params": params}, **dict(zip(names, arrays)))
+        if task == "sentence-embeddings":
+            mask = arrays[1].astype(jnp.float32)[..., None]
+            hidden = out.last_hidden_state.astype(jnp.float32)
+            pooled = (hidden * mask).sum(1) / jnp.maximum(mask.sum(1), 1e-9)
+            if normalize:
+                pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+            return hidden, pooled
+        fields = {"last_hidden_state": getattr(out, "last_hidden_state", None)}
+        fields.update({k: getattr(out, k, None) for k in ("logits", "start_logits", "end_logits")})
+        return tuple(fields[k].astype(jnp.float32) for k in outputs)
+
+    return forward
+
+
+def _input_specs(task: str, count: int):
+    """Symbolic batch (and choices) and length: one artefact for every shape."""
+    dims = "B, C, L" if task == "multiple-choice" else "B, L"
+    shape = jax.export.symbolic_shape(dims)
+    return [jax.ShapeDtypeStruct(shape, jnp.int32) for _ in range(count)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+
+def export(model: str, output: str, *, format: str = "onnx", quantize: str = "none",
+           task: str | None = None) -> str:
+    """Exports checkpoint `model` into the new folder `output` (see the module docstring); returns
+    `output`. Every argument is checked before anything is written."""
+    if format not in FORMATS:
+        raise ExportError(f"--format={format!r} is not one of {tuple(FORMATS)}.")
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"--quantize={quantize!r} is not one of {QUANTIZATIONS}.")
+    if quantize == "int8" and format != "onnx":
+        raise ExportError("--quantize=int8 is onnxruntime's quantisation: use it with --format=onnx "
+                          "(a StableHLO artefact is float32).")
+    if task is not None and task not in TASKS:
+        raise ExportError(f"--task={task!r} is not one of {tuple(TASKS)}.")
+    output = os.fspath(output)
+    if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
+        raise ExportError(f"--output={output} already exists and is not an empty folder; choose "
+                          "a new one (nothing was written).")
+    if format == "onnx":
+        _require_onnx_tools()
+
+    directory, config, task = _source(model, task)
+    head = TASKS[task][0]
+    try:
+        module, params = _load_quietly(directory, head)
+    except (CheckpointError, ConfigError) as e:
+        raise ExportError(str(e)) from None
+    try:
+        tokenizer = Tokenizer.from_pretrained(directory)
+    except TokenizerError as e:
+        raise ExportError(f"{model} has no usable tokenizer ({e}).") from None
+    settings = _sentence_transformers_settings(directory)
+    fn = graph_function(module, params, task, normalize=settings.get("normalize", False))
+
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
+    try:
+        names = input_names(config)
+        outputs = TASKS[task][1]
+        model_path = os.path.join(staging, FORMATS[format])
+        if format == "onnx":
+            _write_onnx(fn, task, names, outputs, model_path, quantize)
+        else:
+            _write_stablehlo(fn, task, len(names), model_path)
+        module.config.to_json_file(os.path.join(staging, "config.json"),
+                                   architectures=[type(module).__name__])
+        tokenizer.save_pretrained(staging)
+        for name in SENTENCE_TRANSFORMERS_FILES:
+            if os.path.exists(os.path.join(directory, name)):
+                os.makedirs(os.path.dirname(os.path.join(staging, name)), exist_ok=True)
+                shutil.copyfile(os.path.join(directory, name), os.path.join(staging, name))
+        manifest = {"format": format, "file": FORMATS[format], "quantize": quantize, "task": task,
+                    "head": head, "family": config.model_type, "inputs": list(names),
+                    "outputs": list(outputs), "source": os.fspath(model), "jax_version": jax.__version__}
+        io.write_json(os.path.join(staging, MANIFEST), manifest)
+        exported = ExportedModel(staging)
+        manifest["agreement"] = agreement(fn, exported, task, config)
+        io.write_json(os.path.join(staging, MANIFEST), manifest)
+        io.write_text(os.path.join(staging, "README.md"), _card(manifest))
+        if os.path.isdir(output):
+            os.rmdir(output)  # empty (checked above): the finished folder takes its place
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def _source(model: str, task: str | None):
+    """The checkpoint's directory and config, and the task to export (checked against its head)."""
+    try:
+        directory = hf.resolve(model)
+        config, architectures = hf.read_config(directory)
+    except (CheckpointError, ConfigError) as e:
+        raise ExportError(str(e)) from None
+    if os.path.exists(os.path.join(directory, MANIFEST)):
+        raise ExportError(f"{model} is already an exported folder; export the checkpoint it came "
+                          "from.")
+    own = hf.head_from_architectures(config.model_type, architectures)
+    if task is None:
+        sentence = own == "base" and os.path.exists(os.path.join(directory, "modules.json"))
+        task = "sentence-embeddings" if sentence else DEFAULT_TASK[own]
+    head = TASKS[task][0]
+    if head != "base" and head != own:
+        has = (architectures or ["a bare encoder"])[0]
+        raise ExportError(f"{model} is {has}, which has no {head} head: --task={task} needs a "
+                          f"{modeling.MODEL_CLASSES[config.model_type][head].__name__} checkpoint.")
+    return directory, config, task
+
+
+def _load_quietly(directory: str, head: str):
+    """from_pretrained; an encoder taken out of a checkpoint with a head drops it without a warning."""
+    logger = logging.getLogger(hf.__name__)
+    level = logger.level
+    if head == "base":
+        logger.setLevel(logging.ERROR)
+    try:
+        return hf.from_pretrained(directory, head=head)
+    finally:
+        logger.setLevel(level)
+
+
+def _sentence_transformers_settings(directory: str) -> dict:
+    from distilbert_jax.pipelines import _sentence_transformers_settings as settings
+    return settings(directory)
+
+
+def _require_onnx_tools():
+    for name in ("jax2onnx", "onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            raise ExportError(f"ONNX export needs {name}, which is not installed: {ONNX_EXTRA}.") from None
+
+
+def _write_onnx(fn, task, names, outputs, path, quantize):
+    """jax2onnx converts the traced function; inputs become int64 (as transformers' exports take
+    them) through a Cast in front; int8 is onnxruntime's dynamic quantisation (see `quantize_int8`)."""
+    import onnx
+    from jax2onnx import to_onnx
+    with _quiet("onnx_ir", "jax2onnx"):
+        proto = to_onnx(fn, _input_specs(task, len(names)), input_names=list(names),
+                        output_names=list(outputs), model_name=f"distilbert_jax_{task}")
+    proto = _int64_inputs(proto)
+    onnx.checker.check_model(proto)
+    if quantize == "none":
+        onnx.save(proto, path)
+        return
+    float_path = path + ".float32"
+    onnx.save(proto, float_path)
+    quantize_int8(float_path, path)
+    os.remove(float_path)
+
+
+def _int64_inputs(proto):
+    """The graph's int32 inputs taken as int64 and cast on entry (the graph's own ops stay int32)."""
+    from onnx import TensorProto, helper
+    graph = proto.graph
+    casts = []
+    for value in graph.input:
+        if value.type.tensor_type.elem_type != TensorProto.INT32:
+            continue
+        inner = value.name + "__int32"
+        for node in graph.node:
+            node.input[:] = [inner if n == value.name else n for n in node.input]
+        casts.append(helper.make_node("Cast", [value.name], [inner], to=TensorProto.INT32,
+                                      name=f"{value.name}_to_int32"))
+        value.type.tensor_type.elem_type = TensorProto.INT64
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)  # the casts first: ONNX wants nodes in topological order
+    return proto
+
+
+def quantize_int8(source: str, target: str) -> None:
+    """onnxruntime's dynamic int8 quantisation (as Optimum applies it): int8 weights with one scale
+    per output channel, activations quantised per call; see `_int8_excluded` for what stays float."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with _quiet("root"):
+        quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=_int8_excluded(source),
+                         extra_options={"MatMulConstBOnly": True})
+
+
+def _int8_excluded(path: str) -> list[str]:
+    """The last dense layer (the task's scores), kept in float32: it is small and int8's rounding
+    there moves the scores directly."""
+    import onnx
+    graph = onnx.load(path, load_external_data=False).graph
+    dense = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")
+             and any(i in {t.name for t in graph.initializer} for i in n.input)]
+    return dense[-1:]
+
+
+def _write_stablehlo(fn, task, count, path):
+    exported = jax.export.export(jax.jit(fn))(*_input_specs(task, count))
+    with open(path, "wb") as f:
+        f.write(exported.serialize())
+
+
+class _quiet:
+    """Silences the named loggers' warnings (the converters' notes about their own internals)."""
+
+    def __init__(self, *names):
+        self.loggers = [logging.getLogger(n) for n in names]
+
+    def __enter__(self):
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        for lg, level in zip(self.loggers, self.levels):
+            lg.setLevel(level)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading an exported folder
+# ------------------------------------------------------------------------------------------------
+
+def is_exported(directory) -> bool:
+    return isinstance(directory, (str, os.PathLike)) and os.path.isfile(os.path.join(directory, MANIFEST))
+
+
+class ExportedModel:
+    """An exported folder called like its model: a batch of arrays (input_ids, attention_mask,
+    token_type_ids; extra keys ignored) -> {output name: numpy array}, with onnxruntime or the
+    deserialized jax.export call. `config` is the source model's config (positions, labels)."""
+
+    def __init__(self, directory: str):
+        self.directory = os.fspath(directory)
+        try:
+            with open(os.path.join(self.directory, MANIFEST), encoding="utf-8") as f:
+                self.manifest = json.load(f)
+            self.config, _ = hf.read_config(self.directory)
+        except (OSError, ValueError) as e:
+            raise ExportError(f"{self.directory} is not a readable exported folder ({e}).") from None
+        self.task, self.format = self.manifest["task"], self.manifest["format"]
+        self.inputs, self.outputs = tuple(self.manifest["inputs"]), tuple(self.manifest["outputs"])
+        path = os.path.join(self.directory, self.manifest["file"])
+        if not os.path.isfile(path):
+            raise ExportError(f"{self.directory} lacks its model file {self.manifest['file']}.")
+        self._run = _onnx_runner(path) if self.format == "onnx" else _stablehlo_runner(path)
+
+    @property
+    def dynamic_shapes(self) -> bool:
+        """Whether any shape runs at no extra cost (onnxruntime), or each new shape compiles (XLA)."""
+        return self.format == "onnx"
+
+    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self._run([np.asarray(batch[k]) for k in self.inputs])))
+
+
+def _onnx_runner(path: str):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError(f"{os.path.dirname(path)} is an ONNX export; running it needs onnxruntime: "
+                          "pip install 'distilbert-jax[onnxruntime]'.") from None
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return lambda arrays: session.run(None, {n: a.astype(np.int64) for n, a in zip(names, arrays)})
+
+
+def _stablehlo_runner(path: str):
+    with open(path, "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+    call = jax.jit(exported.call)
+    return lambda arrays: [np.asarray(o) for o in call(*(a.astype(np.int32) for a in arrays))]
+
+
+# ------------------------------------------------------------------------------------------------
+# Agreement with the source model, and the card
+# ------------------------------------------------------------------------------------------------
+
+def check_inputs(config, task: str, batch: int, length: int, seed: int = 0) -> list[np.ndarray]:
+    """Random ids (no special meaning needed) with every row but the first padded at its end."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, 2, length) if task == "multiple-choice" else (batch, length)
+    ids = rng.integers(1, config.vocab_size, shape).astype(np.int32)
+    lengths = rng.integers(1, length + 1, shape[:-1])
+    lengths.reshape(-1)[0] = length
+    mask = (np.arange(length) < lengths[..., None]).astype(np.int32)
+    arrays = [ids, mask]
+    if isinstance(config, BertConfig):
+        arrays.append((np.arange(length) >= length // 2).astype(np.int32) * mask)
+    return arrays
+
+
+def agreement(fn, exported: ExportedModel, task: str, config) -> dict:
+    """max|exported - JAX| / max|JAX| per output over CHECK_SHAPES (the parity measure)."""
+    worst = {name: 0.0 for name in exported.outputs}
+    for batch, length in CHECK_SHAPES:
+        arrays = check_inputs(config, task, batch, length)
+        want = [np.asarray(o, np.float64) for o in jax.jit(fn)(*arrays)]
+        got = exported(dict(zip(exported.inputs, arrays)))
+        for name, w in zip(exported.outputs, want):
+            error = np.max(np.abs(got[name] - w)) / np.max(np.abs(w))
+            worst[name] = max(worst[name], float(error))
+    return {"shapes": [list(s) for s in CHECK_SHAPES], "max_relative_error": worst}
+
+
+def _card(manifest: dict) -> str:
+    errors = ", ".join(f"{k} {v:.1e}" for k, v in manifest["agreement"]["max_relative_error"].items())
+    shapes = ", ".join(f"{b}x{n}" for b, n in manifest["agreement"]["shapes"])
+    runtime = ("onnxruntime (`pip install onnxruntime`)" if manifest["format"] == "onnx"
+               else f"`jax.export.deserialize` (made with jax {manifest['jax_version']})")
+    quantized = (" Weights are int8 (one scale per output channel), activations quantised per call "
+                 "(onnxruntime's dynamic quantisation)." if manifest["quantize"] == "int8" else "")
+    return (f"# {manifest['task']}: {manifest['family']} exported by distilbert-jax\n\n"
+            f"Made with `python -m distilbert_jax.export --model={manifest['source']} "
+            f"--format={manifest['format']} --quantize={manifest['quantize']} --task={manifest['task']}`.\n"
+            f"`{manifest['file']}` runs with {runtime}.{quantized}\n\n"
+            f"Inputs: {', '.join(manifest['inputs'])} ([batch, length], dynamic). "
+            f"Outputs: {', '.join(manifest['outputs'])}.\n\n"
+            f"Measured agreement with the source model in JAX (float32), max|exported - JAX| / "
+            f"max|JAX| over random padded batches of {shapes}: {errors}.\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distilbert_jax.export",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint directory, hub id or packaged:all-MiniLM-L6-v2")
+    parser.add_argument("--format", default="onnx", help=f"one of {tuple(FORMATS)}")
+    parser.add_argument("--quantize", default="none", help=f"one of {QUANTIZATIONS} (int8: ONNX only)")
+    parser.add_argument("--output", required=True, help="a new (or empty) folder")
+    parser.add_argument("--task", default=None, help=f"one of {tuple(TASKS)}; default: the checkpoint's head")
+    args = parser.parse_args(argv)
+    try:
+        out = export(args.model, args.output, format=args.format, quantize=args.quantize, task=args.task)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
+        manifest = json.load(f)
+    errors = manifest["agreement"]["max_relative_error"]
+    print(f"wrote {out} ({manifest['task']}, {manifest['format']}, {manifest['quantize']}); max "
+          f"relative error against the JAX model: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
