@@ -13,6 +13,10 @@ Inputs are encoded by the Rust tokenizer, sorted by length, padded to a few buck
 batch sizes, and run through one jitted apply per pipeline, so XLA compiles a handful of shapes
 however many texts come. Post-processing is numpy on each input's unpadded outputs, ported from
 transformers so that labels, spans and character offsets come out the same.
+
+An exported folder (`python -m distilbert_jax.export`) runs the same way: the same encoding and
+post-processing around its onnxruntime session (each batch padded to its longest text only) or
+its deserialized jax.export call.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax import hf, modeling
+from distilbert_jax import export, hf, modeling
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import packing as packing_lib
 from distilbert_jax.data.task import bucket_for
@@ -48,7 +52,9 @@ class PipelineError(ValueError):
 
 class Pipeline:
     """Holds the model, params, tokenizer and the jitted apply; subclasses add one task's pre- and
-    post-processing. Keyword arguments given at construction are defaults for every call."""
+    post-processing. Keyword arguments given at construction are defaults for every call.
+    `model` may also be an `export.ExportedModel` (params None): its outputs go through
+    `_exported_outputs` to the same arrays `_forward` gives."""
 
     task: str = ""
     head: str | None = None  # the head (modeling.MODEL_CLASSES key) the task needs; None: any
@@ -71,7 +77,15 @@ class Pipeline:
         self.packing = bool(packing)
         self.defaults = defaults
         self._check_options(defaults)
-        self._apply = jax.jit(self._forward)
+        self._fixed_shapes = True  # pad to a few shapes, each compiled once
+        if isinstance(model, export.ExportedModel):
+            if self.packing:
+                raise PipelineError(f"{directory} is an exported model: it takes whole rows, so "
+                                    "packing=True is not available; leave it off.")
+            self._fixed_shapes = not model.dynamic_shapes
+            self._apply = lambda params, batch: self._exported_outputs(model(batch), batch)
+        else:
+            self._apply = jax.jit(self._forward)
 
     # --- what subclasses define ----------------------------------------------------------------
     def _forward(self, params, batch: dict) -> dict:
@@ -79,6 +93,10 @@ class Pipeline:
         inputs = modeling.model_inputs(self.model, batch)
         out = self.model.apply({"params": params}, **inputs)
         return {"logits": out.logits}
+
+    def _exported_outputs(self, outputs: dict, batch: dict) -> dict:
+        """What `_forward` returns, from an exported graph's named outputs (numpy arrays)."""
+        return {"logits": outputs["logits"]}
 
     def _options(self) -> set[str]:
         return set()
@@ -121,9 +139,11 @@ class Pipeline:
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            longest = len(features[chunk[-1]]["input_ids"])
-            length = bucket_for(longest, self.buckets)
-            rows = min(1 << (len(chunk) - 1).bit_length(), self.batch_size)  # few batch shapes
+            length = len(features[chunk[-1]]["input_ids"])
+            rows = len(chunk)
+            if self._fixed_shapes:  # few batch shapes
+                length = bucket_for(length, self.buckets)
+                rows = min(1 << (len(chunk) - 1).bit_length(), self.batch_size)
             batch = {k: np.zeros((rows, length), np.int32)
                      for k in ("input_ids", "attention_mask", "token_type_ids")}
             for r, i in enumerate(chunk):
@@ -196,6 +216,11 @@ class FillMaskPipeline(Pipeline):
         inputs = modeling.model_inputs(self.model, batch)
         out = self.model.apply({"params": params}, **inputs, logit_positions=positions.reshape(-1))
         return {"mask_logits": out.logits.reshape(*positions.shape, -1)}
+
+    def _exported_outputs(self, outputs, batch):
+        logits = outputs["logits"]
+        positions = batch["positions"]
+        return {"mask_logits": logits.reshape(-1, logits.shape[-1])[positions]}
 
     def _run(self, inputs, top_k=5, targets=None):
         texts, single = self._texts(inputs)
@@ -571,6 +596,9 @@ class QuestionAnsweringPipeline(Pipeline):
         out = self.model.apply({"params": params}, **modeling.model_inputs(self.model, batch))
         return {"start_logits": out.start_logits, "end_logits": out.end_logits}
 
+    def _exported_outputs(self, outputs, batch):
+        return {"start_logits": outputs["start_logits"], "end_logits": outputs["end_logits"]}
+
 
 def _qa_examples(args, kwargs) -> list[dict]:
     """The question/context forms transformers accepts: {"question", "context"} dicts (or a list of
@@ -679,6 +707,10 @@ class FeatureExtractionPipeline(Pipeline):
         out = self.model.apply({"params": params}, **modeling.model_inputs(self.model, batch))
         return {"last_hidden_state": out.last_hidden_state}
 
+    def _exported_outputs(self, outputs, batch):
+        key = "last_hidden_state" if "last_hidden_state" in outputs else "token_embeddings"
+        return {"last_hidden_state": outputs[key]}
+
     def _run(self, inputs, return_tensors=False):
         texts, single = self._texts(inputs)
         encodings = self.encode(texts, max_length=self.max_length, truncation=True)
@@ -712,6 +744,13 @@ class SentenceEmbeddingsPipeline(Pipeline):
         hidden = out.last_hidden_state.astype(jnp.float32)
         pooled = (hidden * mask).sum(1) / jnp.maximum(mask.sum(1), 1e-9)
         return {"embedding": pooled}
+
+    def _exported_outputs(self, outputs, batch):
+        """Pooled here from the token outputs, so `normalize` works whatever the graph does."""
+        key = "last_hidden_state" if "last_hidden_state" in outputs else "token_embeddings"
+        mask = batch["attention_mask"].astype(np.float32)[..., None]
+        hidden = outputs[key].astype(np.float32)
+        return {"embedding": (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)}
 
     def _run(self, inputs, normalize=None, return_tensors=False):
         texts, single = self._texts(inputs)
@@ -773,8 +812,8 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
              **defaults) -> Pipeline:
     """A callable that applies `model` to text for `task`, like `transformers.pipeline`.
 
-    model: a checkpoint directory, a hub id, `packaged:all-MiniLM-L6-v2`, or a (module, params)
-    pair (then pass `tokenizer`). tokenizer: a directory or a `Tokenizer`; by default the model's
+    model: a checkpoint directory, a hub id, `packaged:all-MiniLM-L6-v2`, a folder written by
+    `python -m distilbert_jax.export`, or a (module, params) pair (then pass `tokenizer`). tokenizer: a directory or a `Tokenizer`; by default the model's
     directory. batch_size: texts per forward pass; buckets: the padded lengths (capped at the
     model's positions); max_length: tokens per text (default: the tokenizer's and model's limit).
     dtype: the compute dtype of a loaded checkpoint (e.g. jnp.bfloat16). matmul_precision: the
@@ -796,6 +835,13 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
             module, params = _encoder_of(module, params)
         else:
             _check_head(cls, type(module).__name__, _head_of(module), "the given model", task)
+    elif export.is_exported(model):
+        directory = os.fspath(model)
+        try:
+            module, params = export.ExportedModel(directory), None
+        except export.ExportError as e:
+            raise PipelineError(str(e)) from None
+        _check_exported_task(module, directory, task, cls)
     elif isinstance(model, (str, os.PathLike)):
         directory = hf.resolve(model)
         config, architectures = hf.read_config(directory)
@@ -806,12 +852,21 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
     else:
         raise PipelineError(f"model= takes a checkpoint directory, a hub id or a (module, params) "
                             f"pair, not {_describe(model)}.")
-    if matmul_precision is not None:
+    if matmul_precision is not None and isinstance(module, nn.Module):
         module = module.clone(matmul_precision=matmul_precision)
     if not isinstance(tokenizer, Tokenizer):
         tokenizer = Tokenizer.from_pretrained(tokenizer if tokenizer is not None else directory)
     return cls(module, params, tokenizer, directory=directory, batch_size=batch_size,
                buckets=buckets, max_length=max_length, packing=packing, **defaults)
+
+
+def _check_exported_task(exported, directory: str, task: str, cls):
+    """An exported graph serves the tasks of its head; feature tasks need the encoder's outputs."""
+    head = export.TASKS[exported.task][0]
+    serves = head == "base" if cls.head is None else head == cls.head
+    if not serves:
+        raise PipelineError(f"{directory} was exported for {exported.task!r}; the {task!r} pipeline "
+                            f"needs an export made with --task={cls.task}.")
 
 
 def _head_of(module: nn.Module) -> str | None:
