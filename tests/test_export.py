@@ -1,0 +1,261 @@
+"""python -m distilbert_jax.export: every head of both families exported to ONNX and to StableHLO
+gives the JAX model's outputs (1e-5 relative, several batch sizes and lengths, padding included);
+int8 is onnxruntime's dynamic quantisation; pipelines and predict run an exported folder with the
+same answers; bad input is one sentence and writes nothing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import onnx
+import pytest
+
+import distilbert_jax as dj
+from conftest import FIXTURES, make_tiny_model_dir, relative_error
+from distilbert_jax import export, predict
+
+TOL = 1e-5
+HEADS = {  # fixture -> the task its head is exported for by default
+    "distilbert_base": "feature-extraction", "distilbert_seqcls": "text-classification",
+    "distilbert_token_classification": "token-classification",
+    "distilbert_question_answering": "question-answering", "distilbert_mlm": "fill-mask",
+    "distilbert_multiple_choice": "multiple-choice",
+    "bert_base": "feature-extraction", "bert_seqcls": "text-classification",
+    "bert_token_classification": "token-classification",
+    "bert_question_answering": "question-answering", "bert_mlm": "fill-mask",
+    "bert_multiple_choice": "multiple-choice",
+}
+# Shapes the export itself was not checked on (export.CHECK_SHAPES): the axes really are dynamic.
+SHAPES = ((4, 20), (1, 64))
+SENTIMENT = os.path.join(FIXTURES, "pipelines", "distilbert_sentiment")
+
+
+def jax_outputs(directory, task, arrays):
+    module, params = dj.from_pretrained(directory, head=export.TASKS[task][0])
+    return [np.asarray(o) for o in jax.jit(export.graph_function(module, params, task))(*arrays)]
+
+
+def assert_matches_jax(source, out, task):
+    exported = export.ExportedModel(out)
+    assert exported.task == task
+    for batch, length in SHAPES:
+        arrays = export.check_inputs(exported.config, task, batch, length, seed=batch)
+        want = jax_outputs(source, task, arrays)
+        got = exported(dict(zip(exported.inputs, arrays)))
+        for name, w in zip(exported.outputs, want):
+            assert relative_error(got[name], w) <= TOL, (task, name, batch, length)
+    measured = exported.manifest["agreement"]["max_relative_error"]
+    assert max(measured.values()) <= TOL
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {name: make_tiny_model_dir(root / name, name) for name in HEADS}
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_onnx_equals_jax_for_every_head(checkpoints, tmp_path, name):
+    out = export.export(checkpoints[name], tmp_path / "out", format="onnx")
+    assert_matches_jax(checkpoints[name], out, HEADS[name])
+    graph = onnx.load(os.path.join(out, "model.onnx")).graph
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if name.startswith("bert") else [])
+    assert [i.name for i in graph.input] == names
+    for value in graph.input:  # int64 as transformers' exports take them; batch and length free
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        assert all(d.dim_param and not d.dim_value for d in value.type.tensor_type.shape.dim)
+    assert [o.name for o in graph.output] == list(export.TASKS[HEADS[name]][1])
+    for file in ("config.json", "tokenizer.json", "tokenizer_config.json", "README.md", "export.json"):
+        assert os.path.isfile(os.path.join(out, file)), file
+
+
+@pytest.mark.parametrize("name", ["distilbert_seqcls", "distilbert_multiple_choice",
+                                  "bert_question_answering", "bert_mlm"])
+def test_stablehlo_equals_jax(checkpoints, tmp_path, name):
+    out = export.export(checkpoints[name], tmp_path / "out", format="stablehlo")
+    assert_matches_jax(checkpoints[name], out, HEADS[name])
+
+
+def test_stablehlo_loads_in_a_process_without_distilbert_jax(checkpoints, tmp_path):
+    source = checkpoints["bert_seqcls"]
+    out = export.export(source, tmp_path / "out", format="stablehlo")
+    config, _ = dj.hf.read_config(source)
+    arrays = export.check_inputs(config, "text-classification", 3, 11)
+    np.savez(tmp_path / "inputs.npz", *arrays)
+    script = (
+        "import sys, jax, numpy as np\n"
+        "exp = jax.export.deserialize(bytearray(open(sys.argv[1], 'rb').read()))\n"
+        "arrays = list(np.load(sys.argv[2]).values())\n"
+        "np.save(sys.argv[3], np.asarray(exp.call(*arrays)[0]))\n"
+        "assert not any(m.startswith('distilbert_jax') for m in sys.modules), 'imported distilbert_jax'\n")
+    subprocess.run([sys.executable, "-c", script, os.path.join(out, "model.stablehlo"),
+                    str(tmp_path / "inputs.npz"), str(tmp_path / "logits.npy")],
+                   check=True, cwd=tmp_path)
+    want = jax_outputs(source, "text-classification", arrays)[0]
+    assert relative_error(np.load(tmp_path / "logits.npy"), want) <= TOL
+
+
+def test_sentence_embeddings_are_mean_pooled_and_normalised(tmp_path, minilm_dir):
+    out = export.export("packaged:all-MiniLM-L6-v2", tmp_path / "out", format="onnx")
+    exported = export.ExportedModel(out)
+    assert exported.task == "sentence-embeddings"  # the checkpoint's modules.json says so
+    assert os.path.isfile(os.path.join(out, "modules.json"))
+    texts = ["a gripping film", "a waste of time, and a long one"]
+    ours = dj.pipeline("sentence-embeddings", model="packaged:all-MiniLM-L6-v2")(texts)
+    theirs = dj.pipeline("sentence-embeddings", model=out)(texts)
+    assert relative_error(theirs, ours) <= TOL
+    enc = dj.Tokenizer.from_pretrained(out)(texts, padding=True, return_tensors="np")
+    graph = exported({**enc, "token_type_ids": np.zeros_like(enc["input_ids"])})
+    assert relative_error(graph["sentence_embedding"], ours) <= TOL  # Normalize in the graph too
+    np.testing.assert_allclose(np.linalg.norm(graph["sentence_embedding"], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_int8_is_dynamic_quantisation_with_the_keys_in_float(checkpoints, tmp_path):
+    source = checkpoints["distilbert_seqcls"]
+    out = export.export(source, tmp_path / "int8", format="onnx", quantize="int8")
+    full = export.export(source, tmp_path / "float32", format="onnx")
+    graph = onnx.load(os.path.join(full, "model.onnx")).graph
+    weights = {t.name for t in graph.initializer}
+    dense = [n.name for n in graph.node
+             if n.op_type in ("Gemm", "MatMul") and any(i in weights for i in n.input)]
+    # per block: q k v out lin1 lin2; then pre_classifier and classifier
+    keys = export._key_projections(os.path.join(full, "model.onnx"))
+    assert [dense.index(k) for k in keys] == [1, 7]
+    ops = [n.op_type for n in onnx.load(os.path.join(out, "model.onnx")).graph.node]
+    assert ops.count("MatMulInteger") == len(dense) - len(keys)
+    assert "DynamicQuantizeLinear" in ops
+    exported = export.ExportedModel(out)
+    assert exported.manifest["quantize"] == "int8"
+    arrays = export.check_inputs(exported.config, "text-classification", 4, 20)
+    got = exported(dict(zip(exported.inputs, arrays)))["logits"]
+    want = jax_outputs(source, "text-classification", arrays)[0]
+    assert relative_error(got, want) < 0.1  # int8 rounding, not a different model
+
+
+@pytest.fixture(scope="module")
+def sentiment_exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sentiment")
+    return {fmt: export.export(SENTIMENT, root / fmt, format=fmt) for fmt in export.FORMATS}
+
+
+@pytest.mark.parametrize("fmt", sorted(export.FORMATS))
+def test_pipeline_on_an_export_answers_as_the_checkpoint(sentiment_exports, fmt):
+    texts = ["a gripping film", "a waste of time", "fine", "the best thing this year, by far"] * 9
+    want = dj.pipeline("text-classification", model=SENTIMENT, batch_size=8)(texts, top_k=None)
+    got = dj.pipeline("text-classification", model=sentiment_exports[fmt], batch_size=8)(texts, top_k=None)
+    assert [[r["label"] for r in row] for row in got] == [[r["label"] for r in row] for row in want]
+    scores = lambda rows: np.array([[r["score"] for r in row] for row in rows])
+    np.testing.assert_allclose(scores(got), scores(want), rtol=TOL, atol=1e-7)
+
+
+@pytest.mark.parametrize("task,fixture,call", [
+    ("token-classification", "distilbert_ner", {"inputs": ["John lives in Paris", "hello world"],
+                                                "aggregation_strategy": "simple"}),
+    ("fill-mask", "distilbert_fill_mask", {"inputs": ["the [MASK] is good", "a [MASK] film [MASK]"]}),
+    ("question-answering", "bert_qa", {"question": "where does he live?", "top_k": 2,
+                                       "context": "John lives in Paris with his dog."}),
+    ("feature-extraction", "distilbert_encoder", {"inputs": ["hello", "a longer text here"]}),
+])
+def test_every_pipeline_task_runs_an_onnx_export(tmp_path, task, fixture, call):
+    source = os.path.join(FIXTURES, "pipelines", fixture)
+    out = export.export(source, tmp_path / "out", format="onnx", task=task)
+    want = dj.pipeline(task, model=source)(**call)
+    got = dj.pipeline(task, model=out)(**call)
+    assert _words(got) == _words(want)  # labels, tokens, answers, offsets
+    np.testing.assert_allclose(_numbers(got), _numbers(want), rtol=1e-4, atol=1e-6)
+
+
+def _words(value):
+    if isinstance(value, dict):
+        return {k: _words(v) for k, v in value.items() if k != "score"}
+    if isinstance(value, list):
+        return [_words(v) for v in value]
+    return None if isinstance(value, float) else value
+
+
+def _numbers(value):
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v)]
+    return [value] if isinstance(value, float) else []
+
+
+def test_predict_on_an_export(sentiment_exports, tmp_path):
+    source = tmp_path / "reviews.txt"
+    source.write_text("a gripping film\na waste of time\n", encoding="utf-8")
+    rows = {}
+    for name, model in (("checkpoint", SENTIMENT), ("export", sentiment_exports["onnx"])):
+        out = tmp_path / f"{name}.jsonl"
+        assert predict.main([f"--model={model}", "--task=text-classification", f"--input={source}",
+                             f"--output={out}"]) == 0
+        rows[name] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["label"] for r in rows["export"]] == [r["label"] for r in rows["checkpoint"]]
+    np.testing.assert_allclose([r["score"] for r in rows["export"]],
+                               [r["score"] for r in rows["checkpoint"]], rtol=TOL)
+
+
+# --- bad input: one sentence, exit 2, nothing written ------------------------------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["--format=tflite"], "--format='tflite' is not one of"),
+    (["--quantize=int4"], "--quantize='int4' is not one of"),
+    (["--format=stablehlo", "--quantize=int8"], "use it with --format=onnx"),
+    (["--task=summarization"], "--task='summarization' is not one of"),
+    (["--task=fill-mask"], "has no masked_lm head"),
+])
+def test_bad_arguments_are_one_sentence(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert export.main([f"--model={SENTIMENT}", f"--output={out}", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_a_folder_that_does_not_load(tmp_path, capsys):
+    assert export.main([f"--model={tmp_path / 'nowhere'}", f"--output={tmp_path / 'out'}"]) == 2
+    assert "could not be fetched" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "distilbert"}', encoding="utf-8")
+    assert export.main([f"--model={broken}", f"--output={tmp_path / 'out'}"]) == 2
+    assert str(broken) in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["broken"]
+
+
+def test_an_output_that_is_not_empty_is_kept(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    assert export.main([f"--model={SENTIMENT}", f"--output={out}"]) == 2
+    assert "already exists and is not an empty folder" in capsys.readouterr().err
+    assert os.listdir(out) == ["notes.txt"]
+
+
+def test_a_failure_midway_leaves_no_folder(tmp_path, monkeypatch):
+    def fail(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(export, "_write_onnx", fail)
+    with pytest.raises(OSError):
+        export.export(SENTIMENT, tmp_path / "out", format="onnx")
+    assert os.listdir(tmp_path) == []  # neither the folder nor its staging copy
+
+
+def test_missing_converter_or_runtime_names_the_extra(tmp_path, monkeypatch, sentiment_exports):
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # `import jax2onnx` raises ImportError
+    with pytest.raises(export.ExportError, match=r"needs jax2onnx.*distilbert-jax\[export\]"):
+        export.export(SENTIMENT, tmp_path / "out", format="onnx")
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(dj.PipelineError, match=r"needs onnxruntime.*distilbert-jax\[onnxruntime\]"):
+        dj.pipeline("text-classification", model=sentiment_exports["onnx"])
+
+
+def test_pipeline_refuses_what_an_export_cannot_do(sentiment_exports):
+    with pytest.raises(dj.PipelineError, match="was exported for 'text-classification'"):
+        dj.pipeline("fill-mask", model=sentiment_exports["onnx"])
+    with pytest.raises(dj.PipelineError, match="packing=True is not available"):
+        dj.pipeline("text-classification", model=sentiment_exports["onnx"], packing=True)
