@@ -4,17 +4,17 @@
 
 Jobs (`--config.job`, set by each config file): finetune, evaluate (a fine-tuned checkpoint on
 eval_splits, writing predictions), distill, fit_teacher_head, miniature.
-Config files (shipped in distilbert_jax/configs/: pass a path, or configs/<name>.py from anywhere,
-then `:argument`):
+Config files (configs/ at the top of the checkout, installed with the package, so configs/<name>.py
+names the same file from any folder; then `:argument`):
   smoke.py                      the embedded default: MiniLM on the packaged SST-2 sample
   glue.py:<task>[,minilm]       cola sst2 mrpc stsb qqp mnli qnli rte wnli (data in glue/<Task>)
   squad.py:v1|v2   ner.py:iob2|iob1   swag.py
   custom.py:text|pair|regression|tokens   your own CSV/TSV/JSON-lines files in --config.data_dir
   distill.py:paper|minilm_head  distillation, and a masked-LM head for a bare teacher
   miniature.py:<data root>      the paper in miniature
-Every field can be overridden with --config.<field>=<value>; the config file lists them, and an
-unknown field is refused with the closest name. The work lives in importable functions (see
-`jobs.JOBS`) that tests and notebooks call directly.
+Every field can be overridden with --config.<field>=<value>; configs/default.py defines and explains
+each one, and an unknown field is refused with the closest name. The work lives in importable
+functions (see `jobs.JOBS`) that tests and notebooks call directly.
 """
 
 import json
