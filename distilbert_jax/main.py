@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import sys
+import threading
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -114,10 +115,52 @@ def _last_line(error: Exception) -> str:
     return re.sub(r"^\w+(Error|Exception): ", "", line)
 
 
+# Libraries whose background threads write files (orbax's checkpoint threads and asyncio tasks,
+# tensorboardX's event writer): a write they fail is reported by the job as one sentence
+# (io.WriteError), so their own tracebacks, logged from those threads or printed when their objects
+# are finalised at exit, are not shown too.
+BACKGROUND_WRITERS = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorboardX{os.sep}")
+
+
+def _from_background_writer(tb) -> bool:
+    while tb is not None:
+        if any(p in tb.tb_frame.f_code.co_filename for p in BACKGROUND_WRITERS):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _background_write_failure(record: logging.LogRecord) -> bool:
+    """False (drop it) for an error record about a background writer's failure."""
+    if record.levelno < logging.ERROR:
+        return True
+    if any(p in record.pathname for p in BACKGROUND_WRITERS):
+        return False
+    return not (record.exc_info and _from_background_writer(record.exc_info[2]))
+
+
+def _quiet_background_writers() -> None:
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_background_write_failure)
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _from_background_writer(unraisable.exc_traceback):
+            default(unraisable)
+    sys.unraisablehook = hook
+    default_thread_hook = threading.excepthook
+
+    def thread_hook(args):
+        if not _from_background_writer(args.exc_traceback):
+            default_thread_hook(args)
+    threading.excepthook = thread_hook
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save INFO lines drown the progress
+    _quiet_background_writers()
     ours = logging.getLogger("distilbert_jax")  # our notices as plain lines, not log records
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -179,7 +179,8 @@ def plot(summary: list[dict], macro: float, path: str) -> None:
     ax.set_ylabel("dev score (median over seeds)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with io.atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 

@@ -121,7 +121,7 @@ def record(config, workdir: str) -> None:
     fields = json.loads(json.dumps(config.to_dict(), default=str))
     io.write_json(os.path.join(workdir, "config.json"), fields)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with open(os.path.join(workdir, "config_history.jsonl"), "a", encoding="utf-8") as f:
+    with io.appending(os.path.join(workdir, "config_history.jsonl")) as f:
         f.write(json.dumps({"started": started, "config": fields}) + "\n")
 
 
