@@ -23,9 +23,11 @@ def get_config() -> config_dict.ConfigDict:
     # numerics
     c.dtype = "float32"  # compute dtype; "bfloat16" on TPU (params stay float32)
     c.matmul_precision = "auto"  # float32 matmuls in float32 everywhere; "high" allows TF32 on GPUs
-    c.deterministic = True  # GPU reductions in a fixed order: exact resume there too
+    c.deterministic = True  # GPU reductions in a fixed order: exact resume there too (main applies it)
     c.remat = "none"  # "dots"/"full": recompute block activations in the backward (GPU/TPU memory)
-    c.compilation_cache = False  # True: compiled steps cached in <workdir>/xla_cache across runs
+    # True: the command line caches compiled programs in <workdir>/xla_cache across runs
+    # (from Python: dj.configure(compilation_cache_dir=...))
+    c.compilation_cache = False
 
     # mesh
     c.mesh = "dp"  # a sharding.PRESETS name, or "data:2,fsdp:-1,tensor:2" (-1: the remaining devices)

@@ -28,7 +28,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from distilbert_jax import configs, distributed, jobs
+from distilbert_jax import configs, distributed, jobs, settings
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, e.g. configs/glue.py:sst2.",
                                           lock_config=True)
@@ -178,7 +178,9 @@ def main(argv):
         print(f"error: {_config_file_error(e, flags.FLAGS['config'].serialize().split('=', 1)[-1])}",
               file=sys.stderr)
         sys.exit(2)
-    distributed.use_deterministic_ops(config.get("deterministic", True))  # before any device
+    # The process-wide settings, once, before anything touches a device (settings.py).
+    settings.configure(deterministic_ops=config.deterministic, compilation_cache_dir=(
+        os.path.join(os.path.abspath(_WORKDIR.value), "xla_cache") if config.compilation_cache else None))
     if _MULTIHOST.value or _COORDINATOR.value:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:

@@ -24,7 +24,7 @@ import sys
 import time
 
 import distilbert_jax as dj
-from distilbert_jax import io
+from distilbert_jax import io, settings
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data.custom import KINDS, MissingColumn, parse_records, read_text
 from distilbert_jax.data.task import DataError
@@ -214,6 +214,7 @@ def predict(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings.configure()  # the process-wide defaults (settings.py), before any device
     try:
         predict(args)
     except (PredictError, DataError, PipelineError, CheckpointError, ConfigError, TokenizerError,

@@ -57,9 +57,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdirs.probe(workdir)
     workdirs.check_resume(config, workdir)
     workdirs.record(config, workdir)
-    if config.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     text = write_glue_text(config.glue_dir, os.path.join(workdir, "text", "glue.txt"))
     corpus_dir = os.path.join(workdir, "corpus")
 
