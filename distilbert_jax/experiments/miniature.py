@@ -31,7 +31,6 @@ import ml_collections
 import numpy as np
 
 from distilbert_jax import hf, io
-from distilbert_jax.config import ConfigError
 from distilbert_jax.configs import miniature as miniature_config
 from distilbert_jax.data import glue
 from distilbert_jax.data.task import DataError
