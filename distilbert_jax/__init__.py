@@ -17,6 +17,7 @@ from distilbert_jax.modeling import (
     DistilBertModel,
 )
 from distilbert_jax.pipelines import PipelineError, pipeline
+from distilbert_jax.settings import configure
 from distilbert_jax.tokenizer import Tokenizer, TokenizerError
 
 __version__ = "0.1.0"
@@ -27,5 +28,5 @@ __all__ = [
     "ConfigError", "DistilBertConfig", "DistilBertForMaskedLM", "DistilBertForMultipleChoice",
     "DistilBertForQuestionAnswering", "DistilBertForSequenceClassification",
     "DistilBertForTokenClassification", "DistilBertModel", "PipelineError", "Tokenizer",
-    "TokenizerError", "from_pretrained", "pipeline", "save_pretrained",
+    "TokenizerError", "configure", "from_pretrained", "pipeline", "save_pretrained",
 ]

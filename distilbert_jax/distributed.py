@@ -25,7 +25,7 @@ def use_deterministic_ops(enabled: bool = True) -> None:
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> None:
-    """Joins this process to the others (every process of the job calls it with the same address)."""
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk over gloo
+    """Joins this process to the others (every process of the job calls it with the same address).
+    CPU hosts exchange collectives as `settings.configure(cpu_collectives=...)` chose (gloo)."""
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from distilbert_jax import modeling
+from distilbert_jax import io, modeling
 from distilbert_jax.config import ConfigError, config_from_dict
 
 log = logging.getLogger(__name__)
@@ -338,15 +338,14 @@ def save_pretrained(out_dir: str | os.PathLike, model: nn.Module, params: Params
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     state = to_pytorch_state_dict(params)
-    config_path = os.path.join(out_dir, "config.json")
-    model.config.to_json_file(config_path + ".tmp", architectures=[type(model).__name__])
-    weights = os.path.join(out_dir, "model.safetensors")
-    safetensors.numpy.save_file(state, weights + ".tmp", metadata={"format": "pt"})
-    # safetensors writes 0600, which others could not read: give it the mode (the umask's) of
-    # the config file just written, without touching the process-wide umask
-    os.chmod(weights + ".tmp", stat.S_IMODE(os.stat(config_path + ".tmp").st_mode))
-    os.replace(weights + ".tmp", weights)
-    os.replace(config_path + ".tmp", config_path)
+    # The weights are in place before the config.json that makes the folder a checkpoint.
+    with io.atomic(os.path.join(out_dir, "config.json")) as config_tmp:
+        model.config.to_json_file(config_tmp, architectures=[type(model).__name__])
+        with io.atomic(os.path.join(out_dir, "model.safetensors")) as weights_tmp:
+            safetensors.numpy.save_file(state, weights_tmp, metadata={"format": "pt"})
+            # safetensors writes 0600, which others could not read: give it the mode (the
+            # umask's) of the config file just written, without touching the process-wide umask
+            os.chmod(weights_tmp, stat.S_IMODE(os.stat(config_tmp).st_mode))
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
 

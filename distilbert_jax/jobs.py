@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from distilbert_jax.config import ConfigError
+from distilbert_jax.io import WriteError
 from distilbert_jax.data.task import DataError
 from distilbert_jax.experiments import miniature
 from distilbert_jax.hf import CheckpointError
@@ -16,8 +17,9 @@ from distilbert_jax.train.loop import TrainingError
 JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_only,
         "distill": distill.distill, "fit_teacher_head": distill.fit_teacher_head,
         "miniature": miniature.run}
-# Raised for bad input or a run that cannot go on: shown as one sentence, never a traceback.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, TrainingError)
+# Raised for bad input, a run that cannot go on, or a file the disk refuses: shown as one
+# sentence, never a traceback.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, TrainingError, WriteError)
 
 
 def run(config, workdir: str):

@@ -2,7 +2,7 @@
 
 Every parameter is created with logical axis names (`nn.with_logical_partitioning`) so the sharding
 rules in `sharding.py` can place it on any mesh; with no rules in scope the names cost nothing.
-Numerics follow DESIGN.md: parameters in `param_dtype`, matmuls in `dtype`, softmax and layer norm
+Numerics: parameters in `param_dtype`, matmuls in `dtype`, softmax and layer norm
 in float32. Attention comes explicit (its maps, and dropout on them) or fused; masks cover padding
 and, for packed rows, the boundaries between examples.
 """

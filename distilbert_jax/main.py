@@ -4,17 +4,17 @@
 
 Jobs (`--config.job`, set by each config file): finetune, evaluate (a fine-tuned checkpoint on
 eval_splits, writing predictions), distill, fit_teacher_head, miniature.
-Config files (shipped in distilbert_jax/configs/: pass a path, or configs/<name>.py from anywhere,
-then `:argument`):
+Config files (configs/ at the top of the checkout, installed with the package, so configs/<name>.py
+names the same file from any folder; then `:argument`):
   smoke.py                      the embedded default: MiniLM on the packaged SST-2 sample
   glue.py:<task>[,minilm]       cola sst2 mrpc stsb qqp mnli qnli rte wnli (data in glue/<Task>)
   squad.py:v1|v2   ner.py:iob2|iob1   swag.py
   custom.py:text|pair|regression|tokens   your own CSV/TSV/JSON-lines files in --config.data_dir
   distill.py:paper|minilm_head  distillation, and a masked-LM head for a bare teacher
   miniature.py:<data root>      the paper in miniature
-Every field can be overridden with --config.<field>=<value>; the config file lists them, and an
-unknown field is refused with the closest name. The work lives in importable functions (see
-`jobs.JOBS`) that tests and notebooks call directly.
+Every field can be overridden with --config.<field>=<value>; configs/default.py defines and explains
+each one, and an unknown field is refused with the closest name. The work lives in importable
+functions (see `jobs.JOBS`) that tests and notebooks call directly.
 """
 
 import json
@@ -22,12 +22,13 @@ import logging
 import os
 import re
 import sys
+import threading
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from distilbert_jax import configs, distributed, jobs
+from distilbert_jax import configs, distributed, jobs, settings
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, e.g. configs/glue.py:sst2.",
                                           lock_config=True)
@@ -114,10 +115,52 @@ def _last_line(error: Exception) -> str:
     return re.sub(r"^\w+(Error|Exception): ", "", line)
 
 
+# Libraries whose background threads write files (orbax's checkpoint threads and asyncio tasks,
+# tensorboardX's event writer): a write they fail is reported by the job as one sentence
+# (io.WriteError), so their own tracebacks, logged from those threads or printed when their objects
+# are finalised at exit, are not shown too.
+BACKGROUND_WRITERS = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorboardX{os.sep}")
+
+
+def _from_background_writer(tb) -> bool:
+    while tb is not None:
+        if any(p in tb.tb_frame.f_code.co_filename for p in BACKGROUND_WRITERS):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _background_write_failure(record: logging.LogRecord) -> bool:
+    """False (drop it) for an error record about a background writer's failure."""
+    if record.levelno < logging.ERROR:
+        return True
+    if any(p in record.pathname for p in BACKGROUND_WRITERS):
+        return False
+    return not (record.exc_info and _from_background_writer(record.exc_info[2]))
+
+
+def _quiet_background_writers() -> None:
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_background_write_failure)
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _from_background_writer(unraisable.exc_traceback):
+            default(unraisable)
+    sys.unraisablehook = hook
+    default_thread_hook = threading.excepthook
+
+    def thread_hook(args):
+        if not _from_background_writer(args.exc_traceback):
+            default_thread_hook(args)
+    threading.excepthook = thread_hook
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save INFO lines drown the progress
+    _quiet_background_writers()
     ours = logging.getLogger("distilbert_jax")  # our notices as plain lines, not log records
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -135,7 +178,9 @@ def main(argv):
         print(f"error: {_config_file_error(e, flags.FLAGS['config'].serialize().split('=', 1)[-1])}",
               file=sys.stderr)
         sys.exit(2)
-    distributed.use_deterministic_ops(config.get("deterministic", True))  # before any device
+    # The process-wide settings, once, before anything touches a device (settings.py).
+    settings.configure(deterministic_ops=config.deterministic, compilation_cache_dir=(
+        os.path.join(os.path.abspath(_WORKDIR.value), "xla_cache") if config.compilation_cache else None))
     if _MULTIHOST.value or _COORDINATOR.value:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:

@@ -24,6 +24,7 @@ import sys
 import time
 
 import distilbert_jax as dj
+from distilbert_jax import io, settings
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data.custom import KINDS, MissingColumn, parse_records, read_text
 from distilbert_jax.data.task import DataError
@@ -123,13 +124,15 @@ def record(task: str, row: dict, result) -> dict:
 
 
 class Writer:
-    """JSON lines or CSV to a temporary file renamed at the end (or JSON lines straight to stdout).
+    """JSON lines or CSV to a temporary file renamed at the end (io.atomic_open), or JSON lines
+    straight to stdout.
     CSV rows are written at the end, under a header of every field any row has."""
 
     def __init__(self, path: str | None):
         self.path = path
         self.csv_rows = [] if path is not None and path.lower().endswith(".csv") else None
-        self.file = open(path + ".tmp", "w", encoding="utf-8", newline="") if path else sys.stdout
+        self.atomic = io.atomic_open(path, "w", newline="") if path else None
+        self.file = self.atomic.__enter__() if path else sys.stdout
 
     def write(self, rec: dict):
         if self.csv_rows is None:
@@ -147,11 +150,10 @@ class Writer:
         if self.path is None:
             self.file.flush()
             return
-        self.file.close()
-        if ok:
-            os.replace(self.path + ".tmp", self.path)
-        elif os.path.exists(self.path + ".tmp"):
-            os.remove(self.path + ".tmp")
+        if ok:  # renamed onto the path; otherwise removed, an older file of that name kept
+            self.atomic.__exit__(None, None, None)
+        else:
+            self.atomic.__exit__(RuntimeError, RuntimeError("predict stopped"), None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,9 +214,11 @@ def predict(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings.configure()  # the process-wide defaults (settings.py), before any device
     try:
         predict(args)
-    except (PredictError, DataError, PipelineError, CheckpointError, ConfigError, TokenizerError) as e:
+    except (PredictError, DataError, PipelineError, CheckpointError, ConfigError, TokenizerError,
+            io.WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -42,7 +42,8 @@ def threefry2x32(key0, key1, count0, count1):
 
 @functools.cache
 def unroll_on_cpu() -> None:
-    """Lowers `threefry2x32` on CPU as one straight-line fusion (same bits, fewer passes). Every
-    training step asks for it; the lowering is registered once per process."""
+    """Lowers `threefry2x32` on CPU as one straight-line fusion (same bits, fewer passes), for the
+    whole process: `settings.configure(unroll_threefry_on_cpu=True)` (the entry points' default)
+    calls it; the lowering is registered once per process."""
     mlir.register_lowering(threefry2x32_p, mlir.lower_fun(threefry2x32, multiple_results=True),
                            platform="cpu")

@@ -6,11 +6,10 @@ import os
 import shutil
 import tempfile
 
-import jax
 import numpy as np
 import pytest
 
-from distilbert_jax import hf
+from distilbert_jax import hf, settings
 from distilbert_jax.train import finetune
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -26,8 +25,8 @@ def pytest_configure(config):
         directory = config.xla_cache = tempfile.mkdtemp(prefix="distilbert-jax-tests-xla-")
         os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # The entry points' process-wide settings, as `main` applies them (settings.py).
+    settings.configure(compilation_cache_dir=directory, compilation_cache_min_seconds=0.0)
 
 
 def pytest_unconfigure(config):

@@ -1,22 +1,46 @@
-"""The README's Python snippets run as written."""
+"""The Python snippets of the README and of every page in docs/ run as written."""
 
+import glob
 import os
 import re
 
 import pytest
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
-with open(README, encoding="utf-8") as f:
-    SNIPPETS = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
+def snippets(page: str) -> list[str]:
+    with open(page, encoding="utf-8") as f:
+        return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+
+
+CASES = [(os.path.relpath(page, ROOT), i) for page in PAGES for i in range(len(snippets(page)))]
 
 
 def test_readme_has_snippets():
-    assert SNIPPETS
+    assert snippets(PAGES[0])
 
 
-@pytest.mark.parametrize("index", range(len(SNIPPETS)))
-def test_snippet_runs(index, tmp_path, monkeypatch):
+def test_docs_links_resolve():
+    """Every relative link of the README and docs names a file that exists (docs/export.md and
+    docs/sweeps.md excepted until their pages land)."""
+    pending = {"docs/export.md", "docs/sweeps.md"}
+    for page in PAGES:
+        with open(page, encoding="utf-8") as f:
+            links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", f.read())
+        for link in links:
+            if "://" in link:
+                continue
+            target = os.path.normpath(os.path.join(os.path.dirname(page), link))
+            if os.path.relpath(target, ROOT) not in pending:
+                assert os.path.exists(target), f"{os.path.relpath(page, ROOT)} links to missing {link}"
+
+
+@pytest.mark.parametrize("page, index", CASES)
+def test_snippet_runs(page, index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    for earlier in SNIPPETS[: index + 1]:  # later snippets may use names from earlier ones
-        exec(compile(earlier, README, "exec"), namespace)
+    path = os.path.join(ROOT, page)
+    for earlier in snippets(path)[: index + 1]:  # later snippets may use names from earlier ones
+        exec(compile(earlier, path, "exec"), namespace)

@@ -1,4 +1,5 @@
-"""Tasks on the real evaluation data (../shared/evaldata, present in CI) and on hand-made cases."""
+"""Tasks on the real evaluation data (the folder $DISTILBERT_JAX_EVALDATA names, by default an
+`evaldata` folder two levels above this one, present in CI) and on hand-made cases."""
 
 import json
 import os
@@ -13,11 +14,12 @@ from distilbert_jax import metrics
 from distilbert_jax.data import DataError, get_task
 from distilbert_jax.data.task import Features, collate
 
-EVALDATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "evaldata")
+EVALDATA = os.environ.get("DISTILBERT_JAX_EVALDATA") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "evaldata")
 needs_evaldata = pytest.mark.skipif(not os.path.isdir(EVALDATA),
-                                    reason="../shared/evaldata is not beside this checkout")
+                                    reason=f"no evaluation data in {EVALDATA}")
 
-# Split sizes from ../shared/evaldata/SOURCES.md (= the official GLUE / TFDS sizes).
+# Split sizes: the official GLUE / TFDS sizes.
 GLUE_SIZES = {"cola": (8551, 1043, 1063), "sst2": (67349, 872, 1821), "mrpc": (3668, 408, 1725),
               "stsb": (5749, 1500, 1379), "rte": (2490, 277, 3000), "wnli": (635, 71, 146)}
 FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "rte": "RTE", "wnli": "WNLI"}

@@ -274,8 +274,8 @@ def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512
         raise DataError(f"No sequence of {MIN_LENGTH} tokens or more in {list(files)}.")
     counts = np.bincount(tokens, minlength=tokenizer.vocab_size).astype(np.int64)
     for name, array in (("tokens", tokens), ("lengths", lengths), ("token_counts", counts)):
-        np.save(os.path.join(out_dir, name + ".tmp.npy"), array)
-        os.replace(os.path.join(out_dir, name + ".tmp.npy"), os.path.join(out_dir, name + ".npy"))
+        with io.atomic_open(os.path.join(out_dir, name + ".npy"), "wb") as f:
+            np.save(f, array)
     meta = {"files": list(files), "sequences": int(len(lengths)), "tokens": int(len(tokens)),
             "max_length": max_length, "vocab_size": tokenizer.vocab_size,
             "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
@@ -313,9 +313,8 @@ def _write_chunk(out_dir, chunk, lines, tokenizer, max_length, dtype):
     sequences = clean(sequences, tokenizer.unk_token_id)
     tokens = np.concatenate(sequences) if sequences else np.zeros((0,), dtype)
     lengths = np.array([len(s) for s in sequences], np.int32)
-    with open(path + ".tmp", "wb") as f:
+    with io.atomic_open(path, "wb") as f:
         np.savez(f, tokens=tokens, lengths=lengths)
-    os.replace(path + ".tmp", path)
 
 
 # --- batches --------------------------------------------------------------------------------------------

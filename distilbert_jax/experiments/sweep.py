@@ -6,9 +6,10 @@ into the paper's Table 1 layout (median over seeds at the best learning rate per
     python -m distilbert_jax.experiments.sweep run ... --set=--config.max_steps=100   # main's form works too
     python -m distilbert_jax.experiments.sweep table --root=runs/glue        # table.md, table.csv, table.png
 
---lrs and --seeds default to the config's `sweep` grid. `run` trains each grid point in sequence here
-through the same job dispatch as the command line (a finished run is skipped, an interrupted one resumes),
-or with --launcher=tpu prints one `launch/tpu.sh run` line per point to start on TPU VMs.
+--lrs and --seeds default to the config file's SWEEP grid (configs/glue.py). `run` trains each grid
+point in sequence here through the same job dispatch as the command line (a finished run is
+skipped, an interrupted one resumes), or with --launcher=tpu prints one `launch/tpu.sh run` line per
+point to start on TPU VMs.
 """
 
 from __future__ import annotations
@@ -66,11 +67,16 @@ def _value(text: str):
         return text
 
 
-def load_config(path: str, arg: str, overrides: dict[str, str]):
-    path = configs.resolve(path)
-    spec = importlib.util.spec_from_file_location("sweep_config", path)
+def config_module(path: str):
+    """The config file `path` names (configs/<name>.py from any folder), loaded."""
+    spec = importlib.util.spec_from_file_location("sweep_config", configs.resolve(path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_config(path: str, arg: str, overrides: dict[str, str]):
+    module = config_module(path)
     config = module.get_config(arg) if arg else module.get_config()
     for key, value in overrides.items():
         *parents, name = key.split(".")  # task_options.label_column, as main takes it
@@ -89,11 +95,11 @@ def run_sweep(args) -> list[str]:
     """Trains (or prints launch lines for) every grid point; returns the run directories."""
     overrides = parse_set(args.set)
     tasks = args.tasks.split(",")
-    default = load_config(args.config, tasks[0], {}).get("sweep", {})
+    default = getattr(config_module(args.config), "SWEEP", {})  # the config file's grid
     lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else list(default.get("lr", ()))
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else list(default.get("seed", ()))
     if not lrs or not seeds:
-        raise ValueError(f"{args.config} has no `sweep` grid: give --lrs and --seeds.")
+        raise ValueError(f"{args.config} has no SWEEP grid: give --lrs and --seeds.")
     points = grid(tasks, lrs, seeds)
     dirs = []
     for point in points:
@@ -173,7 +179,8 @@ def plot(summary: list[dict], macro: float, path: str) -> None:
     ax.set_ylabel("dev score (median over seeds)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with io.atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -183,8 +190,8 @@ def main(argv=None):
     r = sub.add_parser("run")
     r.add_argument("--config", required=True, help="a configs/*.py file taking the task as its arg")
     r.add_argument("--tasks", required=True)
-    r.add_argument("--lrs", default="", help="e.g. 2e-5,5e-5 (default: the config's sweep.lr)")
-    r.add_argument("--seeds", default="", help="e.g. 42,43 (default: the config's sweep.seed)")
+    r.add_argument("--lrs", default="", help="e.g. 2e-5,5e-5 (default: the config file's SWEEP lr)")
+    r.add_argument("--seeds", default="", help="e.g. 42,43 (default: the config file's SWEEP seed)")
     r.add_argument("--root", required=True)
     r.add_argument("--launcher", choices=("local", "tpu"), default="local")
     r.add_argument("--set", action="append", default=[],

@@ -1,18 +1,24 @@
 """Orbax checkpoints: the latest N train states for resuming, and the best params by eval metric.
 
 Orbax writes each step to a temporary directory and renames it when complete, so a run killed at
-any moment leaves the previous checkpoints intact. States are saved as plain nested dicts
+any moment leaves the previous checkpoints intact. Saves are asynchronous: a save the disk refuses
+(full, read-only, the folder gone) surfaces at the next save or wait as one io.WriteError naming the
+directory, and leaving the `with` block waits for every background write, so no orbax thread is
+still writing when the process exits. States are saved as plain nested dicts
 (`flax.serialization.to_state_dict`) and restored onto the structure of a freshly built state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 
 import flax.serialization
 import jax
 import orbax.checkpoint as ocp
 
+from distilbert_jax import io
 from distilbert_jax.hf import CheckpointError
 
 
@@ -35,7 +41,19 @@ class Checkpoints:
         return self.latest.latest_step()
 
     def save(self, step: int, state) -> None:
-        self.latest.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
+        with self._writing(self.latest, step):
+            self.latest.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
+
+    @contextlib.contextmanager
+    def _writing(self, manager, step: int | None = None):
+        """Orbax's errors from writing (this save, or an earlier asynchronous one) as one
+        io.WriteError naming the directory."""
+        try:
+            yield
+        except Exception as e:  # orbax re-raises tensorstore's ValueError or an OSError
+            if isinstance(e, io.WriteError):
+                raise
+            raise _write_error(manager.directory, e, step) from None
 
     def restore(self, target, step: int | None = None):
         """The saved state at `step` (default latest), placed like `target`; a checkpoint of
@@ -54,7 +72,8 @@ class Checkpoints:
 
     def save_best(self, step: int, params, metrics: dict[str, float]) -> None:
         if self.best is not None:
-            self.best.save(step, args=ocp.args.StandardSave(params), metrics=metrics)
+            with self._writing(self.best, step):
+                self.best.save(step, args=ocp.args.StandardSave(params), metrics=metrics)
 
     def best_step(self) -> int | None:
         return None if self.best is None else self.best.best_step()
@@ -68,17 +87,47 @@ class Checkpoints:
         """Blocks until every asynchronous save has finished (or failed)."""
         for manager in (self.latest, self.best):
             if manager is not None:
-                manager.wait_until_finished()
+                with self._writing(manager):
+                    manager.wait_until_finished()
 
-    def close(self) -> None:
-        """Waits for async writes to finish, then releases the managers."""
-        self.wait()
+    def close(self, quietly: bool = False) -> None:
+        """Waits for async writes to finish, then releases the managers; `quietly` (an error is
+        already on its way out) still waits for every one, without raising theirs."""
         for manager in (self.latest, self.best):
-            if manager is not None:
-                manager.close()
+            if manager is None:
+                continue
+            try:
+                with self._writing(manager):
+                    manager.wait_until_finished()
+                    manager.close()
+            except io.WriteError:
+                if not quietly:
+                    raise
+                # Not closed: closing orbax's event loop under tensorstore writes still failing
+                # makes each of them print a traceback; the process is on its way out.
 
     def __enter__(self) -> "Checkpoints":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *_) -> None:
+        self.close(quietly=exc_type is not None)
+
+
+def _write_error(directory, error: Exception, step: int | None) -> io.WriteError:
+    """Orbax's failure (a tensorstore ValueError such as 'RESOURCE_EXHAUSTED ... No space left on
+    device [os_error_code='28']', or an OSError) as one sentence naming the directory."""
+    what = f"a checkpoint in {directory}"  # this save's, or an earlier asynchronous one's
+    text = str(error)
+    code = getattr(error, "errno", None)
+    if code is None:
+        for name, number in (("No space left", errno.ENOSPC), ("Read-only file system", errno.EROFS),
+                             ("Permission denied", errno.EACCES), ("No such file", errno.ENOENT)):
+            if name in text:
+                code = number
+                break
+    reason = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the folder is read-only",
+              errno.EACCES: "the folder is not writable", errno.EPERM: "the folder is not writable",
+              errno.ENOENT: "its folder does not exist (or was removed)"}.get(code)
+    if reason is None:
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)[:200]
+    return io.WriteError(code, f"cannot write {what}: {reason}; the checkpoints written before it are intact")

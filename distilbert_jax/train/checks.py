@@ -1,6 +1,7 @@
-"""The checks every training job runs on its config before loading anything or writing anything:
-batch sizes that fit the mesh and the accumulation, known compute dtypes and bucket lengths. What
-the model can hold is `modeling.check_fits`, run on the checkpoint before its weights load."""
+"""`validate(config, layout)`: the one check every job runs on its config before loading or writing
+anything (batch sizes that fit the mesh and the accumulation, known compute dtypes, bucket lengths,
+a distillation recipe the reference accepts). What the model can hold is `modeling.check_fits`,
+run on the checkpoint before its weights load."""
 
 from __future__ import annotations
 
@@ -21,36 +22,86 @@ def dtype(config, field: str = "dtype"):
     return DTYPES[name]
 
 
-def check_training(config, layout) -> None:
-    """Refuses a training config whose sizes cannot run: each in one sentence naming the field."""
-    for field in ("dtype", "teacher_dtype"):
-        if field in config:
-            dtype(config, field)
-    check_matmul_precision(config.get("matmul_precision", "auto"))
-    check_remat(config.get("remat", "none"))
-    for field in ("batch_size", "grad_accum_steps", "eval_batch_size", "max_length", "log_every",
-                  "checkpoint_every", "keep_checkpoints"):
-        if field in config and (not isinstance(config[field], int) or config[field] < 1):
-            raise ConfigError(f"{field}={config[field]!r} must be a positive integer.")
-    for field in ("max_steps", "eval_every", "limit_train_examples", "limit_eval_examples",
-                  "early_stopping_patience"):
-        if field in config and (not isinstance(config[field], int) or config[field] < 0):
-            raise ConfigError(f"{field}={config[field]!r} must be a non-negative integer.")
-    if config.get("export", "last") not in ("best", "last"):
-        raise ConfigError(f"export={config.export!r} must be 'best' or 'last'.")
-    if "buckets" in config:
-        buckets = config.buckets
-        if (isinstance(buckets, str) or not all(isinstance(b, int) and b > 0 for b in buckets)
-                or not buckets):
-            raise ConfigError(f"buckets={buckets!r} must be a tuple of positive lengths, e.g. (32, 64, 128).")
+DISTILL_JOBS = ("distill", "fit_teacher_head")
+
+
+def validate(config, layout=None) -> None:
+    """The one check of a job's config, before it loads or writes anything: each refusal one
+    sentence naming the field. Every job's config holds default.get_config()'s fields; those of
+    its own job (configs/default.py: finetune, distill) are checked by `config.job`. `layout`
+    (the mesh the job runs on) checks that batches split over it."""
+    if config.job == "miniature":
+        _check_miniature(config)
+        return
+    dtype(config)
+    check_matmul_precision(config.matmul_precision)
+    check_remat(config.remat)
+    _check_ints(config, positive=("batch_size", "grad_accum_steps", "max_length", "log_every",
+                                  "checkpoint_every", "keep_checkpoints"), non_negative=("max_steps",))
     if config.batch_size % config.grad_accum_steps:
         raise ConfigError(f"batch_size={config.batch_size} is not a multiple of "
                           f"grad_accum_steps={config.grad_accum_steps}.")
     sizes = {"batch_size / grad_accum_steps": config.batch_size // config.grad_accum_steps}
-    if "eval_batch_size" in config:
+    if config.job in DISTILL_JOBS:
+        dtype(config, "teacher_dtype")
+        _check_recipe(config)
+    else:
+        _check_ints(config, positive=("eval_batch_size",),
+                    non_negative=("eval_every", "limit_train_examples", "limit_eval_examples",
+                                  "early_stopping_patience"))
+        if config.export not in ("best", "last"):
+            raise ConfigError(f"export={config.export!r} must be 'best' or 'last'.")
+        buckets = config.buckets
+        if (isinstance(buckets, str) or not all(isinstance(b, int) and b > 0 for b in buckets)
+                or not buckets):
+            raise ConfigError(f"buckets={buckets!r} must be a tuple of positive lengths, e.g. (32, 64, 128).")
         sizes["eval_batch_size"] = config.eval_batch_size
+    if layout is None:
+        return
     for name, size in sizes.items():
         if size % layout.data_ways or size % jax.process_count():
             raise ConfigError(
                 f"{name}={size} must be a multiple of the {layout.data_ways} devices a batch is split "
                 f"over (mesh {dict(layout.mesh.shape)}) and of {jax.process_count()} processes.")
+
+
+# The name the trainers called it by.
+check_training = validate
+
+
+def _check_ints(config, positive=(), non_negative=()) -> None:
+    for field in positive:
+        if not isinstance(config[field], int) or config[field] < 1:
+            raise ConfigError(f"{field}={config[field]!r} must be a positive integer.")
+    for field in non_negative:
+        if not isinstance(config[field], int) or config[field] < 0:
+            raise ConfigError(f"{field}={config[field]!r} must be a non-negative integer.")
+
+
+def _check_recipe(config) -> None:
+    """Refuses distillation recipes the reference's sanity checks refuse."""
+    alphas = {k: config[k] for k in ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse")}
+    if min(alphas.values()) < 0 or sum(alphas.values()) <= 0:
+        raise ConfigError(f"The loss weights {alphas} must be non-negative with a positive sum.")
+    shares = config.word_mask + config.word_keep + config.word_rand
+    if abs(shares - 1.0) > 1e-6:
+        raise ConfigError(f"word_mask + word_keep + word_rand = {shares:g}, not 1.")
+    if not 0 < config.mlm_mask_prop < 1:
+        raise ConfigError(f"mlm_mask_prop={config.mlm_mask_prop} must be in (0, 1).")
+    if config.student_init not in ("teacher", "random"):
+        raise ConfigError(f"student_init={config.student_init!r} must be 'teacher' or 'random'.")
+    if config.temperature <= 0:
+        raise ConfigError(f"temperature={config.temperature} must be positive.")
+
+
+def _check_miniature(config) -> None:
+    """The miniature's own fields; each stage's config is checked when that stage starts."""
+    from distilbert_jax.data import glue  # here: the data modules import the trainers' helpers
+    from distilbert_jax.experiments.miniature import VARIANTS
+    for field, chosen, known in (("variants", config.variants, VARIANTS), ("tasks", config.tasks, glue.SPECS)):
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            raise ConfigError(f"Unknown {field} {unknown}; choose from {list(known)}.")
+    if not config.glue_dir or not config.corpus_files:
+        raise ConfigError("Set glue_dir (the GLUE download) and corpus_files (text, e.g. WikiText-2), "
+                          "or pass a data root: --config=configs/miniature.py:<root>.")

@@ -21,6 +21,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from distilbert_jax import hf, losses, modeling, sharding, student
+from distilbert_jax.configs import default
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import corpus
 from distilbert_jax.data.task import DataError, packer_for, prefetch
@@ -34,83 +35,9 @@ from distilbert_jax.train.step import computed_tokens, make_step
 log = logging.getLogger(__name__)
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The released DistilBERT's recipe (RECIPE.md §1-4), on a teacher and corpus of your choice."""
-    c = ml_collections.ConfigDict()
-    c.job = "distill"
-    c.teacher = "bert-base-uncased"  # HF checkpoint dir, hub id, or packaged:all-MiniLM-L6-v2
-    c.teacher_dtype = "float32"  # "bfloat16" halves the teacher's cost
-    c.corpus_files = ()  # plain-text files (one sequence per line) or "tfds:<name>[:<split>]"
-    c.corpus_dir = ""  # the prepared corpus (default <workdir>/corpus, prepared on first run)
-    c.max_length = 512
-    c.student_layers = 6
-    c.student_init = "teacher"  # or "random" (the paper's ablation)
-    c.freeze_positions = True  # the reference trained with BERT's positions frozen
-    c.dtype = "float32"
-    c.matmul_precision = "auto"  # float32 matmuls in float32 everywhere; "high" allows TF32 on GPUs
-    c.deterministic = True  # GPU reductions in a fixed order: exact resume there too (main.py sets it)
-    c.remat = "none"  # "dots"/"full": recompute block activations in the backward (GPU/TPU memory)
-    c.seed = 56
-    c.mesh = "dp"
-    c.rules = sharding.RULES
-
-    c.temperature = 2.0
-    c.alpha_ce = 5.0
-    c.alpha_mlm = 2.0
-    c.alpha_cos = 1.0
-    c.alpha_mse = 0.0
-    c.restrict_ce_to_mask = False
-    c.mlm_mask_prop = 0.15
-    c.word_mask = 0.8
-    c.word_keep = 0.1
-    c.word_rand = 0.1
-    c.mlm_smoothing = 0.7
-
-    c.batch_size = 4000  # sequences per update ("up to 4K examples per batch")
-    c.grad_accum_steps = 50
-    c.num_epochs = 3.0
-    c.max_steps = 0
-    c.lr = 5e-4
-    c.adam_b1 = 0.9
-    c.adam_b2 = 0.98
-    c.adam_eps = 1e-6
-    c.weight_decay = 0.0
-    c.warmup_ratio = 0.05
-    c.max_grad_norm = 5.0
-    c.length_multiple = 32  # batches are padded to a multiple of this (few compiled shapes)
-    c.packing = False  # True: a batch's sequences share rows of max_length (data/packing.py)
-
-    c.log_every = 50
-    c.checkpoint_every = 500
-    c.keep_checkpoints = 2
-    c.save_model = True  # save_pretrained(<workdir>/student), loadable as DistilBertForMaskedLM
-    c.allow_config_change = False  # True: continue a workdir's run under a config that differs
-    return c
-
-
-def head_config() -> ml_collections.ConfigDict:
-    """The fit_teacher_head job's recipe: a masked-LM head on an encoder kept frozen (300 steps of
-    64 sequences of 128 tokens at lr 5e-3)."""
-    c = default_config()
-    c.update(job="fit_teacher_head", max_length=128, batch_size=64, grad_accum_steps=1,
-             max_steps=300, lr=5e-3, log_every=25, checkpoint_every=100)
-    return c
-
-
-def check_recipe(config) -> None:
-    """Refuses recipes the reference's sanity checks refuse, before any compute."""
-    alphas = {k: config[k] for k in ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse")}
-    if min(alphas.values()) < 0 or sum(alphas.values()) <= 0:
-        raise ConfigError(f"The loss weights {alphas} must be non-negative with a positive sum.")
-    shares = config.word_mask + config.word_keep + config.word_rand
-    if abs(shares - 1.0) > 1e-6:
-        raise ConfigError(f"word_mask + word_keep + word_rand = {shares:g}, not 1.")
-    if not 0 < config.mlm_mask_prop < 1:
-        raise ConfigError(f"mlm_mask_prop={config.mlm_mask_prop} must be in (0, 1).")
-    if config.student_init not in ("teacher", "random"):
-        raise ConfigError(f"student_init={config.student_init!r} must be 'teacher' or 'random'.")
-    if config.temperature <= 0:
-        raise ConfigError(f"temperature={config.temperature} must be positive.")
+# The fields are defined (and commented) once, in configs/default.py.
+default_config = default.distill
+head_config = default.fit_teacher_head
 
 
 def load_teacher(config, layout: sharding.Layout):
@@ -141,7 +68,7 @@ def build_student(config, teacher, teacher_params, tokenizer, layout: sharding.L
     cfg = student.student_config(teacher.config, config.student_layers)
     model = modeling.DistilBertForMaskedLM(cfg, dtype=checks.dtype(config),
                                            matmul_precision=config.matmul_precision,
-                                           remat=config.get("remat", "none"))
+                                           remat=config.remat)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the student's "
                           f"vocab_size is {cfg.vocab_size}; teacher and student must share a vocabulary.")
@@ -281,9 +208,8 @@ def train_on_corpus(config, workdir: str, model, params, data: corpus.Corpus, to
 def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Distils a student from `config.teacher` on `config.corpus_*`; returns the run's summary."""
     workdirs.probe(workdir)
-    check_recipe(config)
     layout = sharding.Layout.from_config(config)
-    checks.check_training(config, layout)
+    checks.validate(config, layout)
     workdirs.check_resume(config, workdir)
     teacher, teacher_params, tokenizer = load_teacher(config, layout)
     student_model, params = build_student(config, teacher, teacher_params, tokenizer, layout)
@@ -312,9 +238,8 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     transform and output bias are trained on the corpus with MLM, the encoder and the tied word
     embeddings frozen. Saves `<workdir>/teacher`, a BertForMaskedLM to distil from with α_ce > 0."""
     workdirs.probe(workdir)
-    check_recipe(config)
     layout = sharding.Layout.from_config(config)
-    checks.check_training(config, layout)
+    checks.validate(config, layout)
     workdirs.check_resume(config, workdir)
     directory = hf.resolve(config.teacher)
     tokenizer = Tokenizer.from_pretrained(directory)

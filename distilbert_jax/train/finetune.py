@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from distilbert_jax import hf, io, losses, modeling, sharding
+from distilbert_jax.configs import default
 from distilbert_jax.data import Features, Task, get_task
 from distilbert_jax.data.task import (DataError, collate, eval_batches, packer_for, prefetch,
                                      train_batches)
@@ -38,72 +39,15 @@ PIPELINE_TASKS = {"sequence_classification": "text-classification",
                   "question_answering": "question-answering"}
 
 
-# --- configuration ---------------------------------------------------------------------------------
-
-def default_config() -> ml_collections.ConfigDict:
-    """Fields shared by every fine-tuning job (SQuAD, NER, SWAG configs start from here too)."""
-    c = ml_collections.ConfigDict()
-    c.job = "finetune"  # or "evaluate" (a fine-tuned checkpoint on eval_splits)
-    c.task = "sst2"
-    c.data_dir = ""  # folder with the task's files (GLUE TSVs, SQuAD JSON, CoNLL files)
-    c.data_source = "local"  # or "tfds"
-    c.task_options = ml_collections.ConfigDict()
-    c.model = "distilbert-base-uncased"  # HF checkpoint dir, hub id, or packaged:all-MiniLM-L6-v2
-    c.model_overrides = ml_collections.ConfigDict()  # config fields to change, e.g. dropout
-    c.dtype = "float32"  # compute dtype; "bfloat16" on TPU (params stay float32)
-    c.matmul_precision = "auto"  # float32 matmuls in float32 everywhere; "high" allows TF32 on GPUs
-    c.deterministic = True  # GPU reductions in a fixed order: exact resume there too (main.py sets it)
-    c.remat = "none"  # "dots"/"full": recompute block activations in the backward (GPU/TPU memory)
-    c.seed = 42
-    c.mesh = "dp"  # a sharding.PRESETS name, or "data:2,fsdp:-1,tensor:2" (-1: the remaining devices)
-    c.rules = sharding.RULES  # logical axis name -> mesh axes
-
-    c.max_length = 128
-    c.buckets = (32, 64, 128, 256, 384, 512)  # padded lengths: one compiled shape per bucket
-    # True: each batch's examples share rows of max_length's bucket (data/packing.py), so padding
-    # is not computed; the same examples, order, losses and metrics as unpacked
-    c.packing = False
-    c.batch_size = 32  # examples per optimiser update
-    c.grad_accum_steps = 1  # micro-batches per update (batch_size must be a multiple)
-    c.eval_batch_size = 64
-    c.num_epochs = 3.0
-    c.max_steps = 0  # > 0 overrides num_epochs
-    c.limit_train_examples = 0  # > 0 keeps the first N training examples (quick runs)
-    c.limit_eval_examples = 0
-
-    c.lr = 2e-5
-    c.warmup_ratio = 0.0
-    c.warmup_steps = 0  # > 0 overrides warmup_ratio
-    c.weight_decay = 0.0
-    c.adam_b1 = 0.9
-    c.adam_b2 = 0.999
-    c.adam_eps = 1e-8
-    c.max_grad_norm = 1.0
-
-    c.log_every = 50
-    c.eval_every = 0  # steps; 0 = once per epoch
-    c.checkpoint_every = 500
-    c.keep_checkpoints = 2
-    c.eval_splits = ("dev",)
-    c.predict_splits = ()  # e.g. ("test",): GLUE-server / SQuAD prediction files
-    c.save_model = True  # save_pretrained(<workdir>/model) at the end, loadable by transformers
-    c.export = "best"  # what model/ holds: "best" (the best evaluation's params) or "last"
-    c.early_stopping_patience = 0  # > 0: stop after this many evaluations without a better one
-    c.allow_config_change = False  # True: continue a workdir's run under a config that differs
-
-    # The second distillation step: a teacher fine-tuned on this task (empty: plain fine-tuning).
-    c.teacher = ""
-    c.task_alpha = 0.5
-    c.distill_alpha = 0.5
-    c.distill_temperature = 2.0
-    return c
+# The fields are defined (and commented) once, in configs/default.py.
+default_config = default.finetune
 
 
 # --- building blocks ------------------------------------------------------------------------------------
 
 def build_task(config) -> Task:
     return get_task(config.task, config.data_dir or None, config.data_source,
-                    **dict(config.get("task_options", {})))
+                    **dict(config.task_options))
 
 
 def load_model(config, task: Task, layout: sharding.Layout, require_trained_head: bool = False,
@@ -112,7 +56,7 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
     `config.model`), params placed by `layout`; refuses a max_length or a vocabulary the model
     cannot hold."""
     path = path or config.model
-    overrides = dict(config.get("model_overrides", {}))
+    overrides = dict(config.model_overrides)
     if task.label_names:
         overrides["id2label"] = tuple(task.label_names)
     if task.problem_type:
@@ -131,7 +75,7 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
                                        dtype=checks.dtype(config), seed=config.seed,
                                        matmul_precision=config.matmul_precision,
                                        shardings=layout.params, **overrides)
-    model = model.clone(remat=config.get("remat", "none"))
+    model = model.clone(remat=config.remat)
     tokenizer = Tokenizer.from_pretrained(directory)
     modeling.check_fits(model.config, path, config.max_length, tokenizer.vocab_size)
     return model, params, tokenizer
@@ -140,7 +84,7 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
 def encode_split(task: Task, split: str, tokenizer, config, train: bool) -> Features:
     """A split's examples (the first `limit_train_examples` / `limit_eval_examples` if set), encoded."""
     examples = task.load(split)
-    limit = config.get("limit_train_examples" if train else "limit_eval_examples", 0)
+    limit = config.limit_train_examples if train else config.limit_eval_examples
     if limit:
         examples = examples[:limit]
     return task.encode(examples, tokenizer, config.max_length)
@@ -251,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Every check (workdir, config, model, data) runs before the first write."""
     workdirs.probe(workdir)
     layout = sharding.Layout.from_config(config)
-    checks.check_training(config, layout)
+    checks.validate(config, layout)
     workdirs.check_resume(config, workdir)
     task = build_task(config)
     model, params, tokenizer = load_model(config, task, layout)
@@ -378,7 +322,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     """Evaluates a fine-tuned checkpoint (`config.model`) on `config.eval_splits` (+ predictions)."""
     workdirs.probe(workdir)
     layout = sharding.Layout.from_config(config)
-    checks.check_training(config, layout)
+    checks.validate(config, layout)
     workdirs.check_resume(config, workdir)
     task = build_task(config)
     model, params, tokenizer = load_model(config, task, layout, require_trained_head=True)

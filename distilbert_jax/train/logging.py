@@ -5,12 +5,15 @@ Only process 0 writes; every other process gets writers that do nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
 
 import jax
+
+from distilbert_jax import io
 
 
 class MetricWriter:
@@ -23,27 +26,40 @@ class MetricWriter:
         from tensorboardX import SummaryWriter
         os.makedirs(workdir, exist_ok=True)
         self.tb = SummaryWriter(os.path.join(workdir, "tb"))
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.jsonl = self._guarded(open, self.path, "a", encoding="utf-8")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         scalars = {k: float(v) for k, v in scalars.items()}
         for key, value in scalars.items():
-            self.tb.add_scalar(key, value, step)
-        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self.jsonl.flush()
+            self._guarded(self.tb.add_scalar, key, value, step, path=self.tb.logdir)
+        self._guarded(self.jsonl.write, json.dumps({"step": step, **scalars}) + "\n")
+        self._guarded(self.jsonl.flush)
+
+    def _guarded(self, call, *args, path: str | None = None, **kwargs):
+        """`call(...)`, a refused write (full disk, folder gone) as one io.WriteError naming
+        `path` (default metrics.jsonl)."""
+        try:
+            return call(*args, **kwargs)
+        except OSError as e:
+            raise io.write_error(path or self.path, e) from None
 
     def close(self) -> None:
         if self.enabled:
-            self.tb.close()
-            self.jsonl.close()
+            self._guarded(self.tb.close, path=self.tb.logdir)
+            self._guarded(self.jsonl.close)
 
     def __enter__(self) -> "MetricWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # an error is on its way out: close without raising another
+            with contextlib.suppress(OSError):
+                self.close()
 
 
 class Progress:

@@ -64,7 +64,7 @@ def adamw(schedule: optax.Schedule, *, b1: float, b2: float, eps: float, weight_
 def optimizer(config, total_steps: int, frozen=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(AdamW, its learning-rate schedule) from a job's config: lr, warmup_steps (or warmup_ratio
     of `total_steps`), adam_b1/b2/eps, weight_decay, max_grad_norm."""
-    warmup = config.get("warmup_steps", 0) or int(config.warmup_ratio * total_steps)
+    warmup = config.warmup_steps or int(config.warmup_ratio * total_steps)
     schedule = linear_schedule(config.lr, total_steps, warmup)
     tx = adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, frozen=frozen)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distilbert_jax import sharding, threefry
+from distilbert_jax import sharding
 from distilbert_jax.train.state import TrainState, global_norm
 
 # (params, frozen, batch, key) -> (loss, {term name: value}); `frozen` is whatever the loss reads
@@ -33,7 +33,6 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, layout: shardin
     `batch/computed_tokens` (the token slots the encoder computes: padded or packed rows) and, given
     the optimiser's schedule, `train/lr` (this update's), all computed on device.
     """
-    threefry.unroll_on_cpu()  # dropout's bits: the same draws, compiled without a loop on CPU
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def accumulated(params, frozen, batch, key):

@@ -21,12 +21,13 @@ from distilbert_jax.config import ConfigError
 FREE_FIELDS = frozenset({
     "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
     "eval_splits", "predict_splits", "limit_eval_examples", "save_model", "mesh", "rules",
-    "allow_config_change", "sweep", "export", "deterministic", "remat",
+    "allow_config_change", "export", "deterministic", "remat", "compilation_cache",
+    "sweep",  # the GLUE grid, held by the configs of runs made before it moved to SWEEP in glue.py
 })
 
 
 # Fields added after runs already existed: a saved config without one ran as this value does.
-ADDED_FIELDS = {"packing": False, "matmul_precision": "auto"}
+ADDED_FIELDS = {"packing": False, "matmul_precision": "auto", "warmup_steps": 0}
 
 
 def probe(workdir: str) -> str:
@@ -71,7 +72,7 @@ def saved_config(workdir: str) -> dict | None:
 
 def changed_fields(saved: dict, config) -> list[str]:
     """The fields (dotted for nested ones) whose values in `config` differ from `saved`, except
-    FREE_FIELDS; a field `saved` predates counts at its ADDED_FIELDS value."""
+    FREE_FIELDS (at the top or nested); a field `saved` predates counts at its ADDED_FIELDS value."""
     def flat(tree, prefix=""):
         out = {}
         for key, value in tree.items():
@@ -81,9 +82,12 @@ def changed_fields(saved: dict, config) -> list[str]:
                 out[prefix + key] = value
         return out
     wanted = flat(json.loads(json.dumps(config.to_dict(), default=str)))
-    saved = {**{k: v for k, v in ADDED_FIELDS.items() if k in wanted}, **flat(saved)}
-    return sorted(k for k in set(saved) | set(wanted)
-                  if k.split(".")[0] not in FREE_FIELDS and saved.get(k) != wanted.get(k))
+    saved = flat(saved)
+    for key in wanted:  # a stage's config nested in the miniature's counts the same way
+        if key not in saved and key.split(".")[-1] in ADDED_FIELDS:
+            saved[key] = ADDED_FIELDS[key.split(".")[-1]]
+    free = lambda key: key.split(".")[0] in FREE_FIELDS or key.split(".")[-1] in FREE_FIELDS
+    return sorted(k for k in set(saved) | set(wanted) if not free(k) and saved.get(k) != wanted.get(k))
 
 
 def check_resume(config, workdir: str) -> None:
@@ -117,7 +121,7 @@ def record(config, workdir: str) -> None:
     fields = json.loads(json.dumps(config.to_dict(), default=str))
     io.write_json(os.path.join(workdir, "config.json"), fields)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with open(os.path.join(workdir, "config_history.jsonl"), "a", encoding="utf-8") as f:
+    with io.appending(os.path.join(workdir, "config_history.jsonl")) as f:
         f.write(json.dumps({"started": started, "config": fields}) + "\n")
 
 

@@ -10,9 +10,7 @@ trained on the text you give as --config.corpus_files (e.g. WikiText-2), so it c
 ablations, GLUE, tables) is one command: configs/miniature.py.
 """
 
-from distilbert_jax.train.distill import default_config, head_config
-
-
+from distilbert_jax.configs import default
 
 PRESETS = ("paper", "minilm_head")
 
@@ -21,7 +19,7 @@ def get_config(arg: str = "paper"):
     if arg not in PRESETS:
         raise ValueError(f"Unknown distillation preset {arg!r}; choose one of {PRESETS}.")
     if arg == "paper":
-        return default_config()  # the released model's recipe: T=2, α = 5/2/1, AdamW 5e-4 (0.9, 0.98)
-    c = head_config()
+        return default.distill()  # the released model's recipe: T=2, α = 5/2/1, AdamW 5e-4 (0.9, 0.98)
+    c = default.fit_teacher_head()
     c.update(teacher="packaged:all-MiniLM-L6-v2")  # corpus_files: your text, e.g. WikiText-2
     return c

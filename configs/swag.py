@@ -6,11 +6,11 @@
 Recipe of transformers' run_swag.py: lr 5e-5, batch 16, 3 epochs, max length 128.
 """
 
-from distilbert_jax.train.finetune import default_config
+from distilbert_jax.configs import default
 
 
 def get_config(arg: str = ""):
-    c = default_config()
+    c = default.finetune()
     c.task = "swag"
     c.data_dir = ""
     c.max_length = 128

@@ -8,13 +8,13 @@ doc stride 128, max answer length 30, n-best 20. data_dir holds train-v1.1.json 
 (v2: *-v2.0.json); `--config.data_source=tfds` reads TFDS `squad` instead.
 """
 
-from distilbert_jax.train.finetune import default_config
+from distilbert_jax.configs import default
 
 
 def get_config(arg: str = "v1"):
     if arg not in ("v1", "v2"):
         raise ValueError(f"Unknown SQuAD version {arg!r}; use v1 or v2.")
-    c = default_config()
+    c = default.finetune()
     c.task = "squad" if arg == "v1" else "squad_v2"
     c.data_dir = "squad"  # train-v1.1.json and dev-v1.1.json (or v2.0), or data_source=tfds
     c.max_length = 384

