@@ -25,7 +25,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from typing import Callable
 
 import jax
@@ -138,10 +137,7 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
     settings = _sentence_transformers_settings(directory)
     fn = graph_function(module, params, task, normalize=settings.get("normalize", False))
 
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=parent)
-    try:
+    with io.atomic_folder(output) as staging:
         names = input_names(config)
         outputs = TASKS[task][1]
         model_path = os.path.join(staging, FORMATS[format])
@@ -164,12 +160,6 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
         manifest["agreement"] = agreement(fn, exported, task, config)
         io.write_json(os.path.join(staging, MANIFEST), manifest)
         io.write_text(os.path.join(staging, "README.md"), _card(manifest))
-        if os.path.isdir(output):
-            os.rmdir(output)  # empty (checked above): the finished folder takes its place
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
 
 
@@ -451,6 +441,9 @@ def main(argv=None) -> int:
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except io.WriteError as e:  # a full disk, a read-only folder: nothing of OUT is left
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
         manifest = json.load(f)
     errors = manifest["agreement"]["max_relative_error"]

@@ -12,6 +12,8 @@ import contextlib
 import errno
 import json
 import os
+import shutil
+import tempfile
 from typing import IO, Iterator
 
 
@@ -46,6 +48,28 @@ def atomic(path: str | os.PathLike) -> Iterator[str]:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise write_error(path, e) from None
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[str]:
+    """`atomic` for a folder: yields a staging folder beside `path` (which must not exist, or be
+    empty) to fill; on success it is renamed to `path`, on any failure removed with its contents."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=os.path.dirname(path))
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        yield staging
+        if os.path.isdir(path):
+            os.rmdir(path)  # empty: the finished folder takes its place
+        os.replace(staging, path)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
         if isinstance(e, OSError) and not isinstance(e, WriteError):
             raise write_error(path, e) from None
         raise

@@ -15,7 +15,7 @@ import pytest
 
 import distilbert_jax as dj
 from conftest import FIXTURES, make_tiny_model_dir, relative_error
-from distilbert_jax import export, predict
+from distilbert_jax import export, io, predict
 
 TOL = 1e-5
 HEADS = {  # fixture -> the task its head is exported for by default
@@ -239,7 +239,7 @@ def test_a_failure_midway_leaves_no_folder(tmp_path, monkeypatch):
     def fail(*args):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(export, "_write_onnx", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(io.WriteError, match=f"cannot write {tmp_path / 'out'}: no space left"):
         export.export(SENTIMENT, tmp_path / "out", format="onnx")
     assert os.listdir(tmp_path) == []  # neither the folder nor its staging copy
 
