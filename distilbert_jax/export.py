@@ -216,8 +216,10 @@ def _write_onnx(fn, task, names, outputs, path, quantize):
     import onnx
     from jax2onnx import to_onnx
     with _quiet("onnx_ir", "jax2onnx"):
+        # LayerNormalization as one native op (onnxruntime's fused kernel) instead of its parts
         proto = to_onnx(fn, _input_specs(task, len(names)), input_names=list(names),
-                        output_names=list(outputs), model_name=f"distilbert_jax_{task}")
+                        output_names=list(outputs), model_name=f"distilbert_jax_{task}",
+                        normalization_mode="prefer_native")
     proto = _int64_inputs(proto)
     onnx.checker.check_model(proto)
     if quantize == "none":
