@@ -7,7 +7,9 @@ import jax
 import numpy as np
 import pytest
 
+from distilbert_jax import sharding
 from distilbert_jax.config import ConfigError
+from distilbert_jax.experiments import sweep
 from distilbert_jax.train import finetune
 from conftest import read_results, step_metrics, tiny_config, write_sst2
 from test_resume import assert_same_weights, final_weights
@@ -59,3 +61,28 @@ def test_stacked_runs_equal_the_runs_alone(tiny_model, data, tmp_path):
         assert metric <= 1e-5 and params <= 1e-5, (i, metric, params)
         stopped.append("stopped_early_at" in alone)
     assert any(stopped) and not all(stopped), stopped  # one stops early while the others go on
+
+
+def test_sweep_stacked_writes_each_point_as_alone_and_the_table(tiny_model, data, tmp_path, capsys):
+    root = tmp_path / "sweep"
+    args = ["run", "--config=configs/glue.py", "--tasks=sst2", "--lrs=1e-3", "--seeds=1,2",
+            f"--root={root}", "--stacked", f"--set=model={tiny_model}", f"--set=data_dir={data}",
+            "--set=max_steps=2", "--set=batch_size=8", "--set=eval_batch_size=8",
+            "--set=max_length=48", "--set=buckets=[16, 48]", "--set=save_model=false"]
+    sweep.main(args)
+    assert sorted(os.listdir(root / "sst2")) == ["lr0.001_seed1", "lr0.001_seed2"]
+    for seed in (1, 2):
+        workdir = root / "sst2" / f"lr0.001_seed{seed}"
+        assert read_results(workdir)["stacked_runs"] == 2
+        assert {"config.json", "metrics.jsonl", "checkpoints", "best"} <= set(os.listdir(workdir))
+    assert (root / "table.md").read_text().startswith("| Model | Score | sst2 |")
+    sweep.main(args)  # finished points are kept: nothing trains again
+    assert "| this sweep |" in capsys.readouterr().out
+
+
+def test_points_that_differ_in_shapes_fall_into_groups(tiny_model, data):
+    cs = configs(tiny_model, data)
+    cs[3].max_length = 32
+    assert sweep.groups(cs) == [[0, 1, 2], [3]]
+    with pytest.raises(ConfigError, match=r"may differ only in \['seed', 'lr'\]; these also differ in \['max_length'\]"):
+        finetune.check_stackable(cs, sharding.Layout.from_config(cs[0]))

@@ -32,6 +32,8 @@ def get_config(arg: str = "sst2") -> config_dict.ConfigDict:
         c.model = "packaged:all-MiniLM-L6-v2"
         c.lr = 5e-5
         c.warmup_ratio = 0.1
-    c.sweep = config_dict.ConfigDict({"lr": (2e-5, 3e-5, 5e-5), "seed": (42, 43, 44, 45, 46)})
+    # stacked: the points of a task train together in one program (sweep run --stacked)
+    c.sweep = config_dict.ConfigDict({"lr": (2e-5, 3e-5, 5e-5), "seed": (42, 43, 44, 45, 46),
+                                      "stacked": False})
     return c
 
