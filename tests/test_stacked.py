@@ -2,6 +2,7 @@
 stacked sweep resumes every run where it stopped."""
 
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -19,8 +20,8 @@ POINTS = [(1, 1e-3), (2, 1e-3), (1, 3e-2), (2, 3e-4)]
 
 
 def configs(tiny_model, data, **overrides):
-    fields = dict(max_steps=8, log_every=1, eval_every=2, checkpoint_every=2,
-                  early_stopping_patience=1, **overrides)
+    fields = {**dict(max_steps=8, log_every=1, eval_every=2, checkpoint_every=2,
+                     early_stopping_patience=1), **overrides}
     out = []
     for seed, lr in POINTS:
         c = tiny_config(tiny_model, data, "sst2", **fields)
@@ -86,3 +87,37 @@ def test_points_that_differ_in_shapes_fall_into_groups(tiny_model, data):
     assert sweep.groups(cs) == [[0, 1, 2], [3]]
     with pytest.raises(ConfigError, match=r"may differ only in \['seed', 'lr'\]; these also differ in \['max_length'\]"):
         finetune.check_stackable(cs, sharding.Layout.from_config(cs[0]))
+
+
+def test_a_killed_stacked_sweep_resumes_every_run_where_it_stopped(tiny_model, data, tmp_path,
+                                                                  monkeypatch):
+    """Killed while running step 7; one run's step-6 checkpoint is then removed, so the runs
+    resume at different steps (6 and 4): the behind run catches up while the other waits, and
+    every run ends with the params of the uninterrupted stacked sweep."""
+    cs = configs(tiny_model, data, early_stopping_patience=0, eval_every=1000)[:2]
+    straight = [str(tmp_path / f"straight{i}") for i in range(2)]
+    killed = [str(tmp_path / f"killed{i}") for i in range(2)]
+    finetune.train_and_evaluate_stacked(cs, straight)
+
+    real = finetune.make_stacked_step
+
+    def crashing(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def run(states, *rest):
+            if int(jax.device_get(states.step).max()) == 6:
+                raise KeyboardInterrupt("simulated crash")
+            return step(states, *rest)
+        return run
+    monkeypatch.setattr(finetune, "make_stacked_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.train_and_evaluate_stacked(cs, killed)
+    monkeypatch.setattr(finetune, "make_stacked_step", real)
+    behind = os.path.join(killed[1], "checkpoints", "6")
+    if os.path.exists(behind):  # (the crash may have beaten the asynchronous save of step 6)
+        shutil.rmtree(behind)
+    results = finetune.train_and_evaluate_stacked(cs, killed)
+    assert results[1]["steps_this_run"] == 4 and results[0]["steps_this_run"] in (2, 4)
+    for a, b in zip(straight, killed):
+        assert_same_weights(final_weights(a), final_weights(b))
+        assert step_metrics(a, "train/loss")[-1] == step_metrics(b, "train/loss")[-1]
