@@ -52,6 +52,30 @@ def run_distill(inputs, mesh_name, run_dir):
     return params, read_losses(run_dir, "distill/loss")
 
 
+def run_stacked(config, runs, run_dir, layout, out):
+    """`runs` stacked runs (seeds 42.., lrs 1e-3 / (i + 1)): each run's params, losses and the
+    stacked step's state specs to `out`."""
+    configs = []
+    for i in range(runs):
+        c = config.copy_and_resolve_references()
+        c.seed, c.lr = 42 + i, 1e-3 / (i + 1)
+        configs.append(c)
+    dirs = [os.path.join(run_dir, f"run{i}") for i in range(runs)]
+    finetune.train_and_evaluate_stacked(configs, dirs)
+    flat = {}
+    for i, (c, d) in enumerate(zip(configs, dirs)):
+        params = flax.traverse_util.flatten_dict(restore_params(c, d, layout), sep="/")
+        flat.update({f"run{i}/{k}": v for k, v in layout.to_host(params).items()})
+    task = finetune.build_task(config)
+    model, _, _ = finetune.load_model(config, task, layout)
+    specs = flax.traverse_util.flatten_dict(layout.stacked(layout.params(model)), sep="/")
+    np.savez(out, **flat)
+    with open(out + ".json", "w") as f:
+        json.dump({"devices": jax.device_count(), "losses": [read_losses(d, "train/loss") for d in dirs],
+                   "specs": {k: [*v.spec] for k, v in specs.items()},
+                   "batch_spec": [*layout.stacked(layout.batch).spec]}, f)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--mesh", default="dp")
@@ -62,6 +86,7 @@ def main():
     parser.add_argument("--num_processes", type=int, default=1)
     parser.add_argument("--process_id", type=int, default=0)
     parser.add_argument("--job", default="finetune", choices=("finetune", "distill"))
+    parser.add_argument("--runs", type=int, default=0, help="> 0: this many runs stacked (seeds 42..)")
     parser.add_argument("--layout", default="", choices=("", "padded", "packed"),
                         help="fine-tuning with dropout off in this layout, so both layouts agree")
     args = parser.parse_args()
@@ -86,6 +111,8 @@ def main():
         config.model_overrides = {f: 0.0 for f in hf.read_config(model_dir)[0].dropout_fields()}
     layout = sharding.Layout.from_config(config)
     losses = []
+    if args.runs:
+        return run_stacked(config, args.runs, run_dir, layout, args.out)
     if not args.restore_from:
         finetune.train_and_evaluate(config, run_dir)
         losses = read_losses(run_dir, "train/loss")

@@ -1,8 +1,11 @@
 """Stacked sweeps: K runs trained in one program equal the same runs trained alone, and a killed
 stacked sweep resumes every run where it stopped."""
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -15,6 +18,7 @@ from distilbert_jax.train import finetune
 from conftest import read_results, step_metrics, tiny_config, write_sst2
 from test_resume import assert_same_weights, final_weights
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Two seeds x two learning rates; patience 1 so that runs stop early on their own evaluations.
 POINTS = [(1, 1e-3), (2, 1e-3), (1, 3e-2), (2, 3e-4)]
 
@@ -121,3 +125,39 @@ def test_a_killed_stacked_sweep_resumes_every_run_where_it_stopped(tiny_model, d
     for a, b in zip(straight, killed):
         assert_same_weights(final_weights(a), final_weights(b))
         assert step_metrics(a, "train/loss")[-1] == step_metrics(b, "train/loss")[-1]
+
+
+def stacked_run(tmp_path, devices, mesh, runs):
+    out = tmp_path / f"stacked_{devices}_{mesh}.npz"
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "PYTHONPATH": REPO}
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "sharded_run.py"),
+                             f"--mesh={mesh}", f"--runs={runs}", f"--workdir={tmp_path / mesh}",
+                             f"--out={out}"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(out) as saved:
+        return {k: saved[k] for k in saved.files}, json.load(open(str(out) + ".json"))
+
+
+def test_stacked_runs_spread_over_a_runs_mesh_axis(tmp_path):
+    """2 runs over runs:2 x tensor:2 of 4 CPU devices (each run split over 2 by heads) equal the 2
+    runs stacked on one device."""
+    params, info = stacked_run(tmp_path, 4, "runs:2,data:1,fsdp:1,tensor:2", 2)
+    reference, reference_info = stacked_run(tmp_path, 1, "dp", 2)
+    assert info["batch_spec"] == ["runs", None]  # data:1, fsdp:1: rows whole within a run
+    q = "distilbert/transformer/layer/0/attention/q_lin/kernel"
+    assert info["specs"][q] == ["runs", None, "tensor"]  # [runs, embed, heads]
+    np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
+    for name, value in reference.items():
+        if not name.endswith("k_lin/bias"):  # see conftest.compared_after_training
+            np.testing.assert_allclose(params[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_runs_that_do_not_divide_the_runs_axis_are_refused(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PYTHONPATH": REPO}
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "sharded_run.py"),
+                             "--mesh=runs", "--runs=3", f"--workdir={tmp_path}", f"--out={tmp_path / 'x'}"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "3 stacked runs do not divide the mesh's runs axis of 4" in result.stderr
+    assert not os.path.exists(tmp_path / "run" / "run0" / "config.json")  # refused before any write
