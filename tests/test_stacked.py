@@ -15,6 +15,7 @@ from distilbert_jax import sharding
 from distilbert_jax.config import ConfigError
 from distilbert_jax.experiments import sweep
 from distilbert_jax.train import finetune
+import sharded_run
 from conftest import read_results, step_metrics, tiny_config, write_sst2
 from test_resume import assert_same_weights, final_weights
 
@@ -142,10 +143,11 @@ def stacked_run(tmp_path, devices, mesh, runs):
 def test_stacked_runs_spread_over_a_runs_mesh_axis(tmp_path):
     """2 runs over runs:2 x tensor:2 of 4 CPU devices (each run split over 2 by heads) equal the 2
     runs stacked on one device."""
-    params, info = stacked_run(tmp_path, 4, "runs:2,data:1,fsdp:1,tensor:2", 2)
-    reference, reference_info = stacked_run(tmp_path, 1, "dp", 2)
-    assert info["batch_spec"] == ["runs", None]  # data:1, fsdp:1: rows whole within a run
     q = "distilbert/transformer/layer/0/attention/q_lin/kernel"
+    params, info = stacked_run(tmp_path, 4, "runs:2,data:1,fsdp:1,tensor:2", 2)
+    reference, reference_info = sharded_run.run_stacked(str(tmp_path / "one"), "dp", 2)  # here: 1 device
+    assert info["batch_spec"] == ["runs", ["data", "fsdp"]]
+    assert reference_info["specs"][q] == [None, None, None]  # no runs axis in the mesh: whole
     assert info["specs"][q] == ["runs", None, "tensor"]  # [runs, embed, heads]
     np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
     for name, value in reference.items():
