@@ -7,7 +7,8 @@ side by side in one run: K = 1, 2, 4, 5 runs of all-MiniLM-L6-v2 on the packaged
 Each run is configs/smoke.py (batch 32, max length 64, lr 1e-4 with warmup) with seeds 0..K-1,
 unpacked on both sides (stacking does not take packed batches yet), evaluated on dev at the end,
 no model export. "wall" is the whole sweep including model loading, compilation and evaluation;
-"compiles" counts every XLA compilation in it (steps, evaluation shapes, small helpers);
+"compiles" counts every XLA compilation in it (steps, evaluation shapes, small helpers), and
+in brackets those of the training step (one per padded batch length met), with their seconds;
 "updates/s per run" is each run's steps over the seconds of its training loop (the loop's
 compilation and its last-step evaluation included), and "all runs" is K times that for stacked.
 """
@@ -26,9 +27,20 @@ import jax
 from distilbert_jax.experiments import sweep
 from distilbert_jax.train import finetune
 
-COMPILES = [0]
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, *_, **__: COMPILES.__setitem__(0, COMPILES[0] + ("backend_compile" in event)))
+STEPS = ("jit(train_step)", "jit(stacked_train_step)")  # the jitted training steps' names
+COMPILES = {"all": 0, "step": 0, "step_s": 0.0}
+
+
+def _count(event: str, seconds: float, fun_name: str = "", **_) -> None:
+    """Counts XLA compilations: all of them, and those of a training step (with their seconds)."""
+    if event.endswith("backend_compile_duration"):
+        COMPILES["all"] += 1
+        if fun_name in STEPS:
+            COMPILES["step"] += 1
+            COMPILES["step_s"] += seconds
+
+
+jax.monitoring.register_event_duration_secs_listener(_count)
 
 
 def point_configs(k: int, args) -> list:
@@ -46,7 +58,7 @@ def point_configs(k: int, args) -> list:
 def measure(k: int, stacked: bool, args, root: str) -> dict:
     cs = point_configs(k, args)
     dirs = [os.path.join(root, f"{'stacked' if stacked else 'sequential'}{k}", f"seed{i}") for i in range(k)]
-    before, started = COMPILES[0], time.perf_counter()
+    before, started = dict(COMPILES), time.perf_counter()
     if stacked:
         results = finetune.train_and_evaluate_stacked(cs, dirs)
     else:
@@ -54,7 +66,8 @@ def measure(k: int, stacked: bool, args, root: str) -> dict:
     wall = time.perf_counter() - started
     per_run = [r["steps_this_run"] / r["train_seconds_this_run"] for r in results]
     return {"k": k, "mode": "stacked" if stacked else "sequential", "wall_s": wall,
-            "compiles": COMPILES[0] - before, "updates_per_s_per_run": sum(per_run) / k,
+            "compiles": COMPILES["all"] - before["all"], "step_compiles": COMPILES["step"] - before["step"],
+            "step_compile_s": COMPILES["step_s"] - before["step_s"], "updates_per_s_per_run": sum(per_run) / k,
             "updates_per_s_all_runs": sum(per_run) if not stacked else k * per_run[0],
             "dev_accuracy": [r["eval"]["dev"]["accuracy"] for r in results]}
 
@@ -74,9 +87,10 @@ def main(argv=None):
             for stacked in (False, True):
                 rows.append(measure(k, stacked, args, root))
                 print(json.dumps(rows[-1]), flush=True)
-    lines = ["| K | mode | wall incl. compile (s) | compiles | updates/s per run | updates/s all runs |",
-             "|---:|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['k']} | {r['mode']} | {r['wall_s']:.1f} | {r['compiles']} | "
+    lines = ["| K | mode | wall incl. compile (s) | compiles (train step) | step compile (s) | "
+             "updates/s per run | updates/s all runs |", "|---:|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['k']} | {r['mode']} | {r['wall_s']:.1f} | {r['compiles']} ({r['step_compiles']}) | "
+              f"{r['step_compile_s']:.1f} | "
               f"{r['updates_per_s_per_run']:.2f} | {r['updates_per_s_all_runs']:.2f} |" for r in rows]
     print("\n".join(lines))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

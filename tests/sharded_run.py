@@ -57,8 +57,8 @@ def run_stacked(workdir, mesh, runs):
     keyed run<i>/<name>, {devices, losses of each run, stacked param specs, stacked batch spec})."""
     inputs = os.path.join(workdir, "inputs")
     config = tiny_config(make_tiny_model_dir(os.path.join(inputs, "model_in")),
-                         write_sst2(os.path.join(inputs, "SST-2")), "sst2", mesh=mesh, max_steps=4,
-                         batch_size=16, eval_batch_size=16, log_every=1, save_model=False)
+                         write_sst2(os.path.join(inputs, "SST-2")), "sst2", mesh=mesh, max_steps=6,
+                         checkpoint_every=2, log_every=1, save_model=False)
     layout = sharding.Layout.from_config(config)
     configs = []
     for i in range(runs):

@@ -14,18 +14,20 @@ import pytest
 from distilbert_jax import sharding
 from distilbert_jax.config import ConfigError
 from distilbert_jax.experiments import sweep
-from distilbert_jax.train import finetune
+from distilbert_jax.train import finetune, loop
 import sharded_run
 from conftest import read_results, step_metrics, tiny_config, write_sst2
 from test_resume import assert_same_weights, final_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Two seeds x two learning rates; patience 1 so that runs stop early on their own evaluations.
-POINTS = [(1, 1e-3), (2, 1e-3), (1, 3e-2), (2, 3e-4)]
+# Two seeds, two learning rates; patience 1, so the first run stops at step 4 on its own
+# evaluations while the other goes on. Every stacked run here (and sharded_run's reference) has
+# the same shapes and steps, so its step compiles once per session (conftest's compilation cache).
+POINTS = [(1, 1e-3), (2, 3e-2)]
 
 
 def configs(tiny_model, data, **overrides):
-    fields = {**dict(max_steps=8, log_every=1, eval_every=2, checkpoint_every=2,
+    fields = {**dict(max_steps=6, log_every=1, eval_every=2, checkpoint_every=2,
                      early_stopping_patience=1), **overrides}
     out = []
     for seed, lr in POINTS:
@@ -50,7 +52,14 @@ def data(tmp_path_factory):
     return write_sst2(tmp_path_factory.mktemp("stacked") / "SST-2")
 
 
-def test_stacked_runs_equal_the_runs_alone(tiny_model, data, tmp_path):
+def test_stacked_runs_equal_the_runs_alone(tiny_model, data, tmp_path, monkeypatch):
+    """... with the stacked loop held to jax.transfer_guard("disallow"), as test_step holds `run`."""
+    real_run = loop.run_stacked
+
+    def guarded(*args, **kwargs):
+        with jax.transfer_guard("disallow"):
+            return real_run(*args, **kwargs)
+    monkeypatch.setattr(loop, "run_stacked", guarded)
     cs = configs(tiny_model, data)
     dirs = [str(tmp_path / f"stacked{i}") for i in range(len(cs))]
     stacked = finetune.train_and_evaluate_stacked(cs, dirs)
@@ -61,7 +70,7 @@ def test_stacked_runs_equal_the_runs_alone(tiny_model, data, tmp_path):
             assert stacked[i].get(key) == alone.get(key), (i, key)
         assert len(step_metrics(dirs[i], "train/loss")) == alone["steps_this_run"]
         loss, metric, params = differences(dirs[i], str(tmp_path / f"alone{i}"))
-        print(f"run {i}: max |diff| loss {loss:.2e} dev metric {metric:.2e} params {params:.2e}")
+        print(f"run {i} (stopped at {alone.get('stopped_early_at')}): max |diff| loss {loss:.2e} dev metric {metric:.2e} params {params:.2e}")
         np.testing.assert_allclose(step_metrics(dirs[i], "train/loss"),
                                    step_metrics(str(tmp_path / f"alone{i}"), "train/loss"), rtol=1e-5)
         assert metric <= 1e-5 and params <= 1e-5, (i, metric, params)
@@ -73,7 +82,7 @@ def test_sweep_stacked_writes_each_point_as_alone_and_the_table(tiny_model, data
     root = tmp_path / "sweep"
     args = ["run", "--config=configs/glue.py", "--tasks=sst2", "--lrs=1e-3", "--seeds=1,2",
             f"--root={root}", "--stacked", f"--set=model={tiny_model}", f"--set=data_dir={data}",
-            "--set=max_steps=2", "--set=batch_size=8", "--set=eval_batch_size=8",
+            "--set=max_steps=6", "--set=batch_size=8", "--set=eval_batch_size=8",
             "--set=max_length=48", "--set=buckets=[16, 48]", "--set=save_model=false"]
     sweep.main(args)
     assert sorted(os.listdir(root / "sst2")) == ["lr0.001_seed1", "lr0.001_seed2"]
@@ -87,7 +96,7 @@ def test_sweep_stacked_writes_each_point_as_alone_and_the_table(tiny_model, data
 
 
 def test_points_that_differ_in_shapes_fall_into_groups(tiny_model, data):
-    cs = configs(tiny_model, data)
+    cs = configs(tiny_model, data) + configs(tiny_model, data)
     cs[3].max_length = 32
     assert sweep.groups(cs) == [[0, 1, 2], [3]]
     with pytest.raises(ConfigError, match=r"may differ only in \['seed', 'lr'\]; these also differ in \['max_length'\]"):
@@ -96,8 +105,8 @@ def test_points_that_differ_in_shapes_fall_into_groups(tiny_model, data):
 
 def test_a_killed_stacked_sweep_resumes_every_run_where_it_stopped(tiny_model, data, tmp_path,
                                                                   monkeypatch):
-    """Killed while running step 7; one run's step-6 checkpoint is then removed, so the runs
-    resume at different steps (6 and 4): the behind run catches up while the other waits, and
+    """Killed while running step 5; one run's step-4 checkpoint is then removed, so the runs
+    resume at different steps (4 and 2): the behind run catches up while the other waits, and
     every run ends with the params of the uninterrupted stacked sweep."""
     cs = configs(tiny_model, data, early_stopping_patience=0, eval_every=1000)[:2]
     straight = [str(tmp_path / f"straight{i}") for i in range(2)]
@@ -110,7 +119,7 @@ def test_a_killed_stacked_sweep_resumes_every_run_where_it_stopped(tiny_model, d
         step = real(*args, **kwargs)
 
         def run(states, *rest):
-            if int(jax.device_get(states.step).max()) == 6:
+            if int(jax.device_get(states.step).max()) == 4:
                 raise KeyboardInterrupt("simulated crash")
             return step(states, *rest)
         return run
@@ -118,8 +127,8 @@ def test_a_killed_stacked_sweep_resumes_every_run_where_it_stopped(tiny_model, d
     with pytest.raises(KeyboardInterrupt):
         finetune.train_and_evaluate_stacked(cs, killed)
     monkeypatch.setattr(finetune, "make_stacked_step", real)
-    behind = os.path.join(killed[1], "checkpoints", "6")
-    if os.path.exists(behind):  # (the crash may have beaten the asynchronous save of step 6)
+    behind = os.path.join(killed[1], "checkpoints", "4")
+    if os.path.exists(behind):  # (the crash may have beaten the asynchronous save of step 4)
         shutil.rmtree(behind)
     results = finetune.train_and_evaluate_stacked(cs, killed)
     assert results[1]["steps_this_run"] == 4 and results[0]["steps_this_run"] in (2, 4)
@@ -141,14 +150,15 @@ def stacked_run(tmp_path, devices, mesh, runs):
 
 
 def test_stacked_runs_spread_over_a_runs_mesh_axis(tmp_path):
-    """2 runs over runs:2 x tensor:2 of 4 CPU devices (each run split over 2 by heads) equal the 2
-    runs stacked on one device."""
+    """2 runs over a runs axis of 2 CPU devices equal the 2 runs stacked on one device (the same
+    holds with each run split by heads inside its group, runs:2 x tensor:2 on 4 devices; left
+    out here for its compile time)."""
     q = "distilbert/transformer/layer/0/attention/q_lin/kernel"
-    params, info = stacked_run(tmp_path, 4, "runs:2,data:1,fsdp:1,tensor:2", 2)
+    params, info = stacked_run(tmp_path, 2, "runs", 2)
     reference, reference_info = sharded_run.run_stacked(str(tmp_path / "one"), "dp", 2)  # here: 1 device
     assert info["batch_spec"] == ["runs", ["data", "fsdp"]]
     assert reference_info["specs"][q] == [None, None, None]  # no runs axis in the mesh: whole
-    assert info["specs"][q] == ["runs", None, "tensor"]  # [runs, embed, heads]
+    assert info["specs"][q] == ["runs", None, None]  # [runs, embed, heads]
     np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
     for name, value in reference.items():
         if not name.endswith("k_lin/bias"):  # see conftest.compared_after_training

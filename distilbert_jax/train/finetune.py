@@ -357,8 +357,7 @@ def _fine_tune(configs: list, dirs: list[str], stacked: bool) -> list[dict[str, 
             batches = prefetch(layout.put_stacked_batch(batch) for batch in stacked_train_batches(
                 train, config.batch_size, [c.seed for c in configs], first, tokenizer.pad_token_id,
                 tuple(config.buckets), process))
-            takes = [train_state.take(i, state_shardings) for i in range(len(configs))]
-            part = lambda state, i: takes[i](state)
+            part = train_state.take(state_shardings, layout)
             state = train_state.stack(states, state_shardings, layout)
         else:
             train_step = make_step(loss, tx, layout, state_shardings, config.grad_accum_steps,

@@ -12,6 +12,7 @@ import flax.struct
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from distilbert_jax import modeling, sharding
 
@@ -99,6 +100,8 @@ def stack(trees, shardings, layout: sharding.Layout):
                    out_shardings=layout.stacked(shardings))(list(trees))
 
 
-def take(index: int, shardings):
-    """The jitted `stacked tree -> its run `index``, placed like `shardings` (one run's placement)."""
-    return jax.jit(lambda tree: jax.tree.map(lambda x: x[index], tree), out_shardings=shardings)
+def take(shardings, layout: sharding.Layout):
+    """`(stacked tree, i) -> run i's tree`, placed like `shardings` (one run's placement): one
+    compiled program for every i (the index is a device scalar, put there explicitly)."""
+    jitted = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=shardings)
+    return lambda tree, i: jitted(tree, jax.device_put(np.int32(i), layout.replicated))

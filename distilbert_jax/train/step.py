@@ -35,8 +35,10 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, layout: shardin
     the optimiser's schedule, `train/lr` (this update's), all computed on device.
     """
     update = _update(loss_fn, accum_steps, prefix)
-    step = lambda state, frozen, batch: update(state, frozen, batch, tx, learning_rate)
-    return layout.jit(step, in_shardings=(state_shardings, frozen_shardings or layout.replicated,
+
+    def train_step(state, frozen, batch):
+        return update(state, frozen, batch, tx, learning_rate)
+    return layout.jit(train_step, in_shardings=(state_shardings, frozen_shardings or layout.replicated,
                                           layout.batch),
                       out_shardings=(state_shardings, layout.replicated), donate_argnums=0)
 
@@ -61,9 +63,12 @@ def make_stacked_step(loss_fn: LossFn, optimizer: Callable, layout: sharding.Lay
         return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state), metrics
 
     spread = sharding.RUNS if layout.runs_ways > 1 else None
-    step = jax.vmap(one, in_axes=(0, None, 0, 0, 0), spmd_axis_name=spread)
+
+    def stacked_train_step(states, frozen, batches, lrs, active):
+        return jax.vmap(one, in_axes=(0, None, 0, 0, 0), spmd_axis_name=spread)(
+            states, frozen, batches, lrs, active)
     stacked = layout.stacked
-    return layout.jit(step, in_shardings=(stacked(state_shardings),
+    return layout.jit(stacked_train_step, in_shardings=(stacked(state_shardings),
                                           frozen_shardings or layout.replicated,
                                           stacked(layout.batch), stacked(layout.replicated),
                                           stacked(layout.replicated)),
