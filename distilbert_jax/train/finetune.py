@@ -259,12 +259,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return _fine_tune([config], [workdir], stacked=False)[0]
 
 
-def train_and_evaluate_stacked(configs: list, workdirs_: list[str]) -> list[dict[str, Any]]:
+def train_and_evaluate_stacked(configs: list, dirs: list[str]) -> list[dict[str, Any]]:
     """Fine-tunes K configs that differ only in STACKED_FIELDS as K runs stacked in one program
     (one compiled step, the runs axis over the mesh's `runs` axis); each run writes its workdir
     (checkpoints, metrics, best/, model/, results.json) as `train_and_evaluate` alone would, and
     equals that run to float32 rounding. Returns each run's results."""
-    return _fine_tune(list(configs), list(workdirs_), stacked=True)
+    return _fine_tune(list(configs), list(dirs), stacked=True)
 
 
 def check_stackable(configs, layout: sharding.Layout) -> None:
