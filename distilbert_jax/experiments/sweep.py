@@ -115,6 +115,7 @@ def run_sweep(args) -> list[str]:
 
 
 def point_config(path: str, point: dict, overrides: dict[str, str]):
+    """A grid point's config: the task's config with the sweep's overrides, lr and seed."""
     config = load_config(path, point["task"], overrides)
     config.lr, config.seed = point["lr"], point["seed"]
     return config
@@ -133,24 +134,24 @@ def groups(configs: list) -> list[list[int]]:
 def run_stacked(path: str, points: list[dict], overrides: dict[str, str], root: str) -> list[str]:
     """Trains the grid as stacked groups (one per set of shape-fixing fields, said in one line);
     finished points are kept (if of this config) and the rest of each group trains together."""
-    configs = [point_config(path, p, overrides) for p in points]
+    by_point = [point_config(path, p, overrides) for p in points]
     dirs = [run_dir(root, p) for p in points]
-    split = groups(configs)
+    split = groups(by_point)
     if len(split) > 1:
-        first = configs[split[0][0]].to_dict()
-        differ = sorted({k for g in split[1:] for k, v in configs[g[0]].to_dict().items()
+        first = by_point[split[0][0]].to_dict()
+        differ = sorted({k for g in split[1:] for k, v in by_point[g[0]].to_dict().items()
                          if k not in finetune.STACKED_FIELDS and first.get(k) != v})
         print(f"The {len(points)} points differ in {differ}, so they train as {len(split)} stacked "
-              f"groups: " + ", ".join(f"{configs[g[0]].task} ({len(g)} runs)" for g in split))
+              f"groups: " + ", ".join(f"{by_point[g[0]].task} ({len(g)} runs)" for g in split))
     for group in split:
         todo = []
         for i in group:
             if os.path.exists(os.path.join(dirs[i], "results.json")):
-                workdirs.check_resume(configs[i], dirs[i])  # a finished point is kept, if of this config
+                workdirs.check_resume(by_point[i], dirs[i])  # a finished point is kept, if of this config
             else:
                 todo.append(i)
         if todo:
-            finetune.train_and_evaluate_stacked([configs[i] for i in todo], [dirs[i] for i in todo])
+            finetune.train_and_evaluate_stacked([by_point[i] for i in todo], [dirs[i] for i in todo])
     return dirs
 
 
