@@ -66,8 +66,10 @@ def measure(k: int, stacked: bool, args, root: str) -> dict:
     wall = time.perf_counter() - started
     per_run = [r["steps_this_run"] / r["train_seconds_this_run"] for r in results]
     return {"k": k, "mode": "stacked" if stacked else "sequential", "wall_s": wall,
-            "compiles": COMPILES["all"] - before["all"], "step_compiles": COMPILES["step"] - before["step"],
-            "step_compile_s": COMPILES["step_s"] - before["step_s"], "updates_per_s_per_run": sum(per_run) / k,
+            "compiles": COMPILES["all"] - before["all"],
+            "step_compiles": COMPILES["step"] - before["step"],
+            "step_compile_s": COMPILES["step_s"] - before["step_s"],
+            "updates_per_s_per_run": sum(per_run) / k,
             "updates_per_s_all_runs": sum(per_run) if not stacked else k * per_run[0],
             "dev_accuracy": [r["eval"]["dev"]["accuracy"] for r in results]}
 

@@ -1,10 +1,9 @@
 """Device mesh, logical-axis rules, and placing params, train states and batches on the mesh.
 
 Sharding is declared once: every parameter and key activation carries logical axis names (see
-`layers.py`); rules (a config's `rules`, `RULES` by default) map those names to the mesh axes `data`, `fsdp` and `tensor`, and
-the optional `runs` axis, over which a stacked sweep spreads its runs (logical name `runs`, the
-leading axis of every stacked leaf). The mesh shape
-picks the strategy with the same rules: all devices on `data` is data parallel, on `fsdp` shards
+`layers.py`); rules (a config's `rules`, `RULES` by default) map those names to the mesh axes `data`, `fsdp` and `tensor`,
+and to the optional `runs` axis over which a stacked sweep spreads its runs (logical name `runs`,
+the leading axis of every stacked leaf). The mesh shape picks the strategy with the same rules: all devices on `data` is data parallel, on `fsdp` shards
 parameters and optimiser state, on `tensor` splits attention heads, FFN columns and the vocabulary.
 A dimension a mesh axis does not divide stays whole (e.g. a 30,522-row vocabulary on 4 devices).
 A `Layout` (mesh + rules) is the one value every job passes around to place things.

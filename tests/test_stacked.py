@@ -70,7 +70,8 @@ def test_stacked_runs_equal_the_runs_alone(tiny_model, data, tmp_path, monkeypat
             assert stacked[i].get(key) == alone.get(key), (i, key)
         assert len(step_metrics(dirs[i], "train/loss")) == alone["steps_this_run"]
         loss, metric, params = differences(dirs[i], str(tmp_path / f"alone{i}"))
-        print(f"run {i} (stopped at {alone.get('stopped_early_at')}): max |diff| loss {loss:.2e} dev metric {metric:.2e} params {params:.2e}")
+        print(f"run {i} (stopped at {alone.get('stopped_early_at')}): max |diff| loss {loss:.2e} "
+              f"dev metric {metric:.2e} params {params:.2e}")
         np.testing.assert_allclose(step_metrics(dirs[i], "train/loss"),
                                    step_metrics(str(tmp_path / f"alone{i}"), "train/loss"), rtol=1e-5)
         assert metric <= 1e-5 and params <= 1e-5, (i, metric, params)
@@ -99,7 +100,8 @@ def test_points_that_differ_in_shapes_fall_into_groups(tiny_model, data):
     cs = configs(tiny_model, data) + configs(tiny_model, data)
     cs[3].max_length = 32
     assert sweep.groups(cs) == [[0, 1, 2], [3]]
-    with pytest.raises(ConfigError, match=r"may differ only in \['seed', 'lr'\]; these also differ in \['max_length'\]"):
+    with pytest.raises(ConfigError, match=r"may differ only in \['seed', 'lr'\]; these also "
+                                          r"differ in \['max_length'\]"):
         finetune.check_stackable(cs, sharding.Layout.from_config(cs[0]))
 
 

@@ -62,7 +62,8 @@ def adamw(schedule: optax.Schedule, *, b1: float, b2: float, eps: float, weight_
     return tx
 
 
-def optimizer(config, total_steps: int, frozen=None, lr=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def optimizer(config, total_steps: int, frozen=None,
+              lr=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(AdamW, its learning-rate schedule) from a job's config: lr, warmup_steps (or warmup_ratio
     of `total_steps`), adam_b1/b2/eps, weight_decay, max_grad_norm. `lr` replaces config.lr (a
     traced value: each stacked run's own)."""
