@@ -16,7 +16,8 @@ from distilbert_jax.data.glue import SPECS
 
 TASKS = tuple(SPECS)
 # The sweep runner's default grid (--lrs and --seeds override it).
-SWEEP = {"lr": (2e-5, 3e-5, 5e-5), "seed": (42, 43, 44, 45, 46)}
+# stacked: the points of a task train together in one program (sweep run --stacked, docs/sweeps.md)
+SWEEP = {"lr": (2e-5, 3e-5, 5e-5), "seed": (42, 43, 44, 45, 46), "stacked": False}
 # Small tasks need more epochs to converge (as in the DistilBERT GLUE runs).
 EPOCHS = {"cola": 3, "sst2": 3, "mrpc": 5, "stsb": 5, "qqp": 3, "mnli": 3, "qnli": 3, "rte": 5, "wnli": 5}
 

@@ -1,8 +1,9 @@
 """Device mesh, logical-axis rules, and placing params, train states and batches on the mesh.
 
 Sharding is declared once: every parameter and key activation carries logical axis names (see
-`layers.py`); rules (a config's `rules`, `RULES` by default) map those names to the mesh axes `data`, `fsdp` and `tensor`. The mesh shape
-picks the strategy with the same rules: all devices on `data` is data parallel, on `fsdp` shards
+`layers.py`); rules (a config's `rules`, `RULES` by default) map those names to the mesh axes `data`, `fsdp` and `tensor`,
+and to the optional `runs` axis over which a stacked sweep spreads its runs (logical name `runs`,
+the leading axis of every stacked leaf). The mesh shape picks the strategy with the same rules: all devices on `data` is data parallel, on `fsdp` shards
 parameters and optimiser state, on `tensor` splits attention heads, FFN columns and the vocabulary.
 A dimension a mesh axis does not divide stays whole (e.g. a 30,522-row vocabulary on 4 devices).
 A `Layout` (mesh + rules) is the one value every job passes around to place things.
@@ -22,9 +23,11 @@ from distilbert_jax import modeling
 from distilbert_jax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+RUNS = "runs"  # the optional mesh axis of stacked runs (train/step.make_stacked_step)
 
 # (logical name, mesh axes); the first matching rule whose mesh axes are free wins.
 RULES: tuple[tuple[str, Any], ...] = (
+    ("runs", RUNS),  # stacked runs: each device group trains its own runs
     ("batch", ("data", "fsdp")),  # activations: the batch is split over every data-like axis
     ("length", None),
     ("act_embed", None),
@@ -47,17 +50,18 @@ PRESETS = {
     "tp": (("data", 1), ("fsdp", 1), ("tensor", -1)),
     "fsdp_tp": (("data", 1), ("fsdp", -1), ("tensor", 2)),
     "dp_tp": (("data", -1), ("fsdp", 1), ("tensor", 2)),
+    "runs": ((RUNS, -1), ("data", 1), ("fsdp", 1), ("tensor", 1)),  # stacked runs over every device
 }
 
 
 def make_mesh(shape: str | Sequence[tuple[str, int]] = "dp", devices=None) -> Mesh:
-    """A mesh from a preset name, "data:2,fsdp:-1,tensor:2", or (axis, size) pairs; one size may
-    be -1 (the remaining devices)."""
+    """A mesh from a preset name, "data:2,fsdp:-1,tensor:2" (optionally with "runs:N" first), or
+    (axis, size) pairs; one size may be -1 (the remaining devices)."""
     axes = _parse_mesh(shape)
     devices = np.asarray(jax.devices() if devices is None else devices)
     names = [name for name, _ in axes]
-    if sorted(names) != sorted(MESH_AXES):
-        raise ConfigError(f"mesh axes {names} must be exactly {list(MESH_AXES)}.")
+    if sorted(n for n in names if n != RUNS) != sorted(MESH_AXES) or names.count(RUNS) > 1:
+        raise ConfigError(f"mesh axes {names} must be exactly {list(MESH_AXES)}, optionally with {RUNS!r}.")
     sizes = [size for _, size in axes]
     if sizes.count(-1) > 1:
         raise ConfigError(f"mesh {axes}: at most one axis may be -1.")
@@ -123,6 +127,24 @@ class Layout:
     def batch(self) -> NamedSharding:
         """Batches split along their first axis over the mesh axes the rules give `batch`."""
         return NamedSharding(self.mesh, PartitionSpec(nn.logical_to_mesh_axes(("batch",), self.rules)[0]))
+
+    @property
+    def runs_ways(self) -> int:
+        """How many device groups stacked runs are spread over (1 on a mesh without a runs axis)."""
+        return int(self.mesh.shape.get(RUNS, 1))
+
+    def stacked(self, shardings):
+        """The shardings of a tree stacked on a new leading runs axis, each leaf otherwise placed
+        as `shardings` places it: the runs axis over the mesh axes the rules give `runs`."""
+        axes = nn.logical_to_mesh_axes(("runs",), self.rules)[0]
+        axes = axes if self.runs_ways > 1 and axes is not None else None
+        return jax.tree.map(lambda s: NamedSharding(self.mesh, PartitionSpec(axes, *s.spec)), shardings)
+
+    def put_stacked_batch(self, batch):
+        """`put_batch` for K batches stacked on a leading runs axis (rows on the second axis)."""
+        sharding = self.stacked(self.batch)
+        return jax.tree.map(lambda v: jax.make_array_from_process_local_data(
+            sharding, v, (v.shape[0], v.shape[1] * jax.process_count(), *v.shape[2:])), batch)
 
     @property
     def data_ways(self) -> int:

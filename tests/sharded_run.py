@@ -52,6 +52,32 @@ def run_distill(inputs, mesh_name, run_dir):
     return params, read_losses(run_dir, "distill/loss")
 
 
+def run_stacked(workdir, mesh, runs):
+    """`runs` stacked tiny runs (seeds 42.., lrs 1e-3 / (i + 1)) on `mesh`: (each run's params
+    keyed run<i>/<name>, {devices, losses of each run, stacked param specs, stacked batch spec})."""
+    inputs = os.path.join(workdir, "inputs")
+    config = tiny_config(make_tiny_model_dir(os.path.join(inputs, "model_in")),
+                         write_sst2(os.path.join(inputs, "SST-2")), "sst2", mesh=mesh, max_steps=6,
+                         checkpoint_every=2, log_every=1, save_model=False)
+    layout = sharding.Layout.from_config(config)
+    configs = []
+    for i in range(runs):
+        c = config.copy_and_resolve_references()
+        c.seed, c.lr = 42 + i, 1e-3 / (i + 1)
+        configs.append(c)
+    dirs = [os.path.join(workdir, "run", f"run{i}") for i in range(runs)]
+    finetune.train_and_evaluate_stacked(configs, dirs)
+    flat = {}
+    for i, (c, d) in enumerate(zip(configs, dirs)):
+        params = flax.traverse_util.flatten_dict(restore_params(c, d, layout), sep="/")
+        flat.update({f"run{i}/{k}": v for k, v in layout.to_host(params).items()})
+    model, _, _ = finetune.load_model(config, finetune.build_task(config), layout)
+    specs = flax.traverse_util.flatten_dict(layout.stacked(layout.params(model)), sep="/")
+    return flat, {"devices": jax.device_count(), "losses": [read_losses(d, "train/loss") for d in dirs],
+                  "specs": {k: [*v.spec] for k, v in specs.items()},
+                  "batch_spec": [*layout.stacked(layout.batch).spec]}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--mesh", default="dp")
@@ -62,11 +88,18 @@ def main():
     parser.add_argument("--num_processes", type=int, default=1)
     parser.add_argument("--process_id", type=int, default=0)
     parser.add_argument("--job", default="finetune", choices=("finetune", "distill"))
+    parser.add_argument("--runs", type=int, default=0, help="> 0: this many runs stacked (seeds 42..)")
     parser.add_argument("--layout", default="", choices=("", "padded", "packed"),
                         help="fine-tuning with dropout off in this layout, so both layouts agree")
     args = parser.parse_args()
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if args.runs:
+        flat, info = run_stacked(args.workdir, args.mesh, args.runs)
+        np.savez(args.out, **flat)
+        with open(args.out + ".json", "w") as f:
+            json.dump(info, f)
+        return
     inputs = os.path.join(args.workdir, f"inputs_{jax.process_index()}")
     run_dir = args.restore_from or os.path.join(args.workdir, "run")
     if args.job == "distill":

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 import os
 import queue
 import threading
 from typing import Any, Iterator, Sequence
 
+import jax
 import numpy as np
 
 from distilbert_jax.data.packing import Packer
@@ -161,22 +163,43 @@ def train_batches(features: Features, batch_size: int, seed: int, start_step: in
     padded to the bucket of the whole global batch so every process agrees on the shape. With a
     `packer`, the same batch is packed (see data/packing.py).
     """
-    _check_shares(batch_size, process)
-    per_epoch = len(features) // batch_size
-    if per_epoch == 0:
-        raise DataError(f"{len(features)} training rows cannot fill one batch of {batch_size}.")
+    _check_train_rows(features, batch_size, process)
     lengths = features.lengths()
-    step = start_step
-    while True:
-        epoch, index = divmod(step, per_epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(len(features))
-        rows = order[index * batch_size:(index + 1) * batch_size]
+    for step in itertools.count(start_step):
+        rows = batch_rows(len(features), batch_size, seed, step)
         length = bucket_for(int(lengths[rows].max()), buckets)
         if packer is None:
             yield collate(features, _share(rows, batch_size, process), length, pad_id)
         else:
             yield packer(collate(features, rows, length, pad_id), process)
-        step += 1
+
+
+def stacked_train_batches(features: Features, batch_size: int, seeds: Sequence[int], start_step: int,
+                          pad_id: int, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                          process: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
+    """The `train_batches` of one seed per stacked run, stacked on a leading runs axis: at each
+    step every run's own batch, all padded to the longest of their buckets (padding is masked out
+    of every loss, so only the summation order of the padded slots can differ)."""
+    _check_train_rows(features, batch_size, process)
+    lengths = features.lengths()
+    for step in itertools.count(start_step):
+        rows = [batch_rows(len(features), batch_size, seed, step) for seed in seeds]
+        length = max(bucket_for(int(lengths[r].max()), buckets) for r in rows)
+        batches = [collate(features, _share(r, batch_size, process), length, pad_id) for r in rows]
+        yield jax.tree.map(lambda *arrays: np.stack(arrays), *batches)
+
+
+def batch_rows(n_rows: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The rows of training batch `step` for `seed`: epoch e is the permutation drawn from (seed, e)."""
+    epoch, index = divmod(step, n_rows // batch_size)
+    order = np.random.default_rng([seed, epoch]).permutation(n_rows)
+    return order[index * batch_size:(index + 1) * batch_size]
+
+
+def _check_train_rows(features: Features, batch_size: int, process: tuple[int, int]) -> None:
+    _check_shares(batch_size, process)
+    if len(features) // batch_size == 0:
+        raise DataError(f"{len(features)} training rows cannot fill one batch of {batch_size}.")
 
 
 def eval_batches(features: Features, batch_size: int, pad_id: int,

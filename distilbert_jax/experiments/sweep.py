@@ -9,7 +9,9 @@ into the paper's Table 1 layout (median over seeds at the best learning rate per
 --lrs and --seeds default to the config file's SWEEP grid (configs/glue.py). `run` trains each grid
 point in sequence here through the same job dispatch as the command line (a finished run is
 skipped, an interrupted one resumes), or with --launcher=tpu prints one `launch/tpu.sh run` line per
-point to start on TPU VMs.
+point to start on TPU VMs. With --stacked
+(or SWEEP's `stacked`) the points of a task train together as runs stacked in one program, each in
+its own workdir exactly as alone (docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from distilbert_jax import configs, io, jobs
 from distilbert_jax.config import did_you_mean
 from distilbert_jax.metrics import glue_score
-from distilbert_jax.train import workdir as workdirs
+from distilbert_jax.train import finetune, workdir as workdirs
 
 # The split whose scores the table reports.
 MAIN_SPLIT = "dev"
@@ -101,6 +103,8 @@ def run_sweep(args) -> list[str]:
     if not lrs or not seeds:
         raise ValueError(f"{args.config} has no SWEEP grid: give --lrs and --seeds.")
     points = grid(tasks, lrs, seeds)
+    if args.launcher == "local" and (args.stacked or default.get("stacked", False)):
+        return run_stacked(args.config, points, overrides, args.root)
     dirs = []
     for point in points:
         workdir = run_dir(args.root, point)
@@ -111,9 +115,49 @@ def run_sweep(args) -> list[str]:
             print(" ".join(["launch/tpu.sh", "run", f"{args.config}:{point['task']}", workdir]
                            + [shlex.quote(f) for f in flags]))
             continue
-        config = load_config(args.config, point["task"], overrides)
-        config.lr, config.seed = point["lr"], point["seed"]
+        config = point_config(args.config, point, overrides)
         workdirs.run_once(jobs.run, config, workdir)  # a finished point is kept, if of this config
+    return dirs
+
+
+def point_config(path: str, point: dict, overrides: dict[str, str]):
+    """A grid point's config: the task's config with the sweep's overrides, lr and seed."""
+    config = load_config(path, point["task"], overrides)
+    config.lr, config.seed = point["lr"], point["seed"]
+    return config
+
+
+def groups(configs: list) -> list[list[int]]:
+    """The indices of `configs` grouped by every field but finetune.STACKED_FIELDS: each group
+    can train stacked."""
+    keyed: dict[str, list[int]] = {}
+    for i, c in enumerate(configs):
+        fields = {k: v for k, v in c.to_dict().items() if k not in finetune.STACKED_FIELDS}
+        keyed.setdefault(json.dumps(fields, sort_keys=True, default=str), []).append(i)
+    return list(keyed.values())
+
+
+def run_stacked(path: str, points: list[dict], overrides: dict[str, str], root: str) -> list[str]:
+    """Trains the grid as stacked groups (one per set of shape-fixing fields, said in one line);
+    finished points are kept (if of this config) and the rest of each group trains together."""
+    by_point = [point_config(path, p, overrides) for p in points]
+    dirs = [run_dir(root, p) for p in points]
+    split = groups(by_point)
+    if len(split) > 1:
+        first = by_point[split[0][0]].to_dict()
+        differ = sorted({k for g in split[1:] for k, v in by_point[g[0]].to_dict().items()
+                         if k not in finetune.STACKED_FIELDS and first.get(k) != v})
+        print(f"The {len(points)} points differ in {differ}, so they train as {len(split)} stacked "
+              f"groups: " + ", ".join(f"{by_point[g[0]].task} ({len(g)} runs)" for g in split))
+    for group in split:
+        todo = []
+        for i in group:
+            if os.path.exists(os.path.join(dirs[i], "results.json")):
+                workdirs.check_resume(by_point[i], dirs[i])  # a finished point is kept, if of this config
+            else:
+                todo.append(i)
+        if todo:
+            finetune.train_and_evaluate_stacked([by_point[i] for i in todo], [dirs[i] for i in todo])
     return dirs
 
 
@@ -194,6 +238,8 @@ def main(argv=None):
     r.add_argument("--seeds", default="", help="e.g. 42,43 (default: the config file's SWEEP seed)")
     r.add_argument("--root", required=True)
     r.add_argument("--launcher", choices=("local", "tpu"), default="local")
+    r.add_argument("--stacked", action="store_true",
+                   help="train the points of each task stacked in one program (docs/sweeps.md)")
     r.add_argument("--set", action="append", default=[],
                    help="field=value (or --config.field=value, as main takes it) for every run")
     t = sub.add_parser("table")

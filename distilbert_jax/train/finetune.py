@@ -7,6 +7,7 @@ resumed run ends with the same parameters as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -22,15 +23,16 @@ import numpy as np
 from distilbert_jax import hf, io, losses, modeling, sharding
 from distilbert_jax.configs import default
 from distilbert_jax.data import Features, Task, get_task
+from distilbert_jax.config import ConfigError
 from distilbert_jax.data.task import (DataError, collate, eval_batches, packer_for, prefetch,
-                                     train_batches)
+                                     stacked_train_batches, train_batches)
 from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import checks, loop, workdir as workdirs
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.checkpoint import Checkpoints
 from distilbert_jax.train.logging import MetricWriter, Progress
 from distilbert_jax.train.loop import TrainingError
-from distilbert_jax.train.step import make_step
+from distilbert_jax.train.step import make_stacked_step, make_step
 
 log = logging.getLogger(__name__)
 # The dj.pipeline task that applies a fine-tuned head to raw text (the model card shows it).
@@ -189,16 +191,61 @@ def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config
 
 # --- the jobs -------------------------------------------------------------------------------------------
 
+# Fields in which the runs of one stacked group may differ: values, not shapes (the seed draws the
+# new head, the data order and dropout; the lr is each run's own schedule).
+STACKED_FIELDS = ("seed", "lr")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Fine-tunes `config.model` on `config.task`, evaluating and checkpointing as configured.
 
     Every check (workdir, config, model, data) runs before the first write."""
-    workdirs.probe(workdir)
+    return _fine_tune([config], [workdir], stacked=False)[0]
+
+
+def train_and_evaluate_stacked(configs: list, dirs: list[str]) -> list[dict[str, Any]]:
+    """Fine-tunes K configs that differ only in STACKED_FIELDS as K runs stacked in one program
+    (one compiled step, the runs axis over the mesh's `runs` axis); each run writes its workdir
+    (checkpoints, metrics, best/, model/, results.json) as `train_and_evaluate` alone would, and
+    equals that run to float32 rounding. Returns each run's results."""
+    return _fine_tune(list(configs), list(dirs), stacked=True)
+
+
+def check_stackable(configs, layout: sharding.Layout) -> None:
+    """Refuses, in one sentence, configs that cannot train as one stacked group."""
+    first = {k: v for k, v in configs[0].to_dict().items() if k not in STACKED_FIELDS}
+    for c in configs[1:]:
+        other = {k: v for k, v in c.to_dict().items() if k not in STACKED_FIELDS}
+        if other != first:
+            fields = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+            raise ConfigError(f"stacked runs may differ only in {list(STACKED_FIELDS)}; these also "
+                              f"differ in {fields}.")
+    if configs[0].job != "finetune":
+        raise ConfigError(f"job={configs[0].job!r} cannot be stacked; only job='finetune' can.")
+    if configs[0].packing:
+        raise ConfigError("packing=True cannot be stacked yet (each run's batch packs into its "
+                          "own row count); stack with packing=False, or run the points unstacked.")
+    if len(configs) % layout.runs_ways:
+        raise ConfigError(
+            f"{len(configs)} stacked runs do not divide the mesh's runs axis of {layout.runs_ways} "
+            f"(mesh {dict(layout.mesh.shape)}); give a multiple of {layout.runs_ways} runs or a mesh "
+            "whose runs axis divides their number.")
+
+
+def _fine_tune(configs: list, dirs: list[str], stacked: bool) -> list[dict[str, Any]]:
+    """The fine-tuning job for one run (`stacked` False) or K runs stacked; see the two above."""
+    for directory in dirs:
+        workdirs.probe(directory)
+    config = configs[0]  # every field but STACKED_FIELDS is the same in each
     layout = sharding.Layout.from_config(config)
     checks.validate(config, layout)
-    workdirs.check_resume(config, workdir)
+    if stacked:
+        check_stackable(configs, layout)
+    for c, directory in zip(configs, dirs):
+        workdirs.check_resume(c, directory)
     task = build_task(config)
-    model, params, tokenizer = load_model(config, task, layout)
+    loaded = [load_model(c, task, layout) for c in configs]  # each run's new head from its seed
+    model, _, tokenizer = loaded[0]
     teacher = teacher_params = teacher_shardings = None
     if config.teacher:
         teacher, teacher_params, teacher_tokenizer = load_model(
@@ -216,86 +263,141 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f"batch of batch_size={config.batch_size}.")
     total_steps = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
     tx, schedule = train_state.optimizer(config, total_steps)
-    state, state_shardings = train_state.create(model, params, tx, config.seed, layout)
-    del params
+    created = [train_state.create(model, params, tx, c.seed, layout)
+               for (_, params, _), c in zip(loaded, configs)]
+    states, state_shardings = [state for state, _ in created], created[0][1]
+    del loaded, created
 
-    with Checkpoints(workdir, config.keep_checkpoints, task.metric_for_best) as checkpoints:
-        if checkpoints.latest_step() is not None:
-            state = checkpoints.restore(state)  # onto this run's shardings, whatever mesh wrote it
-            log.info("Resumed from %s at step %d", workdir, int(state.step))
-        workdirs.record(config, workdir)  # every check has passed: this start is on record
-        start = int(state.step)
+    with contextlib.ExitStack() as contexts:
+        checkpoints = [contexts.enter_context(Checkpoints(d, config.keep_checkpoints, task.metric_for_best))
+                       for d in dirs]
+        for i, (saved, directory) in enumerate(zip(checkpoints, dirs)):
+            if saved.latest_step() is not None:
+                states[i] = saved.restore(states[i])  # onto this run's shardings, whatever mesh wrote it
+                log.info("Resumed from %s at step %d", directory, int(states[i].step))
+        for c, directory in zip(configs, dirs):
+            workdirs.record(c, directory)  # every check has passed: this start is on record
+        starts = [int(state.step) for state in states]
         log.info("Fine-tuning %s on %s: %d training examples, %d steps (%.3g epochs) of %d, from "
-                 "step %d, on %d %s device(s), %s compute", config.model, task.name, len(train),
-                 total_steps, total_steps / steps_per_epoch, config.batch_size, start,
+                 "step %s, %s on %d %s device(s), %s compute", config.model, task.name, len(train),
+                 total_steps, total_steps / steps_per_epoch, config.batch_size,
+                 ",".join(map(str, starts)), f"{len(configs)} runs stacked" if stacked else "one run",
                  jax.device_count(), jax.devices()[0].platform, config.dtype)
         distillation = {"task_alpha": config.task_alpha, "distill_alpha": config.distill_alpha,
                         "temperature": config.distill_temperature}
-        train_step = make_step(loss_fn(model, task.head, teacher, distillation), tx, layout,
-                               state_shardings, config.grad_accum_steps, teacher_shardings,
-                               learning_rate=schedule)
+        loss = loss_fn(model, task.head, teacher, distillation)
         eval_step = make_eval_step(model, state_shardings.params, layout)
         process = (jax.process_index(), jax.process_count())
-        batches = prefetch(layout.put_batch(batch) for batch in train_batches(
-            train, config.batch_size, config.seed, start, tokenizer.pad_token_id,
-            tuple(config.buckets), process,
-            packer_for(config, layout.data_ways, config.grad_accum_steps)))
+        first = min(starts)
+        if stacked:
+            stacked_step = make_stacked_step(
+                loss, lambda lr: train_state.optimizer(config, total_steps, lr=lr), layout,
+                state_shardings, config.grad_accum_steps, teacher_shardings)
+            lrs = jax.device_put(np.array([c.lr for c in configs], np.float32),
+                                 layout.stacked(layout.replicated))
+            on = layout.stacked(layout.replicated)
+            step_fn = lambda state, batch, active: stacked_step(
+                state, teacher_params, batch, lrs, jax.device_put(active, on))
+            batches = prefetch(layout.put_stacked_batch(batch) for batch in stacked_train_batches(
+                train, config.batch_size, [c.seed for c in configs], first, tokenizer.pad_token_id,
+                tuple(config.buckets), process))
+            part = train_state.take(state_shardings, layout)
+            state = train_state.stack(states, state_shardings, layout)
+        else:
+            train_step = make_step(loss, tx, layout, state_shardings, config.grad_accum_steps,
+                                   teacher_shardings, learning_rate=schedule)
+            step_fn = lambda state, batch, active: train_step(state, teacher_params, batch)
+            batches = prefetch(layout.put_batch(batch) for batch in train_batches(
+                train, config.batch_size, config.seed, first, tokenizer.pad_token_id,
+                tuple(config.buckets), process,
+                packer_for(config, layout.data_ways, config.grad_accum_steps)))
+            part, state = None, states[0]
+        del states
         evaluate = lambda params, splits, predictions=None: evaluate_splits(
             eval_step, params, task, splits, config, tokenizer.pad_token_id, layout, model.config,
             predictions)
-        predictions_dir = os.path.join(workdir, "predictions")
-        final: dict[str, dict[str, float]] = {}
-
-        def evaluate_and_keep_best(state, step):
-            """Dev metrics (and best params); at the last step also test predictions and files."""
-            last = step == total_steps
-            scores = evaluate(state.params, {**evals, **tests} if last else evals,
-                              predictions_dir if last else None)
-            if scores:
-                checkpoints.save_best(step, state.params, next(iter(scores.values())))
-            if last:
-                final.update(scores)
-            return scores
-
         eval_every = config.eval_every or steps_per_epoch
-        patience = config.early_stopping_patience
-
-        def stop(step):  # from best/ on disk, so a resumed run decides as the first one did
-            best = checkpoints.best_step()
-            return patience > 0 and best is not None and step - best >= patience * eval_every
-
+        runs, finals = [], []
+        for saved, directory, start in zip(checkpoints, dirs, starts):
+            final: dict[str, dict[str, float]] = {}
+            runs.append(loop.Run(directory, saved, contexts.enter_context(MetricWriter(directory)),
+                                 Progress(total_steps, config.batch_size, start),
+                                 _keep_best(evaluate, saved, evals, tests, total_steps, final,
+                                            os.path.join(directory, "predictions")),
+                                 _early_stop(saved, config.early_stopping_patience, eval_every)))
+            finals.append(final)
         started = time.perf_counter()
-        with MetricWriter(workdir) as writer:
-            state = loop.run(
-                state, lambda state, batch: train_step(state, teacher_params, batch), batches,
-                loop.Schedule(total_steps, config.log_every, config.checkpoint_every, eval_every),
-                workdir=workdir, checkpoints=checkpoints, writer=writer,
-                progress=Progress(total_steps, config.batch_size, start),
-                evaluate=evaluate_and_keep_best, stop=stop)
+        state = loop.run_stacked(
+            state, step_fn, batches,
+            loop.Schedule(total_steps, config.log_every, config.checkpoint_every, eval_every),
+            runs, starts, part)
         train_seconds = time.perf_counter() - started
-        end = int(jax.device_get(state.step))
-        params, exported = state.params, end
-        if config.export == "best" and checkpoints.best_step() not in (None, end):
-            exported = checkpoints.best_step()
-            params = checkpoints.restore_best(state.params)
-            final = {}  # results and predictions describe the exported params
-        if not final:  # stopped early, finished before, or exporting the best: evaluate those params
-            final = evaluate(params, {**evals, **tests}, predictions_dir)
-        results = {"task": task.name, "head": task.head, "model": config.model, "total_steps": total_steps,
-                   "train_examples": len(train), "mesh": dict(layout.mesh.shape),
-                   "teacher": config.teacher or None, "eval": final, "exported_step": exported,
-                   "train_seconds_this_run": train_seconds, "steps_this_run": end - start}
-        if end < total_steps:
-            results["stopped_early_at"] = end
-        if checkpoints.best_step() is not None:
-            results["best_step"] = checkpoints.best_step()
-    if config.save_model:
-        params = layout.to_host(params)
-        if jax.process_index() == 0:
-            hf.save_pretrained(os.path.join(workdir, "model"), model, params, tokenizer)
-            io.write_text(os.path.join(workdir, "model", "README.md"), model_card(config, results))
-    workdirs.write_results(workdir, results)
+        exports, results = [], []
+        for i, (saved, directory, start) in enumerate(zip(checkpoints, dirs, starts)):
+            params, result = _finish(state if part is None else part(state, i), saved, evaluate,
+                                     {**evals, **tests}, finals[i], os.path.join(directory, "predictions"),
+                                     config.export)
+            end = result.pop("end")
+            result = {"task": task.name, "head": task.head, "model": config.model,
+                      "total_steps": total_steps, "train_examples": len(train),
+                      "mesh": dict(layout.mesh.shape), "teacher": config.teacher or None, **result,
+                      "train_seconds_this_run": train_seconds, "steps_this_run": end - start}
+            if end < total_steps:
+                result["stopped_early_at"] = end
+            if stacked:
+                result["stacked_runs"] = len(configs)
+            exports.append(params)
+            results.append(result)
+    for c, directory, params, result in zip(configs, dirs, exports, results):
+        if config.save_model:
+            params = layout.to_host(params)
+            if jax.process_index() == 0:
+                hf.save_pretrained(os.path.join(directory, "model"), model, params, tokenizer)
+                io.write_text(os.path.join(directory, "model", "README.md"), model_card(c, result))
+        workdirs.write_results(directory, result)
     return results
+
+
+def _keep_best(evaluate, checkpoints: Checkpoints, evals, tests, total_steps: int, final: dict,
+               predictions_dir: str) -> Callable:
+    """One run's in-loop evaluation: dev metrics (and best params); at the last step also test
+    predictions and files, kept in `final`."""
+    def evaluate_and_keep_best(state, step):
+        last = step == total_steps
+        scores = evaluate(state.params, {**evals, **tests} if last else evals,
+                          predictions_dir if last else None)
+        if scores:
+            checkpoints.save_best(step, state.params, next(iter(scores.values())))
+        if last:
+            final.update(scores)
+        return scores
+    return evaluate_and_keep_best
+
+
+def _early_stop(checkpoints: Checkpoints, patience: int, eval_every: int) -> Callable[[int], bool]:
+    """`stop(step)`, decided from best/ on disk so a resumed run decides as the first one did."""
+    def stop(step):
+        best = checkpoints.best_step()
+        return patience > 0 and best is not None and step - best >= patience * eval_every
+    return stop
+
+
+def _finish(state, checkpoints: Checkpoints, evaluate, splits, final: dict, predictions_dir: str,
+            export: str) -> tuple[Any, dict[str, Any]]:
+    """(the params model/ exports, the results they earn) for one run's final state: the best
+    evaluation's params under export="best", evaluated again unless the last evaluation was theirs."""
+    end = int(jax.device_get(state.step))
+    params, exported = state.params, end
+    if export == "best" and checkpoints.best_step() not in (None, end):
+        exported = checkpoints.best_step()
+        params = checkpoints.restore_best(state.params)
+        final = {}  # results and predictions describe the exported params
+    if not final:  # stopped early, finished before, or exporting the best: evaluate those params
+        final = evaluate(params, splits, predictions_dir)
+    result = {"eval": final, "exported_step": exported, "end": end}
+    if checkpoints.best_step() is not None:
+        result["best_step"] = checkpoints.best_step()
+    return params, result
 
 
 def model_card(config, results: dict) -> str:

@@ -30,6 +30,18 @@ class Schedule:
     evaluate_every: int = 0
 
 
+@dataclasses.dataclass
+class Run:
+    """One run's share of a loop: its workdir, checkpoints, metric writer and progress line, its
+    evaluation `(state, step) -> {split: metrics}` and its early stopping `stop(step) -> bool`."""
+    workdir: str
+    checkpoints: Checkpoints
+    writer: MetricWriter
+    progress: Progress
+    evaluate: Callable[[Any, int], dict[str, dict[str, float]]] | None = None
+    stop: Callable[[int], bool] | None = None
+
+
 def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, workdir: str,
         checkpoints: Checkpoints, writer: MetricWriter, progress: Progress,
         evaluate: Callable[[Any, int], dict[str, dict[str, float]]] | None = None,
@@ -45,48 +57,75 @@ def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, work
     checkpoint is preceded by such a fetch, so a non-finite loss, gradient norm or parameter norm
     stops the run before its state is saved, naming the step and the metric.
     """
-    pending: list[tuple[int, dict]] = []
+    return run_stacked(state, lambda state, batch, active: step_fn(state, batch), batches, schedule,
+                       [Run(workdir, checkpoints, writer, progress, evaluate, stop)],
+                       [int(jax.device_get(state.step))])
+
+
+def run_stacked(state, step_fn: Callable, batches: Iterator, schedule: Schedule, runs: list[Run],
+                starts: list[int], part: Callable[[Any, int], Any] | None = None):
+    """`run` for K runs held in one state: `step_fn(state, batch, active)` advances run i where
+    `active[i]` (a numpy bool per run), and `part(state, i)` is run i's own state (None: one run,
+    not stacked, which is the state itself). Run i starts at `starts[i]`; step s updates it only
+    while it is at step s-1 and has not stopped, so runs resumed at different steps catch up with
+    the others and an early-stopped run stops updating while the others go on. Each run logs,
+    evaluates, checkpoints and stops in its own workdir exactly as `run` describes."""
+    steps, pending = list(starts), []  # each run's step (known here), unfetched (step, active, metrics)
+    stopped = [r.stop is not None and r.stop(s) for r, s in zip(runs, steps)]
+    own = (lambda tree, i: tree) if part is None else part
+    metrics_of = (lambda m, i: m) if part is None else (lambda m, i: {k: v[i] for k, v in m.items()})
 
     def flush(step: int):
         fetched = jax.device_get(pending)
         pending.clear()
-        for s, metrics in fetched:
-            _check_finite(s, metrics, checkpoints, workdir)
-        if fetched:
-            mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
-            if "train/lr" in mean:
-                mean["train/lr"] = float(fetched[-1][1]["train/lr"])
-            mean.update(progress.rates(step))
-            if "batch/tokens" in mean:  # real (non-padding) tokens per step, from the step's metrics
-                mean["perf/tokens_per_sec"] = mean["batch/tokens"] * mean["perf/steps_per_sec"]
-            writer.write(step, mean)
-            progress.report(step, mean)
+        for i, r in enumerate(runs):
+            _report(step, [(s, metrics_of(m, i)) for s, active, m in fetched if active[i]], r)
 
-    start = int(jax.device_get(state.step))
-    if stop is not None and stop(start):
-        return state
-    for step in range(start + 1, schedule.total_steps + 1):
-        state, metrics = step_fn(state, next(batches))
-        pending.append((step, metrics))
+    first = min((s for s, done in zip(steps, stopped) if not done), default=schedule.total_steps)
+    for step in range(first + 1, schedule.total_steps + 1):
+        active = np.array([not done and s == step - 1 for s, done in zip(steps, stopped)])
+        state, metrics = step_fn(state, next(batches), active)
+        pending.append((step, active, metrics))
         last = step == schedule.total_steps
-        evaluated = False
         if step % schedule.log_every == 0 or last:
             flush(step)
-        if evaluate is not None and ((schedule.evaluate_every and step % schedule.evaluate_every == 0)
-                                     or last):
-            flush(step)
-            scores = evaluate(state, step)
-            writer.write(step, {f"eval/{s}/{k}": v for s, m in scores.items() for k, v in m.items()})
-            log.info("step %d eval %s", step, scores)
-            evaluated = True
-        stopping = evaluated and stop is not None and stop(step)
-        if step % schedule.checkpoint_every == 0 or last or stopping:
-            flush(step)
-            checkpoints.save(step, state)
-        if stopping:
-            log.info("step %d: no better evaluation for the patience given; stopping early", step)
+        for i in np.flatnonzero(active):
+            r = runs[i]
+            steps[i] = step
+            evaluated = False
+            if r.evaluate is not None and (
+                    (schedule.evaluate_every and step % schedule.evaluate_every == 0) or last):
+                flush(step)
+                scores = r.evaluate(own(state, i), step)
+                r.writer.write(step, {f"eval/{s}/{k}": v for s, m in scores.items() for k, v in m.items()})
+                log.info("step %d eval %s", step, scores)
+                evaluated = True
+            stopped[i] = evaluated and r.stop is not None and r.stop(step)
+            if step % schedule.checkpoint_every == 0 or last or stopped[i]:
+                flush(step)
+                r.checkpoints.save(step, own(state, i))
+            if stopped[i]:
+                log.info("step %d: no better evaluation for the patience given; stopping %s early",
+                         step, r.workdir)
+        if all(stopped):
             break
     return state
+
+
+def _report(step: int, fetched: list[tuple[int, dict]], r: Run) -> None:
+    """Checks one run's fetched step metrics and writes their mean over the window at `step`."""
+    for s, metrics in fetched:
+        _check_finite(s, metrics, r.checkpoints, r.workdir)
+    if not fetched:
+        return
+    mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
+    if "train/lr" in mean:
+        mean["train/lr"] = float(fetched[-1][1]["train/lr"])
+    mean.update(r.progress.rates(step))
+    if "batch/tokens" in mean:  # real (non-padding) tokens per step, from the step's metrics
+        mean["perf/tokens_per_sec"] = mean["batch/tokens"] * mean["perf/steps_per_sec"]
+    r.writer.write(step, mean)
+    r.progress.report(step, mean)
 
 
 def _check_finite(step: int, metrics: dict, checkpoints: Checkpoints, workdir: str) -> None:

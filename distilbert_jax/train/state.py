@@ -12,6 +12,7 @@ import flax.struct
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from distilbert_jax import modeling, sharding
 
@@ -61,11 +62,13 @@ def adamw(schedule: optax.Schedule, *, b1: float, b2: float, eps: float, weight_
     return tx
 
 
-def optimizer(config, total_steps: int, frozen=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def optimizer(config, total_steps: int, frozen=None,
+              lr=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(AdamW, its learning-rate schedule) from a job's config: lr, warmup_steps (or warmup_ratio
-    of `total_steps`), adam_b1/b2/eps, weight_decay, max_grad_norm."""
+    of `total_steps`), adam_b1/b2/eps, weight_decay, max_grad_norm. `lr` replaces config.lr (a
+    traced value: each stacked run's own)."""
     warmup = config.warmup_steps or int(config.warmup_ratio * total_steps)
-    schedule = linear_schedule(config.lr, total_steps, warmup)
+    schedule = linear_schedule(config.lr if lr is None else lr, total_steps, warmup)
     tx = adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, frozen=frozen)
     return tx, schedule
@@ -90,3 +93,16 @@ def create(model, params, tx: optax.GradientTransformation, seed: int,
                           rng=jax.random.PRNGKey(seed))
     state = jax.jit(build, out_shardings=placed)(jax.device_put(params, placed.params))
     return state, placed
+
+
+def stack(trees, shardings, layout: sharding.Layout):
+    """K trees placed like `shardings` as one tree stacked on a leading runs axis (Layout.stacked)."""
+    return jax.jit(lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees),
+                   out_shardings=layout.stacked(shardings))(list(trees))
+
+
+def take(shardings, layout: sharding.Layout):
+    """`(stacked tree, i) -> run i's tree`, placed like `shardings` (one run's placement): one
+    compiled program for every i (the index is a device scalar, put there explicitly)."""
+    jitted = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=shardings)
+    return lambda tree, i: jitted(tree, jax.device_put(np.int32(i), layout.replicated))
