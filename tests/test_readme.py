@@ -23,9 +23,7 @@ def test_readme_has_snippets():
 
 
 def test_docs_links_resolve():
-    """Every relative link of the README and docs names a file that exists (docs/export.md and
-    docs/sweeps.md excepted until their pages land)."""
-    pending = {"docs/export.md", "docs/sweeps.md"}
+    """Every relative link of the README and docs names a file that exists."""
     for page in PAGES:
         with open(page, encoding="utf-8") as f:
             links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", f.read())
@@ -33,8 +31,7 @@ def test_docs_links_resolve():
             if "://" in link:
                 continue
             target = os.path.normpath(os.path.join(os.path.dirname(page), link))
-            if os.path.relpath(target, ROOT) not in pending:
-                assert os.path.exists(target), f"{os.path.relpath(page, ROOT)} links to missing {link}"
+            assert os.path.exists(target), f"{os.path.relpath(page, ROOT)} links to missing {link}"
 
 
 @pytest.mark.parametrize("page, index", CASES)
