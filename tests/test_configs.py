@@ -80,5 +80,5 @@ def test_trainers_define_no_fields():
 
 def test_sweep_grid_lives_in_the_config_file_not_in_the_runs_config():
     module = load("glue.py")
-    assert module.SWEEP == {"lr": (2e-5, 3e-5, 5e-5), "seed": (42, 43, 44, 45, 46)}
+    assert module.SWEEP == {"lr": (2e-5, 3e-5, 5e-5), "seed": (42, 43, 44, 45, 46), "stacked": False}
     assert "sweep" not in module.get_config("rte")
