@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax import export, hf, modeling
+from distilbert_jax import hf, modeling
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import packing as packing_lib
 from distilbert_jax.data.task import bucket_for
@@ -78,6 +78,7 @@ class Pipeline:
         self.defaults = defaults
         self._check_options(defaults)
         self._fixed_shapes = True  # pad to a few shapes, each compiled once
+        from distilbert_jax import export  # here, so `python -m distilbert_jax.export` runs cleanly
         if isinstance(model, export.ExportedModel):
             if self.packing:
                 raise PipelineError(f"{directory} is an exported model: it takes whole rows, so "
@@ -827,6 +828,7 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
         raise PipelineError(f"Unknown task {task!r}; the tasks are {list(TASKS)}.")
     cls = PIPELINES[name]
     directory = None
+    from distilbert_jax import export
     if isinstance(model, (tuple, list)) and len(model) == 2 and isinstance(model[0], nn.Module):
         module, params = model
         if tokenizer is None:
@@ -862,6 +864,7 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
 
 def _check_exported_task(exported, directory: str, task: str, cls):
     """An exported graph serves the tasks of its head; feature tasks need the encoder's outputs."""
+    from distilbert_jax import export
     head = export.TASKS[exported.task][0]
     serves = head == "base" if cls.head is None else head == cls.head
     if not serves:
