@@ -127,14 +127,15 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
     directory, config, task = _source(model, task)
     head = TASKS[task][0]
     try:
-        module, params = _load_quietly(directory, head)
+        module, params = hf.load_quietly(directory, head)
     except (CheckpointError, ConfigError) as e:
         raise ExportError(str(e)) from None
     try:
         tokenizer = Tokenizer.from_pretrained(directory)
     except TokenizerError as e:
         raise ExportError(f"{model} has no usable tokenizer ({e}).") from None
-    settings = _sentence_transformers_settings(directory)
+    from distilbert_jax.pipelines import sentence_transformers_settings
+    settings = sentence_transformers_settings(directory)
     fn = graph_function(module, params, task, normalize=settings.get("normalize", False))
 
     with io.atomic_folder(output) as staging:
@@ -183,23 +184,6 @@ def _source(model: str, task: str | None):
         raise ExportError(f"{model} is {has}, which has no {head} head: --task={task} needs a "
                           f"{modeling.MODEL_CLASSES[config.model_type][head].__name__} checkpoint.")
     return directory, config, task
-
-
-def _load_quietly(directory: str, head: str):
-    """from_pretrained; an encoder taken out of a checkpoint with a head drops it without a warning."""
-    logger = logging.getLogger(hf.__name__)
-    level = logger.level
-    if head == "base":
-        logger.setLevel(logging.ERROR)
-    try:
-        return hf.from_pretrained(directory, head=head)
-    finally:
-        logger.setLevel(level)
-
-
-def _sentence_transformers_settings(directory: str) -> dict:
-    from distilbert_jax.pipelines import _sentence_transformers_settings as settings
-    return settings(directory)
 
 
 def _require_onnx_tools():

@@ -322,6 +322,18 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
     return model, flax.traverse_util.unflatten_dict(flat)
 
 
+def load_quietly(directory: str, head: str, dtype=jnp.float32):
+    """from_pretrained without the 'unused checkpoint tensors' warning when only the encoder of a
+    checkpoint with a head is wanted (head="base"), as transformers' AutoModel does."""
+    level = log.level
+    if head == "base":
+        log.setLevel(logging.ERROR)
+    try:
+        return from_pretrained(directory, head=head, dtype=dtype)
+    finally:
+        log.setLevel(level)
+
+
 def _is_encoder_key(key: str, family: str, config) -> bool:
     """Whether a missing tensor belongs to the encoder (an error) rather than a task head."""
     if family == "distilbert" and config.sinusoidal_pos_embds and "position_embeddings" in key:

@@ -731,7 +731,7 @@ class SentenceEmbeddingsPipeline(Pipeline):
     task, head = "sentence-embeddings", None
 
     def __init__(self, *args, directory=None, max_length=None, **kwargs):
-        settings = _sentence_transformers_settings(directory)
+        settings = sentence_transformers_settings(directory)
         super().__init__(*args, directory=directory,
                          max_length=max_length or settings.get("max_seq_length"), **kwargs)
         self.normalize_default = settings.get("normalize", False)
@@ -764,7 +764,7 @@ class SentenceEmbeddingsPipeline(Pipeline):
         return vectors[0].tolist() if single else vectors.tolist()
 
 
-def _sentence_transformers_settings(directory: str | None) -> dict:
+def sentence_transformers_settings(directory: str | None) -> dict:
     """max_seq_length and whether a Normalize module follows pooling, from a sentence-transformers
     checkpoint's files (an empty dict for a plain transformers checkpoint)."""
     if not directory:
@@ -850,7 +850,7 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
         if cls.head is not None:
             head = hf.head_from_architectures(config.model_type, architectures)
             _check_head(cls, (architectures or ["a bare encoder"])[0], head, os.fspath(model), task)
-        module, params = _load(directory, cls.head or "base", dtype)
+        module, params = hf.load_quietly(directory, cls.head or "base", dtype)
     else:
         raise PipelineError(f"model= takes a checkpoint directory, a hub id or a (module, params) "
                             f"pair, not {_describe(model)}.")
@@ -894,19 +894,6 @@ def _check_head(cls, what: str, head: str | None, where: str, task: str):
                             for f in ("distilbert", "bert"))
         raise PipelineError(f"{where} is {'a ' if what.startswith(('Distil', 'Bert')) else ''}{what}; "
                             f"the {task!r} pipeline needs a {needs} checkpoint.")
-
-
-def _load(directory: str, head: str, dtype):
-    """from_pretrained without the 'unused checkpoint tensors' warning when only the encoder of a
-    checkpoint with a head is wanted (feature extraction), as transformers' AutoModel does."""
-    logger = logging.getLogger(hf.__name__)
-    level = logger.level
-    if head == "base":
-        logger.setLevel(logging.ERROR)
-    try:
-        return hf.from_pretrained(directory, head=head, dtype=dtype)
-    finally:
-        logger.setLevel(level)
 
 
 def _describe(value) -> str:
