@@ -19,14 +19,16 @@ import numpy as np
 
 Dtype = jnp.dtype | type
 
+# Looked up in jax.nn at call time (not bound at import), so that a converter which intercepts
+# jax.nn's functions, as jax2onnx does, writes one native op (e.g. ONNX Gelu) instead of their parts.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": functools.partial(nn.gelu, approximate=False),  # torch's exact erf GELU
-    "gelu_new": functools.partial(nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(nn.gelu, approximate=True),
-    "relu": nn.relu,
-    "silu": nn.silu,
-    "swish": nn.silu,
-    "tanh": jnp.tanh,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # torch's exact erf GELU
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": lambda x: jax.nn.relu(x),
+    "silu": lambda x: jax.nn.silu(x),
+    "swish": lambda x: jax.nn.silu(x),
+    "tanh": lambda x: jnp.tanh(x),
 }
 
 # Logical names of activations, for `nn.with_logical_constraint` (distinct from the parameter names,
@@ -127,7 +129,10 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, keep: jax.Array,
                                            key_value_seq_lengths=lengths, implementation="cudnn")
     else:
         with jax.default_matmul_precision(precision or "default"):
-            out = jax.nn.dot_product_attention(q, k, v, mask=keep[:, None], implementation="xla")
+            # masked keys as an additive bias (the dtype's minimum), not a boolean mask: the same
+            # softmax, and exporters turn it into Add -> Softmax rather than a renormalisation
+            bias = jnp.where(keep[:, None], 0, jnp.finfo(q.dtype).min).astype(q.dtype)
+            out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="xla")
     return out.reshape(*out.shape[:2], -1)
 
 

@@ -113,20 +113,34 @@ def test_sentence_embeddings_are_mean_pooled_and_normalised(tmp_path, minilm_dir
     np.testing.assert_allclose(np.linalg.norm(graph["sentence_embedding"], axis=-1), 1.0, rtol=1e-5)
 
 
-def test_int8_is_dynamic_quantisation_with_the_keys_in_float(checkpoints, tmp_path):
+def test_the_graph_holds_native_gelu_and_an_additive_mask(checkpoints, tmp_path):
+    """What onnxruntime runs fast: one Gelu op per block, the padding added to the scores before
+    one Softmax (not a softmax renormalised by the mask afterwards)."""
+    out = export.export(checkpoints["distilbert_seqcls"], tmp_path / "f32", format="onnx")
+    nodes = onnx.load(os.path.join(out, "model.onnx")).graph.node
+    ops = [n.op_type for n in nodes]
+    layers = export.ExportedModel(out).config.n_layers
+    assert ops.count("Gelu") == ops.count("Softmax") == layers
+    assert "Erf" not in ops and "ReduceSum" not in ops
+    producer = {o: n.op_type for n in nodes for o in n.output}
+    assert {producer[n.input[0]] for n in nodes if n.op_type == "Softmax"} == {"Add"}
+
+
+def test_int8_quantises_every_dense_layer_per_channel_and_keeps_the_tables(checkpoints, tmp_path):
     source = checkpoints["distilbert_seqcls"]
     out = export.export(source, tmp_path / "int8", format="onnx", quantize="int8")
     full = export.export(source, tmp_path / "float32", format="onnx")
     graph = onnx.load(os.path.join(full, "model.onnx")).graph
     weights = {t.name for t in graph.initializer}
-    dense = [n.name for n in graph.node
-             if n.op_type in ("Gemm", "MatMul") and any(i in weights for i in n.input)]
-    # per block: q k v out lin1 lin2; then pre_classifier and classifier
-    keys = export._key_projections(os.path.join(full, "model.onnx"))
-    assert [dense.index(k) for k in keys] == [1, 7]
-    ops = [n.op_type for n in onnx.load(os.path.join(out, "model.onnx")).graph.node]
-    assert ops.count("MatMulInteger") == len(dense) - len(keys)
-    assert "DynamicQuantizeLinear" in ops
+    dense = [n for n in graph.node if n.op_type in ("Gemm", "MatMul") and any(i in weights for i in n.input)]
+    quantised = onnx.load(os.path.join(out, "model.onnx")).graph
+    ops = [n.op_type for n in quantised.node]
+    assert ops.count("MatMulInteger") == len(dense)  # per block q k v out lin1 lin2, then the head
+    assert "DynamicQuantizeLinear" in ops and "DequantizeLinear" not in ops  # tables stay float32
+    scales = {t.name: t for t in quantised.initializer if t.name.endswith("_scale")}
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    widths = sorted(shapes[next(i for i in n.input if i in weights)][-1] for n in dense)
+    assert sorted(t.dims[0] for t in scales.values() if len(t.dims) == 1) == widths  # per channel
     exported = export.ExportedModel(out)
     assert exported.manifest["quantize"] == "int8"
     arrays = export.check_inputs(exported.config, "text-classification", 4, 20)
