@@ -50,6 +50,42 @@ def dense(features: int, axes: tuple[str, str], *, stddev: float, dtype: Dtype,
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
 
 
+class Dropout(nn.Module):
+    """`nn.Dropout` whose mask does not depend on how the batch was padded: the bit at an element is
+    a function of the key and that element's index alone, whatever the sizes of `free_axes` (rows,
+    tokens). So a run's trajectory is the same whichever bucket its batch was padded to, and a run
+    stacked with others (padded to their longest bucket) draws what it draws alone."""
+    rate: float
+    free_axes: tuple[int, ...] | None = None  # None: all but the features (last); maps: (0, 2, 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate == 1.0:
+            return jnp.zeros_like(x)
+        keep = 1.0 - self.rate
+        free = tuple(range(x.ndim - 1)) if self.free_axes is None else self.free_axes
+        mask = padding_stable_bernoulli(self.make_rng("dropout"), keep, x.shape, free)
+        return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+def padding_stable_bernoulli(key: jax.Array, p: float, shape: tuple[int, ...],
+                             free_axes: tuple[int, ...]) -> jax.Array:
+    """Bernoulli(p) bits of `shape` whose value at an index does not change when a free axis grows.
+    Each free axis but the last folds its index into the key; the last leads the draw, where
+    Threefry's counter for its element i is i * (size of the rest) + j, whatever its own size."""
+    first, *rest = free_axes
+    if rest:
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(shape[first]))
+        inner = shape[:first] + shape[first + 1:]
+        inner_axes = tuple(a - 1 if a > first else a for a in rest)
+        bits = jax.vmap(lambda k: padding_stable_bernoulli(k, p, inner, inner_axes))(keys)
+        return jnp.moveaxis(bits, 0, first)
+    leading = (shape[first],) + shape[:first] + shape[first + 1:]
+    return jnp.moveaxis(jax.random.bernoulli(key, p, leading), 0, first)
+
+
 def layer_norm(eps: float, *, param_dtype: Dtype, name: str) -> nn.LayerNorm:
     """LayerNorm computed in float32 whatever the compute dtype."""
     return nn.LayerNorm(

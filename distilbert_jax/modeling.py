@@ -156,7 +156,7 @@ class _Base(nn.Module):
                               f"{ATTENTION_IMPLEMENTATIONS}.")
         if output_attentions or implementation == "explicit" or (dropout_rate and not deterministic):
             probs = layers.attention_probs(q, k, keep, self.precision)
-            dropped = nn.Dropout(dropout_rate)(probs, deterministic)
+            dropped = layers.Dropout(dropout_rate, free_axes=(0, 2, 3))(probs, deterministic)
             return layers.attend(dropped, v, self.precision), probs
         if implementation == "auto":
             flash = (jax.default_backend() == "gpu" and keep.shape[1] == 1
@@ -227,7 +227,7 @@ class DistilBertEmbeddings(_Base):
         positions = layers.embed(cfg.max_position_embeddings, cfg.dim, ("position", "embed"),
                                  name="position_embeddings", table=table, **common)(position_ids)
         x = self._layer_norm("LayerNorm")(words + positions)
-        x = nn.Dropout(cfg.dropout)(x, deterministic)
+        x = layers.Dropout(cfg.dropout)(x, deterministic)
         return layers.constrain(x.astype(self.dtype), layers.HIDDEN_AXES)
 
 
@@ -252,7 +252,7 @@ class FFN(_Base):
         h = self._dense(cfg.hidden_dim, ("embed", "mlp"), "lin1")(x)
         h = layers.constrain(layers.ACTIVATIONS[cfg.activation](h), layers.MLP_AXES)
         h = self._dense(cfg.dim, ("mlp", "embed"), "lin2")(h)
-        return nn.Dropout(cfg.dropout)(h, deterministic)
+        return layers.Dropout(cfg.dropout)(h, deterministic)
 
 
 class TransformerBlock(_Base):
@@ -328,7 +328,7 @@ class _DistilBertHead(_Base):
         """[CLS] -> pre_classifier -> ReLU -> dropout -> classifier (sequence and choice heads)."""
         cfg = self.config
         x = self._dense(cfg.dim, ("embed", "hidden"), "pre_classifier")(hidden[:, 0])
-        x = nn.Dropout(cfg.seq_classif_dropout)(nn.relu(x), deterministic)
+        x = layers.Dropout(cfg.seq_classif_dropout)(nn.relu(x), deterministic)
         return self._dense(num_outputs, ("embed", "classes"), "classifier")(x)
 
 
@@ -389,7 +389,7 @@ class DistilBertForTokenClassification(_DistilBertHead):
         cfg = self.config
         out = self.encode(input_ids, attention_mask, deterministic, output_hidden_states,
                           output_attentions, packing)
-        x = nn.Dropout(cfg.dropout)(out.last_hidden_state, deterministic)
+        x = layers.Dropout(cfg.dropout)(out.last_hidden_state, deterministic)
         logits = self._dense(cfg.num_labels, ("embed", "classes"), "classifier")(x)
         return LogitsOutput(logits, out.hidden_states, out.attentions)
 
@@ -414,7 +414,7 @@ class DistilBertForQuestionAnswering(_DistilBertHead):
         cfg = self.config
         out = self.encode(input_ids, attention_mask, deterministic, output_hidden_states,
                           output_attentions, packing)
-        x = nn.Dropout(cfg.qa_dropout)(out.last_hidden_state, deterministic)
+        x = layers.Dropout(cfg.qa_dropout)(out.last_hidden_state, deterministic)
         logits = _within_examples(self._dense(2, ("embed", "classes"), "qa_outputs")(x), packing)
         return QuestionAnsweringOutput(logits[..., 0], logits[..., 1], out.hidden_states,
                                        out.attentions)
@@ -473,7 +473,7 @@ class BertEmbeddings(_Base):
         types = layers.embed(cfg.type_vocab_size, cfg.hidden_size, ("token_types", "embed"),
                              name="token_type_embeddings", **common)(token_type_ids)
         x = self._layer_norm("LayerNorm")(words + positions + types)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic)
+        x = layers.Dropout(cfg.hidden_dropout_prob)(x, deterministic)
         return layers.constrain(x.astype(self.dtype), layers.HIDDEN_AXES)
 
 
@@ -495,7 +495,7 @@ class BertResidual(_Base):
     def __call__(self, x, residual, deterministic):
         cfg = self.config
         x = self._dense(cfg.hidden_size, self.features_axes, "dense")(x)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic)
+        x = layers.Dropout(cfg.hidden_dropout_prob)(x, deterministic)
         return self._layer_norm("LayerNorm")(x + residual).astype(self.dtype)
 
 
@@ -623,7 +623,7 @@ class _BertHead(_Base):
     def dropout(self, x, deterministic):
         cfg = self.config
         rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
-        return nn.Dropout(rate)(x, deterministic)
+        return layers.Dropout(rate)(x, deterministic)
 
 
 class BertForSequenceClassification(_BertHead):

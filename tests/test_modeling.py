@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import distilbert_jax as dj
+from distilbert_jax import layers
 from conftest import FIXTURES
 
 TINY = dj.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
@@ -89,6 +90,31 @@ def test_dropout_needs_a_key_and_is_reproducible():
     assert not np.allclose(run(jax.random.key(1)), run(jax.random.key(2)))
     eval_logits = model.apply({"params": params}, IDS, attention_mask=MASK).logits
     np.testing.assert_array_equal(eval_logits, model.apply({"params": params}, IDS, attention_mask=MASK).logits)
+
+
+@pytest.mark.parametrize("cls, cfg", [(dj.DistilBertForTokenClassification, TINY),
+                                      (dj.BertForTokenClassification, TINY_BERT)])
+def test_dropout_at_real_tokens_does_not_depend_on_the_padding(cls, cfg):
+    """Dropout's bits at an element depend on its index, not on how far the batch was padded (in
+    rows or tokens): a batch padded to a longer bucket, or stacked with longer batches, trains alike."""
+    model = cls(cfg.replace(num_labels=3))
+    params = model.init(jax.random.key(0), IDS)["params"]
+    run = lambda ids, mask: model.apply({"params": params}, ids, attention_mask=mask,
+                                        deterministic=False, rngs={"dropout": jax.random.key(1)}).logits
+    wider = jnp.zeros((3, 11), IDS.dtype).at[:2, :6].set(IDS)  # one more row, five more tokens
+    short, padded = run(IDS, MASK), run(wider, (wider != 0).astype(jnp.int32))
+    real = np.asarray(MASK, bool)
+    np.testing.assert_allclose(np.asarray(padded[:2, :6])[real], np.asarray(short)[real], rtol=1e-5, atol=1e-6)
+    off = model.apply({"params": params}, IDS, attention_mask=MASK).logits
+    assert not np.allclose(np.asarray(short)[real], np.asarray(off)[real])  # dropout is on
+
+
+def test_dropout_bits_at_an_index_stay_when_the_free_axes_grow():
+    key = jax.random.key(3)
+    small = layers.padding_stable_bernoulli(key, 0.9, (2, 3, 16, 16), (0, 2, 3))
+    large = layers.padding_stable_bernoulli(key, 0.9, (4, 3, 40, 48), (0, 2, 3))
+    np.testing.assert_array_equal(small, large[:2, :, :16, :16])
+    assert 0.8 < float(small.mean()) < 0.97  # keep probability 0.9 over 1,536 draws
 
 
 @pytest.mark.parametrize("cls, cfg", [

@@ -13,6 +13,7 @@ import pytest
 
 from distilbert_jax import sharding
 from distilbert_jax.config import ConfigError
+from distilbert_jax.data.task import batch_rows
 from distilbert_jax.experiments import sweep
 from distilbert_jax.train import finetune, loop
 import sharded_run
@@ -23,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Two seeds, two learning rates; patience 1, so the first run stops at step 4 on its own
 # evaluations while the other goes on. Every stacked run here (and sharded_run's reference) has
 # the same shapes and steps, so its step compiles once per session (conftest's compilation cache).
-POINTS = [(1, 1e-3), (2, 3e-2)]
+POINTS = [(3, 3e-3), (5, 3e-2)]
 
 
 def configs(tiny_model, data, **overrides):
@@ -52,6 +53,18 @@ def data(tmp_path_factory):
     return write_sst2(tmp_path_factory.mktemp("stacked") / "SST-2")
 
 
+LONG_ROWS = range(48, 52)  # train rows past the 16-token bucket, so batches fall in both buckets
+
+
+@pytest.fixture(scope="module")
+def mixed_lengths(tmp_path_factory):
+    directory = write_sst2(tmp_path_factory.mktemp("mixed") / "SST-2")
+    with open(os.path.join(directory, "train.tsv"), "a") as f:
+        for i in LONG_ROWS:
+            f.write(f"the movie was good , great , fine and {'very ' * (6 + i % 3)}good indeed .\t1\n")
+    return directory
+
+
 def test_stacked_runs_equal_the_runs_alone(tiny_model, data, tmp_path, monkeypatch):
     """... with the stacked loop held to jax.transfer_guard("disallow"), as test_step holds `run`."""
     real_run = loop.run_stacked
@@ -77,6 +90,28 @@ def test_stacked_runs_equal_the_runs_alone(tiny_model, data, tmp_path, monkeypat
         assert metric <= 1e-5 and params <= 1e-5, (i, metric, params)
         stopped.append("stopped_early_at" in alone)
     assert any(stopped) and not all(stopped), stopped  # one stops early while the others go on
+
+
+def test_runs_padded_to_another_runs_bucket_equal_the_runs_alone(tiny_model, mixed_lengths, tmp_path):
+    """At some step one run's batch holds a long row (bucket 48) and the other's does not (16 alone,
+    padded to 48 stacked), with dropout on: dropout's bits do not depend on the padding, so the
+    stacked runs still equal the runs alone."""
+    holds_long = [[bool(set(batch_rows(52, 8, seed, step)) & set(LONG_ROWS)) for step in range(6)]
+                  for seed, _ in POINTS]
+    assert any(a != b for a, b in zip(*holds_long)), holds_long
+    with open(os.path.join(tiny_model, "config.json")) as f:
+        config = json.load(f)
+    assert config["dropout"] > 0 and config["attention_dropout"] > 0
+    cs = configs(tiny_model, mixed_lengths, early_stopping_patience=0)
+    dirs = [str(tmp_path / f"stacked{i}") for i in range(len(cs))]
+    finetune.train_and_evaluate_stacked(cs, dirs)
+    for i, c in enumerate(cs):
+        finetune.train_and_evaluate(c, str(tmp_path / f"alone{i}"))
+        loss, metric, params = differences(dirs[i], str(tmp_path / f"alone{i}"))
+        print(f"run {i}: max |diff| loss {loss:.2e} dev metric {metric:.2e} params {params:.2e}")
+        np.testing.assert_allclose(step_metrics(dirs[i], "train/loss"),
+                                   step_metrics(str(tmp_path / f"alone{i}"), "train/loss"), rtol=1e-5)
+        assert metric <= 1e-5 and params <= 1e-5, (i, metric, params)
 
 
 def test_sweep_stacked_writes_each_point_as_alone_and_the_table(tiny_model, data, tmp_path, capsys):
