@@ -34,6 +34,8 @@ import numpy as np
 from distilbert_jax import hf, io, modeling
 from distilbert_jax.config import BertConfig, ConfigError
 from distilbert_jax.hf import CheckpointError
+from distilbert_jax.pipelines.loading import sentence_transformers_settings
+from distilbert_jax.pipelines.sentence_embeddings import l2_normalize, mean_pool
 from distilbert_jax.tokenizer import Tokenizer, TokenizerError
 
 FORMATS = {"onnx": "model.onnx", "stablehlo": "model.stablehlo"}
@@ -79,13 +81,10 @@ def graph_function(module, params, task: str, normalize: bool = False) -> Callab
 
     def forward(*arrays):
         out = module.apply({"params": params}, **dict(zip(names, arrays)))
-        if task == "sentence-embeddings":
-            mask = arrays[1].astype(jnp.float32)[..., None]
+        if task == "sentence-embeddings":  # the pooling the sentence-embeddings pipeline does
             hidden = out.last_hidden_state.astype(jnp.float32)
-            pooled = (hidden * mask).sum(1) / jnp.maximum(mask.sum(1), 1e-9)
-            if normalize:
-                pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
-            return hidden, pooled
+            pooled = mean_pool(hidden, arrays[1])
+            return hidden, l2_normalize(pooled) if normalize else pooled
         fields = {"last_hidden_state": getattr(out, "last_hidden_state", None)}
         fields.update({k: getattr(out, k, None) for k in ("logits", "start_logits", "end_logits")})
         return tuple(fields[k].astype(jnp.float32) for k in outputs)
@@ -134,7 +133,6 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
         tokenizer = Tokenizer.from_pretrained(directory)
     except TokenizerError as e:
         raise ExportError(f"{model} has no usable tokenizer ({e}).") from None
-    from distilbert_jax.pipelines import sentence_transformers_settings
     settings = sentence_transformers_settings(directory)
     fn = graph_function(module, params, task, normalize=settings.get("normalize", False))
 
