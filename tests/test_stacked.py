@@ -92,17 +92,19 @@ def test_stacked_runs_equal_the_runs_alone(tiny_model, data, tmp_path, monkeypat
     assert any(stopped) and not all(stopped), stopped  # one stops early while the others go on
 
 
-def test_runs_padded_to_another_runs_bucket_equal_the_runs_alone(tiny_model, mixed_lengths, tmp_path):
+@pytest.mark.parametrize("packing", [False, True])
+def test_runs_padded_to_another_runs_bucket_equal_the_runs_alone(tiny_model, mixed_lengths, tmp_path,
+                                                                packing):
     """At some step one run's batch holds a long row (bucket 48) and the other's does not (16 alone,
-    padded to 48 stacked), with dropout on: dropout's bits do not depend on the padding, so the
-    stacked runs still equal the runs alone."""
+    padded to 48 stacked; packed, rows of 48 either way but not as many), with dropout on:
+    dropout's bits do not depend on the padding, so the stacked runs still equal the runs alone."""
     holds_long = [[bool(set(batch_rows(52, 8, seed, step)) & set(LONG_ROWS)) for step in range(6)]
                   for seed, _ in POINTS]
     assert any(a != b for a, b in zip(*holds_long)), holds_long
     with open(os.path.join(tiny_model, "config.json")) as f:
         config = json.load(f)
     assert config["dropout"] > 0 and config["attention_dropout"] > 0
-    cs = configs(tiny_model, mixed_lengths, early_stopping_patience=0)
+    cs = configs(tiny_model, mixed_lengths, early_stopping_patience=0, packing=packing)
     dirs = [str(tmp_path / f"stacked{i}") for i in range(len(cs))]
     finetune.train_and_evaluate_stacked(cs, dirs)
     for i, c in enumerate(cs):
@@ -111,7 +113,10 @@ def test_runs_padded_to_another_runs_bucket_equal_the_runs_alone(tiny_model, mix
         print(f"run {i}: max |diff| loss {loss:.2e} dev metric {metric:.2e} params {params:.2e}")
         np.testing.assert_allclose(step_metrics(dirs[i], "train/loss"),
                                    step_metrics(str(tmp_path / f"alone{i}"), "train/loss"), rtol=1e-5)
-        assert metric <= 1e-5 and params <= 1e-5, (i, metric, params)
+        # packed, the stacked rows outnumber a run's own, so XLA sums its weight gradients over
+        # more slots in another order; Adam turns that rounding into up to 1% of an lr-sized step
+        # where a gradient nearly cancels (measured: 2.3e-5 on one element of lin1 at lr 3e-3)
+        assert metric <= 1e-5 and params <= (1e-4 if packing else 1e-5), (i, metric, params)
 
 
 def test_sweep_stacked_writes_each_point_as_alone_and_the_table(tiny_model, data, tmp_path, capsys):

@@ -103,19 +103,29 @@ class Packer:
         needed = max(first_fit_decreasing(sequence_lengths(mask), self.length)[2] for mask in blocks)
         return unit * round_up(-(-needed // unit))
 
-    def __call__(self, batch: dict, process: tuple[int, int] = (0, 1)) -> dict:
-        """This process's share of the global `batch` ({"inputs": ..., ...}), with its layout."""
+    def block_rows(self, batch: dict, process_count: int = 1) -> int:
+        """The row count every block of the global `batch` needs."""
+        n, masks = self._blocks(batch, process_count)
+        return self.rows_for(masks, self.data_ways // math.gcd(self.data_ways, n // self.micro_batches))
+
+    def __call__(self, batch: dict, process: tuple[int, int] = (0, 1), rows: int = 0) -> dict:
+        """This process's share of the global `batch` ({"inputs": ..., ...}), with its layout;
+        every block gets `rows` rows if that is more than it needs (runs stacked together)."""
         index, count = process
-        n = int(np.lcm(count, self.micro_batches))
-        masks = [share(batch, (b, n))["inputs"]["attention_mask"] for b in range(n)]
+        n, masks = self._blocks(batch, count)
         per_micro = n // self.micro_batches  # blocks that make up one micro-batch
-        rows = self.rows_for(masks, self.data_ways // math.gcd(self.data_ways, per_micro))
+        rows = max(rows, self.block_rows(batch, count))
         mine = range(index * n // count, (index + 1) * n // count)
         blocks = [layout(masks[b], rows, self.length, first_row=(b % per_micro) * rows) for b in mine]
         local = share(batch, process)
         local["inputs"]["packing"] = {k: np.concatenate([block[k] for block in blocks])
                                       for k in blocks[0]}
         return local
+
+    def _blocks(self, batch: dict, process_count: int) -> tuple[int, list[np.ndarray]]:
+        """The blocks' count and attention masks: one block per (process, micro-batch)."""
+        n = int(np.lcm(process_count, self.micro_batches))
+        return n, [share(batch, (b, n))["inputs"]["attention_mask"] for b in range(n)]
 
 
 def share(batch, process: tuple[int, int]):

@@ -176,16 +176,23 @@ def train_batches(features: Features, batch_size: int, seed: int, start_step: in
 
 def stacked_train_batches(features: Features, batch_size: int, seeds: Sequence[int], start_step: int,
                           pad_id: int, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                          process: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
+                          process: tuple[int, int] = (0, 1),
+                          packer: Packer | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The `train_batches` of one seed per stacked run, stacked on a leading runs axis: at each
-    step every run's own batch, all padded to the longest of their buckets (padding is masked out
-    of every loss, so only the summation order of the padded slots can differ)."""
+    step every run's own batch, all padded to the longest of their buckets (and, packed, to the
+    most rows any of them needs). Padding is masked out of every loss and does not move dropout's
+    bits, so only the summation order of the padded slots can differ."""
     _check_train_rows(features, batch_size, process)
     lengths = features.lengths()
     for step in itertools.count(start_step):
         rows = [batch_rows(len(features), batch_size, seed, step) for seed in seeds]
         length = max(bucket_for(int(lengths[r].max()), buckets) for r in rows)
-        batches = [collate(features, _share(r, batch_size, process), length, pad_id) for r in rows]
+        if packer is None:
+            batches = [collate(features, _share(r, batch_size, process), length, pad_id) for r in rows]
+        else:
+            whole = [collate(features, r, length, pad_id) for r in rows]
+            most = max(packer.block_rows(b, process[1]) for b in whole)
+            batches = [packer(b, process, rows=most) for b in whole]
         yield jax.tree.map(lambda *arrays: np.stack(arrays), *batches)
 
 

@@ -222,9 +222,10 @@ def check_stackable(configs, layout: sharding.Layout) -> None:
                               f"differ in {fields}.")
     if configs[0].job != "finetune":
         raise ConfigError(f"job={configs[0].job!r} cannot be stacked; only job='finetune' can.")
-    if configs[0].packing:
-        raise ConfigError("packing=True cannot be stacked yet (each run's batch packs into its "
-                          "own row count); stack with packing=False, or run the points unstacked.")
+    if configs[0].packing and configs[0].grad_accum_steps > 1:
+        raise ConfigError("packing=True with grad_accum_steps > 1 cannot be stacked (a micro-batch's "
+                          "rows would move with the other runs' row counts); stack with one of them "
+                          "off, or run the points unstacked.")
     if len(configs) % layout.runs_ways:
         raise ConfigError(
             f"{len(configs)} stacked runs do not divide the mesh's runs axis of {layout.runs_ways} "
@@ -300,7 +301,7 @@ def _fine_tune(configs: list, dirs: list[str], stacked: bool) -> list[dict[str, 
                 state, teacher_params, batch, lrs, jax.device_put(active, on))
             batches = prefetch(layout.put_stacked_batch(batch) for batch in stacked_train_batches(
                 train, config.batch_size, [c.seed for c in configs], first, tokenizer.pad_token_id,
-                tuple(config.buckets), process))
+                tuple(config.buckets), process, packer_for(config, layout.data_ways)))
             part = train_state.take(state_shardings, layout)
             state = train_state.stack(states, state_shardings, layout)
         else:
