@@ -4,10 +4,9 @@ side by side in one run: K = 1, 2, 4, 5 runs of all-MiniLM-L6-v2 on the packaged
     python benchmarks/stacked_sweep.py --steps=93 --out=benchmarks/results/stacked_sweep_cpu.json
     python benchmarks/stacked_sweep.py --steps=2 --ks=1,2 --eval_limit=32 --out=/tmp/check.json  # quick check
 
-Each run is configs/smoke.py (batch 32, max length 64, lr 1e-4 with warmup) with seeds 0..K-1,
-unpacked on both sides (stacking does not take packed batches yet), evaluated on dev at the end,
-no model export. "wall" is the whole sweep including model loading, compilation and evaluation;
-"compiles" counts every XLA compilation in it (steps, evaluation shapes, small helpers), and
+Each run is configs/smoke.py as it is (batch 32, max length 64, packed, lr 1e-4 with warmup)
+with seeds 0..K-1, evaluated on dev at the end, no model export. "wall" is the whole sweep
+including model loading, compilation and evaluation; "compiles" counts every XLA compilation in it (steps, evaluation shapes, small helpers), and
 in brackets those of the training step (one per padded batch length met), with their seconds;
 "updates/s per run" is each run's steps over the seconds of its training loop (the loop's
 compilation and its last-step evaluation included), and "all runs" is K times that for stacked.
@@ -48,7 +47,7 @@ def point_configs(k: int, args) -> list:
     out = []
     for seed in range(k):
         c = sweep.load_config("configs/smoke.py", "", {})
-        c.update(seed=seed, packing=False, max_steps=args.steps, save_model=False,
+        c.update(seed=seed, max_steps=args.steps, save_model=False,
                  log_every=max(args.steps, 1), checkpoint_every=max(args.steps, 1),
                  limit_eval_examples=args.eval_limit)
         out.append(c)
