@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax import hf, modeling
+from distilbert_jax import hf, models
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import packing as packing_lib
 from distilbert_jax.data.task import bucket_for
@@ -57,7 +57,7 @@ class Pipeline:
     `_exported_outputs` to the same arrays `_forward` gives."""
 
     task: str = ""
-    head: str | None = None  # the head (modeling.MODEL_CLASSES key) the task needs; None: any
+    head: str | None = None  # the head (models.MODEL_CLASSES key) the task needs; None: any
     per_token: tuple[str, ...] = ()  # outputs with a token axis, cut to each row's length
 
     def __init__(self, model: nn.Module, params, tokenizer: Tokenizer, *, directory: str | None = None,
@@ -70,7 +70,7 @@ class Pipeline:
         self.max_length = int(max_length or min(tokenizer.model_max_length,
                                                 model.config.max_position_embeddings))
         try:
-            modeling.check_fits(model.config, directory or "the model", self.max_length, tokenizer.vocab_size)
+            models.check_fits(model.config, directory or "the model", self.max_length, tokenizer.vocab_size)
         except ConfigError as e:
             raise PipelineError(str(e)) from None
         self.buckets = tuple(sorted({b for b in buckets if b < self.max_length} | {self.max_length}))
@@ -91,7 +91,7 @@ class Pipeline:
     # --- what subclasses define ----------------------------------------------------------------
     def _forward(self, params, batch: dict) -> dict:
         """The traced computation: batch (padded arrays) -> dict of output arrays."""
-        inputs = modeling.model_inputs(self.model, batch)
+        inputs = models.model_inputs(self.model, batch)
         out = self.model.apply({"params": params}, **inputs)
         return {"logits": out.logits}
 
@@ -214,7 +214,7 @@ class FillMaskPipeline(Pipeline):
 
     def _forward(self, params, batch):
         positions = batch.pop("positions")
-        inputs = modeling.model_inputs(self.model, batch)
+        inputs = models.model_inputs(self.model, batch)
         out = self.model.apply({"params": params}, **inputs, logit_positions=positions.reshape(-1))
         return {"mask_logits": out.logits.reshape(*positions.shape, -1)}
 
@@ -594,7 +594,7 @@ class QuestionAnsweringPipeline(Pipeline):
         return results[0] if single else results
 
     def _forward(self, params, batch):
-        out = self.model.apply({"params": params}, **modeling.model_inputs(self.model, batch))
+        out = self.model.apply({"params": params}, **models.model_inputs(self.model, batch))
         return {"start_logits": out.start_logits, "end_logits": out.end_logits}
 
     def _exported_outputs(self, outputs, batch):
@@ -705,7 +705,7 @@ class FeatureExtractionPipeline(Pipeline):
         return {"return_tensors"}
 
     def _forward(self, params, batch):
-        out = self.model.apply({"params": params}, **modeling.model_inputs(self.model, batch))
+        out = self.model.apply({"params": params}, **models.model_inputs(self.model, batch))
         return {"last_hidden_state": out.last_hidden_state}
 
     def _exported_outputs(self, outputs, batch):
@@ -740,7 +740,7 @@ class SentenceEmbeddingsPipeline(Pipeline):
         return {"normalize", "return_tensors"}
 
     def _forward(self, params, batch):
-        out = self.model.apply({"params": params}, **modeling.model_inputs(self.model, batch))
+        out = self.model.apply({"params": params}, **models.model_inputs(self.model, batch))
         mask = batch["attention_mask"].astype(jnp.float32)[..., None]
         hidden = out.last_hidden_state.astype(jnp.float32)
         pooled = (hidden * mask).sum(1) / jnp.maximum(mask.sum(1), 1e-9)
@@ -818,7 +818,7 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
     directory. batch_size: texts per forward pass; buckets: the padded lengths (capped at the
     model's positions); max_length: tokens per text (default: the tokenizer's and model's limit).
     dtype: the compute dtype of a loaded checkpoint (e.g. jnp.bfloat16). matmul_precision: the
-    model's (`modeling`: "auto", true float32 for float32 compute, or "high" to allow TF32 on a
+    model's (`models`: "auto", true float32 for float32 compute, or "high" to allow TF32 on a
     GPU); None keeps a given module's own, and "auto" for a loaded checkpoint. packing: several
     texts share a row (data/packing.py), so padding is not computed; outputs are unchanged.
     Other keyword arguments are defaults for every call (e.g. top_k=3, aggregation_strategy="simple").
@@ -874,13 +874,13 @@ def _check_exported_task(exported, directory: str, task: str, cls):
 
 def _head_of(module: nn.Module) -> str | None:
     family = module.config.model_type
-    return next((h for h, c in modeling.MODEL_CLASSES[family].items() if isinstance(module, c)), None)
+    return next((h for h, c in models.MODEL_CLASSES[family].items() if isinstance(module, c)), None)
 
 
 def _encoder_of(module: nn.Module, params):
     """The bare encoder (module, params) of a model with or without a head."""
     family = module.config.model_type
-    encoder = modeling.MODEL_CLASSES[family]["base"]
+    encoder = models.MODEL_CLASSES[family]["base"]
     if isinstance(module, encoder):
         return module, params
     params = params[family]
@@ -890,7 +890,7 @@ def _encoder_of(module: nn.Module, params):
 
 def _check_head(cls, what: str, head: str | None, where: str, task: str):
     if head != cls.head:
-        needs = " or ".join(modeling.MODEL_CLASSES[f][cls.head].__name__
+        needs = " or ".join(models.MODEL_CLASSES[f][cls.head].__name__
                             for f in ("distilbert", "bert"))
         raise PipelineError(f"{where} is {'a ' if what.startswith(('Distil', 'Bert')) else ''}{what}; "
                             f"the {task!r} pipeline needs a {needs} checkpoint.")
