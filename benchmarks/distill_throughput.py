@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax import hf, modeling, sharding, student
+from distilbert_jax import hf, models, sharding, student
 from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import distill
 from distilbert_jax.train import state as train_state
@@ -110,8 +110,8 @@ def run_torch(args, restrict: bool) -> float:
     our_teacher, _ = hf.from_pretrained(directory, head="base")
     cfg = student.student_config(our_teacher.config, args.student_layers)
     with tempfile.TemporaryDirectory() as tmp:  # the same student architecture, via our export
-        model = modeling.DistilBertForMaskedLM(cfg)
-        hf.save_pretrained(tmp, model, modeling.init_params(model))
+        model = models.DistilBertForMaskedLM(cfg)
+        hf.save_pretrained(tmp, model, models.init_params(model))
         student_model = transformers.DistilBertForMaskedLM.from_pretrained(tmp, attn_implementation="eager")
     student_model.train()
     optimizer = torch.optim.AdamW(student_model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6,

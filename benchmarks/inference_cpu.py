@@ -30,7 +30,7 @@ import time
 import jax
 import numpy as np
 
-from distilbert_jax import export, hf, modeling
+from distilbert_jax import export, hf, models
 from distilbert_jax.config import DistilBertConfig
 from distilbert_jax.data.task import bucket_for
 from distilbert_jax.tokenizer import Tokenizer
@@ -193,8 +193,8 @@ def main():
                     hf.save_pretrained(directory, module, params, Tokenizer.from_pretrained(hf.packaged_minilm()))
             else:
                 directory, trained = os.path.join(work, "distilbert-base"), False
-                module = modeling.DistilBertForSequenceClassification(DistilBertConfig(num_labels=2))
-                hf.save_pretrained(directory, module, modeling.init_params(module),
+                module = models.DistilBertForSequenceClassification(DistilBertConfig(num_labels=2))
+                hf.save_pretrained(directory, module, models.init_params(module),
                                    Tokenizer.from_pretrained(hf.packaged_minilm()))
             tokenizer = Tokenizer.from_pretrained(directory)
             weights = os.path.getsize(os.path.join(directory, "model.safetensors"))

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 import distilbert_jax as dj
-from distilbert_jax import modeling, sharding
+from distilbert_jax import models, sharding
 from distilbert_jax.train import finetune
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.step import make_step
@@ -34,8 +34,8 @@ def tx():
 
 def bytes_per_device(model, mesh) -> float:
     shardings = train_state.shardings(model, tx(), sharding.Layout(mesh, sharding.RULES))
-    abstract = jax.eval_shape(tx().init, modeling.abstract_params(model))
-    abstract = (modeling.abstract_params(model), abstract)
+    abstract = jax.eval_shape(tx().init, models.abstract_params(model))
+    abstract = (models.abstract_params(model), abstract)
     shardings = (shardings.params, shardings.opt_state)
     # every logical box holds exactly one array, so the two trees' leaves pair up one to one
     return sum(int(np.prod(where.shard_shape(leaf.shape))) * leaf.dtype.itemsize
@@ -47,7 +47,7 @@ def step_time(mesh, steps: int = 5) -> float:
     model = dj.DistilBertForSequenceClassification(cfg)
     optimizer = tx()
     layout = sharding.Layout(mesh, sharding.RULES)
-    state, shardings = train_state.create(model, modeling.init_params(model), optimizer, 0, layout)
+    state, shardings = train_state.create(model, models.init_params(model), optimizer, 0, layout)
     step = make_step(finetune.loss_fn(model, "sequence_classification"), optimizer, layout, shardings)
     rng = np.random.default_rng(0)
     batch = {"inputs": {"input_ids": rng.integers(0, 8192, (32, 128)).astype(np.int32),

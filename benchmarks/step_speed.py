@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from distilbert_jax import hf, modeling, sharding, student  # noqa: E402
+from distilbert_jax import hf, models, sharding, student  # noqa: E402
 from distilbert_jax.config import BertConfig, DistilBertConfig  # noqa: E402
 from distilbert_jax.train import distill, finetune  # noqa: E402
 from distilbert_jax.train import state as train_state  # noqa: E402
@@ -82,7 +82,7 @@ def batch_of(config, batch: int, length: int, seed: int = 0) -> dict:
 
 
 def run_jax(config, params, dtype: str, batch: int, length: int, args) -> dict:
-    model = modeling.DistilBertForSequenceClassification(config, dtype=DTYPES[dtype])
+    model = models.DistilBertForSequenceClassification(config, dtype=DTYPES[dtype])
     layout = sharding.Layout(sharding.make_mesh("dp", jax.devices()[:1]), sharding.RULES)
     recipe = finetune.default_config()
     tx, _ = train_state.optimizer(recipe, 1000)
@@ -136,11 +136,11 @@ def run_torch(directory: str, dtype: str, batch: int, length: int, args, compile
 
 def run_distillation(batch: int, length: int, args) -> float:
     """Seconds per distillation update: BERT-base teacher (frozen) -> 6-layer student, triple loss."""
-    teacher = modeling.BertForMaskedLM(BertConfig())
-    teacher_params = modeling.init_params(teacher)
+    teacher = models.BertForMaskedLM(BertConfig())
+    teacher_params = models.init_params(teacher)
     cfg = student.student_config(teacher.config, 6)
-    model = modeling.DistilBertForMaskedLM(cfg, dtype=DTYPES[args.distill_dtype])
-    params, _ = student.init_from_teacher(modeling.init_params(model), teacher_params,
+    model = models.DistilBertForMaskedLM(cfg, dtype=DTYPES[args.distill_dtype])
+    params, _ = student.init_from_teacher(models.init_params(model), teacher_params,
                                           student.teacher_layers(12, 6))
     layout = sharding.Layout(sharding.make_mesh("dp", jax.devices()[:1]), sharding.RULES)
     recipe = distill.default_config()
@@ -177,8 +177,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     config = DistilBertConfig()
-    init = modeling.DistilBertForSequenceClassification(config)
-    params = modeling.init_params(init, seed=0)
+    init = models.DistilBertForSequenceClassification(config)
+    params = models.init_params(init, seed=0)
     peaks = {d: measured_peak(DTYPES[d], args.peak_size) for d in args.dtypes.split(",")}
     if any(side.startswith("torch") for side in args.sides.split(",")):  # the faster of the two
         peaks = {d: max(p, torch_peak(d, args.peak_size)) for d, p in peaks.items()}

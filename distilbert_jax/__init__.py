@@ -2,7 +2,7 @@
 
 from distilbert_jax.config import BertConfig, ConfigError, DistilBertConfig
 from distilbert_jax.hf import CheckpointError, from_pretrained, save_pretrained
-from distilbert_jax.modeling import (
+from distilbert_jax.models import (
     BertForMaskedLM,
     BertForMultipleChoice,
     BertForQuestionAnswering,

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax import hf, io, modeling
+from distilbert_jax import hf, io, models
 from distilbert_jax.config import BertConfig, ConfigError
 from distilbert_jax.hf import CheckpointError
 from distilbert_jax.pipelines.loading import sentence_transformers_settings
@@ -180,7 +180,7 @@ def _source(model: str, task: str | None):
     if head != "base" and head != own:
         has = (architectures or ["a bare encoder"])[0]
         raise ExportError(f"{model} is {has}, which has no {head} head: --task={task} needs a "
-                          f"{modeling.MODEL_CLASSES[config.model_type][head].__name__} checkpoint.")
+                          f"{models.MODEL_CLASSES[config.model_type][head].__name__} checkpoint.")
     return directory, config, task
 
 

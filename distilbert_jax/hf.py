@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from distilbert_jax import io, modeling
+from distilbert_jax import io, models
 from distilbert_jax.config import ConfigError, config_from_dict
 
 log = logging.getLogger(__name__)
@@ -256,12 +256,12 @@ def head_from_architectures(family: str, architectures: list[str] | None) -> str
     arch = architectures[0]
     if arch in _ARCHITECTURE_ALIASES:
         return _ARCHITECTURE_ALIASES[arch]
-    for head, cls in modeling.MODEL_CLASSES[family].items():
+    for head, cls in models.MODEL_CLASSES[family].items():
         if cls.__name__ == arch:
             return head
     raise CheckpointError(
         f"architecture {arch!r} in config.json is not supported; pass head= one of "
-        f"{sorted(modeling.MODEL_CLASSES[family])}.")
+        f"{sorted(models.MODEL_CLASSES[family])}.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,9 +275,9 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
     """Loads a DistilBERT or BERT checkpoint (local directory or hub id) -> (model, params).
 
     The head comes from config.json's `architectures` unless `head` names one of
-    `modeling.MODEL_CLASSES[family]`. Parameters the checkpoint lacks for the head (e.g. a fresh classifier)
+    `models.MODEL_CLASSES[family]`. Parameters the checkpoint lacks for the head (e.g. a fresh classifier)
     are initialised with `seed` and reported; any missing encoder tensor or shape mismatch is an error.
-    `dtype`, `param_dtype` and `matmul_precision` are the model's numerics (see `modeling`).
+    `dtype`, `param_dtype` and `matmul_precision` are the model's numerics (see `models`).
     `config_overrides` replace config fields (e.g. dropout=0.0). `shardings(model)` may return
     where each param goes (e.g. `sharding.Layout.params`); by default the default device.
     """
@@ -285,13 +285,13 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
     config, architectures = read_config(directory, num_labels, **config_overrides)
     family = config.model_type
     head = head or head_from_architectures(family, architectures)
-    if head not in modeling.MODEL_CLASSES[family]:
+    if head not in models.MODEL_CLASSES[family]:
         raise CheckpointError(
             f"head={head!r} is not available for {family} checkpoints; choose one of "
-            f"{sorted(modeling.MODEL_CLASSES[family])}.")
-    model = modeling.MODEL_CLASSES[family][head](config, dtype=dtype, param_dtype=param_dtype,
+            f"{sorted(models.MODEL_CLASSES[family])}.")
+    model = models.MODEL_CLASSES[family][head](config, dtype=dtype, param_dtype=param_dtype,
                                                  matmul_precision=matmul_precision)
-    abstract = modeling.abstract_params(model)
+    abstract = models.abstract_params(model)
     loaded, report = from_pytorch_state_dict(read_state_dict(directory, allow_pickle), abstract, family)
 
     problems = []
@@ -310,7 +310,7 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
     # Host arrays go straight to their shards: no full copy on one device first.
     flat = {p: jax.device_put(np.asarray(v, param_dtype), where.get(p)) for p, v in loaded.items()}
     if fresh_keys:
-        fresh = flax.traverse_util.flatten_dict(modeling.init_params(model, seed, shardings=placement))
+        fresh = flax.traverse_util.flatten_dict(models.init_params(model, seed, shardings=placement))
         flat.update({p: v for p, v in fresh.items() if p not in flat})
     messages = []
     if fresh_keys:

@@ -1,7 +1,7 @@
 """Device mesh, logical-axis rules, and placing params, train states and batches on the mesh.
 
 Sharding is declared once: every parameter and key activation carries logical axis names (see
-`layers.py`); rules (a config's `rules`, `RULES` by default) map those names to the mesh axes `data`, `fsdp` and `tensor`,
+`models/layers.py`); rules (a config's `rules`, `RULES` by default) map those names to the mesh axes `data`, `fsdp` and `tensor`,
 and to the optional `runs` axis over which a stacked sweep spreads its runs (logical name `runs`,
 the leading axis of every stacked leaf). The mesh shape picks the strategy with the same rules: all devices on `data` is data parallel, on `fsdp` shards
 parameters and optimiser state, on `tensor` splits attention heads, FFN columns and the vocabulary.
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from distilbert_jax import modeling
+from distilbert_jax import models
 from distilbert_jax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -163,7 +163,7 @@ class Layout:
 
     def params(self, model):
         """Where each of `model`'s params goes (the `shardings` argument of hf.from_pretrained)."""
-        return self.shardings(modeling.abstract_params(model))
+        return self.shardings(models.abstract_params(model))
 
     def put_batch(self, batch):
         """A global batch (a tree of arrays) from this process's rows: every process holds an

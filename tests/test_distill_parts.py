@@ -127,7 +127,7 @@ def test_student_from_teacher_reproduces_the_teacher():
         params["bert"]["embeddings"]["token_type_embeddings"]["embedding"].at[0].set(0.0)
     cfg = student.student_config(teacher.config, n_layers=2)
     model = dj.DistilBertForMaskedLM(cfg)
-    fresh = dj.modeling.init_params(model)
+    fresh = dj.models.init_params(model)
     init, missing = student.init_from_teacher(fresh, params, student.teacher_layers(2, 2))
     assert missing == []
     ids = jnp.array([[2, 15, 27, 3, 0]])
@@ -143,7 +143,7 @@ def test_student_from_a_bare_teacher_keeps_a_fresh_head(minilm_dir):
     cfg = student.student_config(teacher.config, n_layers=3)
     assert (cfg.dim, cfg.n_heads, cfg.hidden_dim, cfg.n_layers) == (384, 12, 1536, 3)
     model = dj.DistilBertForMaskedLM(cfg)
-    fresh = jax.eval_shape(lambda: dj.modeling.init_params(model))
+    fresh = jax.eval_shape(lambda: dj.models.init_params(model))
     fresh = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), fresh)
     init, missing = student.init_from_teacher(fresh, params, [0, 2, 5])
     assert missing == ["vocab_transform", "vocab_layer_norm", "vocab_projector/bias"]

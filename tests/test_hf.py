@@ -88,7 +88,7 @@ def test_sinusoidal_table_when_a_flax_checkpoint_has_no_positions(tmp_path):
     (tmp_path / "flax_model.msgpack").write_bytes(flax.serialization.msgpack_serialize(
         jax.device_get(params)))
     _, loaded = dj.from_pretrained(tmp_path)
-    table = dj.modeling.layers.sinusoidal_table(64, 32)
+    table = dj.models.layers.sinusoidal_table(64, 32)
     np.testing.assert_allclose(loaded["embeddings"]["position_embeddings"]["embedding"], table)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import distilbert_jax as dj
-from distilbert_jax import layers
+from distilbert_jax.models import layers
 from conftest import FIXTURES
 
 TINY = dj.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
@@ -166,13 +166,13 @@ def test_logical_names_of_key_parameters():
 def test_fused_attention_equals_the_explicit_softmax(family):
     """Without attention maps or active attention dropout the models take jax.nn.dot_product_attention
     (XLA's here); its outputs equal the explicit path's on real tokens, padded or packed."""
-    from distilbert_jax import modeling
+    from distilbert_jax import models
     from distilbert_jax.data import packing
     config = TINY if family == "distilbert" else TINY_BERT
-    fused = modeling.MODEL_CLASSES[family]["base"](config)
+    fused = models.MODEL_CLASSES[family]["base"](config)
     explicit = fused.clone(attention_implementation="explicit")
-    params = modeling.init_params(fused, seed=0, input_shape=IDS.shape)
-    layouts = {"padded": {}, "packed": {"packing": modeling.Packing(**{
+    params = models.init_params(fused, seed=0, input_shape=IDS.shape)
+    layouts = {"padded": {}, "packed": {"packing": models.Packing(**{
         k: jnp.asarray(v) for k, v in packing.layout(np.asarray(MASK), 1, 8).items()})}}
     real = np.asarray(MASK, bool)
     for name, extra in layouts.items():
@@ -204,15 +204,15 @@ def test_remat_changes_memory_not_numbers(family):
     """remat="dots" / "full" recompute block activations in the backward: the same params, loss and
     gradients (dropout on: the recomputed masks are the same draws), and fewer bytes kept for the
     backward (the residuals `jax.vjp` holds) than remat="none", "full" fewest."""
-    from distilbert_jax import modeling
+    from distilbert_jax import models
     config = TINY if family == "distilbert" else TINY_BERT
-    model = modeling.MODEL_CLASSES[family]["sequence_classification"](config)
-    params = modeling.init_params(model, seed=0, input_shape=IDS.shape)
+    model = models.MODEL_CLASSES[family]["sequence_classification"](config)
+    params = models.init_params(model, seed=0, input_shape=IDS.shape)
     ids, mask = jnp.tile(IDS, (8, 8)), jnp.tile(MASK, (8, 8))  # [16, 48]: activations outweigh params
 
     def run(remat):
         remodel = model.clone(remat=remat)
-        assert jax.tree.structure(modeling.init_params(remodel, 0, IDS.shape)) == jax.tree.structure(params)
+        assert jax.tree.structure(models.init_params(remodel, 0, IDS.shape)) == jax.tree.structure(params)
 
         def loss(p):
             logits = remodel.apply({"params": p}, ids, mask, deterministic=False,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import distilbert_jax as dj
-from distilbert_jax import modeling
+from distilbert_jax import models
 from distilbert_jax.data import packing
 from distilbert_jax.train import distill, finetune
 from conftest import (assert_same_training, relative_error, step_metrics, tiny_config,
@@ -42,7 +42,7 @@ def packed(inputs, rows=None):
 
 
 def outputs(model, params, inputs, **kwargs):
-    out = model.apply({"params": params}, **modeling.model_inputs(model, jax.tree.map(
+    out = model.apply({"params": params}, **models.model_inputs(model, jax.tree.map(
         jnp.asarray, inputs)), **kwargs)
     return {k: np.asarray(v) for k, v in vars(out).items()
             if k in ("logits", "start_logits", "end_logits", "last_hidden_state", "pooler_output")
@@ -50,17 +50,17 @@ def outputs(model, params, inputs, **kwargs):
 
 
 HEADS = [(family, head) for family in ("distilbert", "bert")
-         for head in modeling.MODEL_CLASSES[family]]
+         for head in models.MODEL_CLASSES[family]]
 
 
 @pytest.mark.parametrize("family,head", HEADS)
 def test_packed_outputs_equal_unpacked_for_every_head(family, head):
     config = (DISTILBERT if family == "distilbert" else BERT).replace(
         num_labels=2 if head == "question_answering" else 3)
-    model = modeling.MODEL_CLASSES[family][head](config)
+    model = models.MODEL_CLASSES[family][head](config)
     choices = head == "multiple_choice"
     inputs = example_batch(LENGTHS, shape=(4, 2) if choices else None)
-    params = modeling.init_params(model, seed=1, input_shape=(1, EX_LENGTH))
+    params = models.init_params(model, seed=1, input_shape=(1, EX_LENGTH))
     unpacked = outputs(model, params, inputs)
     pack = outputs(model, params, packed(inputs))
     real = inputs["attention_mask"].astype(bool)
@@ -80,8 +80,8 @@ def test_packed_outputs_equal_unpacked_for_every_head(family, head):
 def test_no_attention_weight_crosses_an_example():
     model = dj.DistilBertModel(DISTILBERT)
     inputs = packed(example_batch(LENGTHS))
-    params = modeling.init_params(model, seed=2)
-    out = model.apply({"params": params}, **modeling.model_inputs(model, jax.tree.map(
+    params = models.init_params(model, seed=2)
+    out = model.apply({"params": params}, **models.model_inputs(model, jax.tree.map(
         jnp.asarray, inputs)), output_attentions=True)
     segments = inputs["packing"]["segment_ids"]
     same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
@@ -99,7 +99,7 @@ def test_a_model_that_ignores_segments_would_be_caught():
     """The check above fails for attention that sees the whole row (maxtext #4476's bug): an
     example's output changes when its row-mates change."""
     model = dj.DistilBertModel(DISTILBERT)
-    params = modeling.init_params(model, seed=3)
+    params = models.init_params(model, seed=3)
     a = example_batch([5, 6], seed=0)
     b = {k: v.copy() for k, v in a.items()}
     b["input_ids"][1, :6] = (b["input_ids"][1, :6] + 1) % 90 + 3  # change the row-mate only
@@ -171,8 +171,8 @@ def test_the_distillation_loss_packed_equals_unpacked():
     teacher = dj.BertForMaskedLM(BERT.replace(hidden_dropout_prob=0.0,
                                               attention_probs_dropout_prob=0.0))
     student = dj.DistilBertForMaskedLM(DISTILBERT.replace(dropout=0.0, attention_dropout=0.0))
-    teacher_params = modeling.init_params(teacher, seed=4)
-    params = modeling.init_params(student, seed=5)
+    teacher_params = models.init_params(teacher, seed=4)
+    params = models.init_params(student, seed=5)
     config = distill.default_config()
     for restrict in (False, True):
         config.restrict_ce_to_mask = restrict

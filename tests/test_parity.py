@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import distilbert_jax as dj
-from distilbert_jax import hf, losses, modeling, sharding
+from distilbert_jax import hf, losses, models, sharding
 from distilbert_jax.train import finetune
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.step import make_step
@@ -63,7 +63,7 @@ def test_losses_match_transformers(name):
     model, params = dj.from_pretrained(directory)
     out = run(model, params, ref)
     labels = {k.split("/", 1)[1]: jnp.asarray(v) for k, v in ref.items() if k.startswith("label/")}
-    head = next(h for h, cls in modeling.MODEL_CLASSES[model.config.model_type].items()
+    head = next(h for h, cls in models.MODEL_CLASSES[model.config.model_type].items()
                 if cls is type(model))
     loss = losses.head_loss(head, out, labels, model.config)
     assert relative_error(loss, ref["output/loss"]) <= TOL

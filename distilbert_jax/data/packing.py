@@ -3,7 +3,7 @@
 Packing is a layout, not a new recipe: a packed batch holds the very batch the unpacked path would
 (same examples, same order, same example-layout inputs and targets, so losses and metrics see the
 same values) plus `inputs["packing"]`, which says where each example's tokens sit in `rows` rows of
-`length` slots (see `modeling.Packing`). The model scatters the example tokens into those rows on
+`length` slots (see `models.Packing`). The model scatters the example tokens into those rows on
 device, runs the encoder on them and gathers its outputs back, so nothing downstream changes.
 
 Examples are placed by first-fit decreasing; the row count is rounded up (`round_up`, in units of
@@ -51,7 +51,7 @@ def sequence_lengths(attention_mask: np.ndarray) -> np.ndarray:
 
 def layout(attention_mask: np.ndarray, rows: int, length: int, first_row: int = 0
            ) -> dict[str, np.ndarray]:
-    """`modeling.Packing`'s arrays for one batch: token_index shaped like `attention_mask`, and
+    """`models.Packing`'s arrays for one batch: token_index shaped like `attention_mask`, and
     segment_ids / position_ids [rows, length]; indices count from row `first_row` of what the
     model sees (a block that is not the first of its micro-batch)."""
     lengths = sequence_lengths(attention_mask)

@@ -34,7 +34,7 @@ class Features:
 
     inputs: input_ids and token_type_ids, each row [length] or [choices, length]; an
       attention_mask only where rows are not all real tokens (uneven choices). Which of them a
-      model reads is decided by `modeling.model_inputs`.
+      model reads is decided by `models.model_inputs`.
     targets: training labels per row: a scalar, or a [length] array for per-token labels.
     examples / row_to_example: the raw examples and which one each row came from (QA windows).
     extras: per-row data the metric needs (offsets, word ids).
@@ -56,7 +56,7 @@ class Task(abc.ABC):
     """What a benchmark must say about itself for the shared fine-tuning loop."""
 
     name: str
-    head: str  # a key of modeling.MODEL_CLASSES[family]
+    head: str  # a key of models.MODEL_CLASSES[family]
     problem_type: str | None = None
     metric_for_best: str  # the key of evaluate()'s dict that picks the best checkpoint
 

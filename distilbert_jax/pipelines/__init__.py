@@ -65,7 +65,7 @@ def pipeline(task: str, model, tokenizer=None, *, batch_size: int = 32,
     directory. batch_size: texts per forward pass; buckets: the padded lengths (capped at the
     model's positions); max_length: tokens per text (default: the tokenizer's and model's limit).
     dtype: the compute dtype of a loaded checkpoint (e.g. jnp.bfloat16). matmul_precision: the
-    model's (`modeling`: "auto", true float32 for float32 compute, or "high" to allow TF32 on a
+    model's (`models`: "auto", true float32 for float32 compute, or "high" to allow TF32 on a
     GPU); None keeps a given module's own, and "auto" for a loaded checkpoint. packing: several
     texts share a row (data/packing.py), so padding is not computed; outputs are unchanged.
     Other keyword arguments are defaults for every call (e.g. top_k=3, aggregation_strategy="simple").

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from distilbert_jax import modeling
+from distilbert_jax import models
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import packing as packing_lib
 from distilbert_jax.data.task import bucket_for
@@ -28,7 +28,7 @@ class Pipeline:
     `model` may also be an `export.ExportedModel` (params None), run through `_exported_outputs`."""
 
     task: str = ""
-    head: str | None = None  # the head (modeling.MODEL_CLASSES key) the task needs; None: any
+    head: str | None = None  # the head (models.MODEL_CLASSES key) the task needs; None: any
     outputs: tuple[str, ...] = ("logits",)  # the model outputs the task reads
     per_token: tuple[str, ...] = ()  # outputs with a token axis, cut to each row's length
     OPTIONS: dict[str, Any] = {}  # the call options and their defaults
@@ -43,7 +43,7 @@ class Pipeline:
         self.max_length = int(max_length or min(tokenizer.model_max_length,
                                                 model.config.max_position_embeddings))
         try:
-            modeling.check_fits(model.config, directory or "the model", self.max_length, tokenizer.vocab_size)
+            models.check_fits(model.config, directory or "the model", self.max_length, tokenizer.vocab_size)
         except ConfigError as e:
             raise PipelineError(str(e)) from None
         self.buckets = tuple(sorted({b for b in buckets if b < self.max_length} | {self.max_length}))
@@ -106,7 +106,7 @@ class Pipeline:
 
     def _forward(self, params, batch: dict) -> dict:
         """The traced computation: batch (padded arrays) -> dict of output arrays."""
-        out = self.model.apply({"params": params}, **modeling.model_inputs(self.model, batch))
+        out = self.model.apply({"params": params}, **models.model_inputs(self.model, batch))
         return self._task_outputs({k: getattr(out, k) for k in self.outputs}, batch)
 
     def _exported_outputs(self, outputs: dict, batch: dict) -> dict:

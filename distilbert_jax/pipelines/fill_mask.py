@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from distilbert_jax import modeling
+from distilbert_jax import models
 from distilbert_jax.pipelines.base import Pipeline, PipelineError, features, softmax
 
 
@@ -46,7 +46,7 @@ class FillMaskPipeline(Pipeline):
 
     def _forward(self, params, batch):
         positions = batch.pop("positions")
-        inputs = modeling.model_inputs(self.model, batch)
+        inputs = models.model_inputs(self.model, batch)
         out = self.model.apply({"params": params}, **inputs, logit_positions=positions.reshape(-1))
         return {"mask_logits": out.logits.reshape(*positions.shape, -1)}
 

@@ -9,7 +9,7 @@ import os
 import flax.linen as nn
 import jax.numpy as jnp
 
-from distilbert_jax import hf, modeling
+from distilbert_jax import hf, models
 from distilbert_jax.pipelines.base import PipelineError, describe
 from distilbert_jax.tokenizer import Tokenizer
 
@@ -82,7 +82,7 @@ def sentence_transformers_settings(directory: str | None) -> dict:
 def encoder_of(module: nn.Module, params):
     """The bare encoder (module, params) of a model with or without a head."""
     family = module.config.model_type
-    encoder = modeling.MODEL_CLASSES[family]["base"]
+    encoder = models.MODEL_CLASSES[family]["base"]
     if isinstance(module, encoder):
         return module, params
     params = params[family]
@@ -102,12 +102,12 @@ def _check_exported_task(exported, directory: str, task: str, cls):
 
 def _head_of(module: nn.Module) -> str | None:
     family = module.config.model_type
-    return next((h for h, c in modeling.MODEL_CLASSES[family].items() if isinstance(module, c)), None)
+    return next((h for h, c in models.MODEL_CLASSES[family].items() if isinstance(module, c)), None)
 
 
 def _check_head(cls, what: str, head: str | None, where: str, task: str):
     if head != cls.head:
-        needs = " or ".join(modeling.MODEL_CLASSES[f][cls.head].__name__
+        needs = " or ".join(models.MODEL_CLASSES[f][cls.head].__name__
                             for f in ("distilbert", "bert"))
         raise PipelineError(f"{where} is {'a ' if what.startswith(('Distil', 'Bert')) else ''}{what}; "
                             f"the {task!r} pipeline needs a {needs} checkpoint.")

@@ -1,6 +1,6 @@
 """`validate(config, layout)`: the one check every job runs on its config before loading or writing
 anything (batch sizes that fit the mesh and the accumulation, known compute dtypes, bucket lengths,
-a distillation recipe the reference accepts). What the model can hold is `modeling.check_fits`,
+a distillation recipe the reference accepts). What the model can hold is `models.check_fits`,
 run on the checkpoint before its weights load."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from distilbert_jax.config import ConfigError
-from distilbert_jax.modeling import check_matmul_precision, check_remat
+from distilbert_jax.models import check_matmul_precision, check_remat
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.experimental import multihost_utils
 
-from distilbert_jax import hf, losses, modeling, sharding, student
+from distilbert_jax import hf, losses, models, sharding, student
 from distilbert_jax.configs import default
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import corpus
@@ -45,7 +45,7 @@ def load_teacher(config, layout: sharding.Layout):
     directory = hf.resolve(config.teacher)
     saved, architectures = hf.read_config(directory)
     tokenizer = Tokenizer.from_pretrained(directory)
-    modeling.check_fits(saved, config.teacher, config.max_length, tokenizer.vocab_size)
+    models.check_fits(saved, config.teacher, config.max_length, tokenizer.vocab_size)
     if saved.model_type != "bert":
         raise ConfigError(f"The teacher {config.teacher} is a {saved.model_type!r} model; "
                           "distillation needs a BERT teacher.")
@@ -66,14 +66,14 @@ def load_teacher(config, layout: sharding.Layout):
 def build_student(config, teacher, teacher_params, tokenizer, layout: sharding.Layout):
     """The student model and its initial params (teacher layers, or random)."""
     cfg = student.student_config(teacher.config, config.student_layers)
-    model = modeling.DistilBertForMaskedLM(cfg, dtype=checks.dtype(config),
+    model = models.DistilBertForMaskedLM(cfg, dtype=checks.dtype(config),
                                            matmul_precision=config.matmul_precision,
                                            remat=config.remat)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the student's "
                           f"vocab_size is {cfg.vocab_size}; teacher and student must share a vocabulary.")
     with jax.default_device(jax.local_devices(backend="cpu")[0]):  # built on the host, then placed
-        params = jax.device_get(modeling.init_params(model, config.seed))
+        params = jax.device_get(models.init_params(model, config.seed))
     if config.student_init == "teacher":
         layers = student.teacher_layers(teacher.config.num_hidden_layers, config.student_layers)
         params, fresh = student.init_from_teacher(params, layout.to_host(teacher_params), layers)
@@ -134,7 +134,7 @@ def distill_loss(student_model, teacher_model, config, mask):
     terms_weights = dict(temperature=config.temperature, alpha_ce=config.alpha_ce,
                          alpha_mlm=config.alpha_mlm, alpha_cos=config.alpha_cos,
                          alpha_mse=config.alpha_mse, restrict_ce_to_mask=config.restrict_ce_to_mask)
-    teacher_logits = isinstance(teacher_model, modeling.BertForMaskedLM)
+    teacher_logits = isinstance(teacher_model, models.BertForMaskedLM)
     at_targets = config.restrict_ce_to_mask or not teacher_logits
 
     def loss_fn(params, teacher_params, batch, key):
@@ -146,11 +146,11 @@ def distill_loss(student_model, teacher_model, config, mask):
                                                         computed_tokens(batch["inputs"]))
         inputs = {**batch["inputs"], "input_ids": ids}
         teacher_out = teacher_model.apply(
-            {"params": teacher_params}, **modeling.model_inputs(teacher_model, inputs),
+            {"params": teacher_params}, **models.model_inputs(teacher_model, inputs),
             output_hidden_states=True, **({"logit_positions": positions} if teacher_logits else {}))
         t_logits = jax.lax.stop_gradient(teacher_out.logits) if teacher_logits else None
         t_hidden = jax.lax.stop_gradient(teacher_out.hidden_states[-1])
-        out = student_model.apply({"params": params}, **modeling.model_inputs(student_model, inputs),
+        out = student_model.apply({"params": params}, **models.model_inputs(student_model, inputs),
                                   deterministic=False, rngs={"dropout": dropout_key},
                                   output_hidden_states=True, logit_positions=positions)
         return losses.distillation_loss(out.logits, t_logits, out.hidden_states[-1], t_hidden,
@@ -243,7 +243,7 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     workdirs.check_resume(config, workdir)
     directory = hf.resolve(config.teacher)
     tokenizer = Tokenizer.from_pretrained(directory)
-    modeling.check_fits(hf.read_config(directory)[0], config.teacher, config.max_length,
+    models.check_fits(hf.read_config(directory)[0], config.teacher, config.max_length,
                         tokenizer.vocab_size)
     model, params = hf.from_pretrained(directory, head="masked_lm", seed=config.seed,
                                        dtype=checks.dtype(config), shardings=layout.params,
@@ -256,7 +256,7 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
         ids, labels = mask(key, batch["inputs"])
         positions, labels = corpus.target_positions(labels, config.mlm_mask_prop,
                                                     computed_tokens(batch["inputs"]))
-        out = model.apply({"params": params}, **modeling.model_inputs(
+        out = model.apply({"params": params}, **models.model_inputs(
             model, {**batch["inputs"], "input_ids": ids}), logit_positions=positions)
         return losses.masked_lm_loss(out.logits, labels), {}
 

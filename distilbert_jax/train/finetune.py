@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distilbert_jax import hf, io, losses, modeling, sharding
+from distilbert_jax import hf, io, losses, models, sharding
 from distilbert_jax.configs import default
 from distilbert_jax.data import Features, Task, get_task
 from distilbert_jax.config import ConfigError
@@ -65,7 +65,7 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
         overrides["problem_type"] = task.problem_type
     directory = hf.resolve(path)
     saved, architectures = hf.read_config(directory)
-    modeling.check_fits(saved, path, config.max_length)  # before the weights load
+    models.check_fits(saved, path, config.max_length)  # before the weights load
     if require_trained_head:
         head = hf.head_from_architectures(saved.model_type, architectures)
         if head != task.head:
@@ -79,7 +79,7 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
                                        shardings=layout.params, **overrides)
     model = model.clone(remat=config.remat)
     tokenizer = Tokenizer.from_pretrained(directory)
-    modeling.check_fits(model.config, path, config.max_length, tokenizer.vocab_size)
+    models.check_fits(model.config, path, config.max_length, tokenizer.vocab_size)
     return model, params, tokenizer
 
 
@@ -99,13 +99,13 @@ def loss_fn(model, head: str, teacher=None, distillation=None):
 
     def compute(params, teacher_params, batch, key):
         inputs = batch["inputs"]
-        out = model.apply({"params": params}, **modeling.model_inputs(model, inputs),
+        out = model.apply({"params": params}, **models.model_inputs(model, inputs),
                           deterministic=False, rngs={"dropout": key})
         loss = losses.head_loss(head, out, batch["targets"], model.config)
         if teacher is None:
             return loss, {}
         teacher_out = jax.lax.stop_gradient(
-            teacher.apply({"params": teacher_params}, **modeling.model_inputs(teacher, inputs)))
+            teacher.apply({"params": teacher_params}, **models.model_inputs(teacher, inputs)))
         soft = losses.task_distillation_loss(head, out, teacher_out, inputs["attention_mask"],
                                              distillation["temperature"], model.config.problem_type)
         total = distillation["task_alpha"] * loss + distillation["distill_alpha"] * soft
@@ -116,7 +116,7 @@ def loss_fn(model, head: str, teacher=None, distillation=None):
 def make_eval_step(model, param_shardings, layout: sharding.Layout) -> Callable:
     """`(params, inputs) -> {logits | start_logits, end_logits}` in float32, replicated."""
     def step(params, inputs):
-        out = model.apply({"params": params}, **modeling.model_inputs(model, inputs))
+        out = model.apply({"params": params}, **models.model_inputs(model, inputs))
         return {k: getattr(out, k).astype(jnp.float32)
                 for k in ("logits", "start_logits", "end_logits") if getattr(out, k, None) is not None}
     return layout.jit(step, in_shardings=(param_shardings, layout.batch),

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from distilbert_jax import modeling, sharding
+from distilbert_jax import models, sharding
 
 
 @flax.struct.dataclass
@@ -77,7 +77,7 @@ def optimizer(config, total_steps: int, frozen=None,
 def shardings(model, tx: optax.GradientTransformation, layout: sharding.Layout) -> TrainState:
     """Where every leaf of the train state lives: params and optimiser moments by the logical
     names of the params (optax builds its moments with the same boxes), counters replicated."""
-    boxed = modeling.abstract_params(model)
+    boxed = models.abstract_params(model)
     return TrainState(step=layout.replicated, params=layout.shardings(boxed),
                       opt_state=layout.shardings(jax.eval_shape(tx.init, boxed)),
                       rng=layout.replicated)

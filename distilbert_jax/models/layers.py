@@ -1,4 +1,5 @@
-"""Building blocks shared by DistilBERT and its BERT teacher.
+"""The pieces DistilBERT and BERT share: initialisers, attention, the model base class, the block
+stack, and the packed-rows layout.
 
 Every parameter is created with logical axis names (`nn.with_logical_partitioning`) so the sharding
 rules in `sharding.py` can place it on any mesh; with no rules in scope the names cost nothing.
@@ -9,14 +10,18 @@ and, for packed rows, the boundaries between examples.
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, Sequence
+import dataclasses
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distilbert_jax.config import BertConfig, ConfigError, DistilBertConfig
+
+Array = jax.Array
 Dtype = jnp.dtype | type
 
 # Looked up in jax.nn at call time (not bound at import), so that a converter which intercepts
@@ -200,3 +205,162 @@ def unpack(x: jax.Array, token_index: jax.Array) -> jax.Array:
 def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
     """Shards an activation by logical names when rules are in scope (a no-op otherwise)."""
     return nn.with_logical_constraint(x, axes)
+
+
+@flax.struct.dataclass
+class Packing:
+    """Where an example-layout batch's tokens sit when several examples share one row.
+
+    With `packing`, every model class takes its usual example-layout inputs and returns its usual
+    example-layout outputs, but runs the encoder on packed rows: padding is never computed, each
+    token attends only within its own example and reads its own position. `hidden_states` and
+    `attentions` stay in the packed rows' layout. `data.packing` builds it.
+    token_index: [examples..., ex_length] flat position (row * length + column) of each example
+      token in the packed rows, -1 for padding.
+    segment_ids: [rows, length] which example of its row a slot holds (1, 2, ...; 0 = padding).
+    position_ids: [rows, length] each token's position within its own example.
+    """
+    token_index: Array
+    segment_ids: Array
+    position_ids: Array
+
+    def rows_of(self, x: Array, fill=0) -> Array:
+        """An example-layout per-token array ([examples..., ex_length]) in the packed rows."""
+        rows, length = self.segment_ids.shape
+        return pack(x, self.token_index, rows, length, fill)
+
+    def examples_of(self, x: Array) -> Array:
+        """A packed per-token array ([rows, length, ...]) back in the example layout (0 at padding)."""
+        return unpack(x, self.token_index)
+
+    def flat_examples(self, length: int) -> "Packing":
+        """The same layout for examples flattened to [n, length] (multiple choice's choices)."""
+        return self.replace(token_index=self.token_index.reshape(-1, length))
+
+
+@flax.struct.dataclass
+class Rows:
+    """What the encoder runs on: the example rows as given, or the packed rows of `packing`."""
+    input_ids: Array
+    token_type_ids: Optional[Array]
+    position_ids: Array
+    keep: Array  # [rows, 1 | query, key], see attention_keep
+    packing: Optional[Packing] = None
+
+    @classmethod
+    def of(cls, input_ids, attention_mask, token_type_ids, packing) -> "Rows":
+        if packing is None:
+            if attention_mask is None:
+                attention_mask = jnp.ones_like(input_ids)
+            return cls(input_ids, token_type_ids, jax.lax.broadcasted_iota(jnp.int32, (1, input_ids.shape[-1]), 1),
+                       attention_keep(attention_mask, None))
+        types = None if token_type_ids is None else packing.rows_of(token_type_ids)
+        return cls(packing.rows_of(input_ids), types, packing.position_ids,
+                   attention_keep(None, packing.segment_ids), packing)
+
+    def to_examples(self, hidden):
+        return hidden if self.packing is None else self.packing.examples_of(hidden)
+
+
+# --- the model base class and the stack of blocks ---------------------------------------------------
+
+MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
+ATTENTION_IMPLEMENTATIONS = ("auto", "explicit", "xla", "cudnn")
+# What the backward pass keeps of each transformer block, and recomputes from the block's input:
+# "none" keeps every activation; "dots" keeps the dense layers' matmul outputs and recomputes the
+# rest (attention, GELU, layer norms, dropout masks); "full" keeps only the input. Same numbers.
+REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
+
+
+def check_matmul_precision(value: str) -> None:
+    if value not in MATMUL_PRECISIONS:
+        raise ConfigError(f"matmul_precision={value!r} is not one of {MATMUL_PRECISIONS}.")
+
+
+def check_remat(value: str) -> None:
+    if value not in REMAT_POLICIES:
+        raise ConfigError(f"remat={value!r} is not one of {tuple(REMAT_POLICIES)}.")
+
+
+class Base(nn.Module):
+    """Fields every model class has: the config, the compute dtype, the parameter dtype, and the
+    matmul precision: "auto" is "highest" (true float32) for float32 compute and XLA's default for
+    lower-precision compute; "high" allows TF32 (or bf16_3x) passes for float32 on GPUs and TPUs,
+    "default" the backend's fastest. CPUs compute float32 matmuls in float32 whatever it says."""
+    config: DistilBertConfig | BertConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    matmul_precision: str = "auto"
+    # "auto": fused attention (jax.nn.dot_product_attention; cuDNN's flash attention for 16-bit
+    # compute on a GPU) unless attention maps are asked for or attention dropout is active, then the
+    # explicit softmax; "explicit", "xla" or "cudnn" ask for one (maps and dropout still need explicit).
+    attention_implementation: str = "auto"
+    remat: str = "none"  # see REMAT_POLICIES: activation memory for long sequences, for time
+
+    @property
+    def numerics(self) -> dict:
+        """The fields a submodule inherits."""
+        return {"dtype": self.dtype, "param_dtype": self.param_dtype,
+                "matmul_precision": self.matmul_precision,
+                "attention_implementation": self.attention_implementation, "remat": self.remat}
+
+    @property
+    def precision(self) -> str | None:
+        """The `precision` every matmul of this module is given (None: the backend's default)."""
+        check_matmul_precision(self.matmul_precision)
+        if self.matmul_precision == "auto":
+            return "highest" if jnp.dtype(self.dtype) == jnp.float32 else None
+        return None if self.matmul_precision == "default" else self.matmul_precision
+
+    def _attention(self, q, k, v, keep, dropout_rate, deterministic, output_attentions):
+        """(context [b, q, h*d], attention maps [b, h, q, k] or None when fused)."""
+        implementation = self.attention_implementation
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(f"attention_implementation={implementation!r} is not one of "
+                              f"{ATTENTION_IMPLEMENTATIONS}.")
+        if output_attentions or implementation == "explicit" or (dropout_rate and not deterministic):
+            probs = attention_probs(q, k, keep, self.precision)
+            dropped = Dropout(dropout_rate, free_axes=(0, 2, 3))(probs, deterministic)
+            return attend(dropped, v, self.precision), probs
+        if implementation == "auto":
+            flash = (jax.default_backend() == "gpu" and keep.shape[1] == 1
+                     and jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16))
+            implementation = "cudnn" if flash else "xla"
+        return fused_attention(q, k, v, keep, implementation, self.precision), None
+
+    def _dense(self, features, axes, name):
+        return dense(features, axes, stddev=self.config.initializer_range, dtype=self.dtype,
+                     param_dtype=self.param_dtype, precision=self.precision, name=name)
+
+    def _layer_norm(self, name):
+        return layer_norm(self.config.layer_norm_eps, param_dtype=self.param_dtype, name=name)
+
+
+class LayerStack(Base):
+    """Blocks named "0", "1", ... (HF's `layer.{i}`); returns every hidden state and attention map."""
+    block: type[nn.Module] = dataclasses.field(kw_only=True)  # the family's transformer block
+
+    @nn.compact
+    def __call__(self, x, keep, deterministic, output_attentions=False):
+        check_remat(self.remat)
+        block = self.block
+        if self.remat != "none":  # `deterministic` and `output_attentions` are Python bools
+            block = nn.remat(block, policy=REMAT_POLICIES[self.remat], static_argnums=(3, 4))
+        hidden, attentions = [x], []
+        for i in range(self.config.num_hidden_layers):
+            x, probs = block(self.config, **self.numerics, name=str(i))(
+                x, keep, deterministic, output_attentions)
+            hidden.append(x)
+            attentions.append(probs)
+        return x, hidden, attentions
+
+
+class Encoder(Base):
+    """HF's `transformer` (DistilBERT) or `encoder` (BERT) module: it only holds `layer`."""
+    block: type[nn.Module] = dataclasses.field(kw_only=True)
+
+    @nn.compact
+    def __call__(self, x, keep, deterministic, output_attentions=False):
+        return LayerStack(self.config, **self.numerics, block=self.block, name="layer")(
+            x, keep, deterministic, output_attentions)
