@@ -83,12 +83,23 @@ def padding_stable_bernoulli(key: jax.Array, p: float, shape: tuple[int, ...],
     first, *rest = free_axes
     if rest:
         keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(shape[first]))
+        keys = _materialized(keys)
         inner = shape[:first] + shape[first + 1:]
         inner_axes = tuple(a - 1 if a > first else a for a in rest)
         bits = jax.vmap(lambda k: padding_stable_bernoulli(k, p, inner, inner_axes))(keys)
         return jnp.moveaxis(bits, 0, first)
     leading = (shape[first],) + shape[:first] + shape[first + 1:]
     return jnp.moveaxis(jax.random.bernoulli(key, p, leading), 0, first)
+
+
+def _materialized(keys: jax.Array) -> jax.Array:
+    """`keys` computed once into memory: without the barrier XLA fuses each row's key hash into the
+    per-element hash of the bits, and with Threefry unrolled (threefry.py) that nested fusion took
+    a distillation step's compile from about 30 s to beyond 5 minutes."""
+    if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        data = jax.lax.optimization_barrier(jax.random.key_data(keys))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(keys))
+    return jax.lax.optimization_barrier(keys)
 
 
 def layer_norm(eps: float, *, param_dtype: Dtype, name: str) -> nn.LayerNorm:
