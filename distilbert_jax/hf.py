@@ -309,9 +309,9 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
     where = flax.traverse_util.flatten_dict(placement) if placement else {}
     # Host arrays go straight to their shards: no full copy on one device first.
     flat = {p: jax.device_put(np.asarray(v, param_dtype), where.get(p)) for p, v in loaded.items()}
-    if fresh_keys:
-        fresh = flax.traverse_util.flatten_dict(models.init_params(model, seed, shardings=placement))
-        flat.update({p: v for p, v in fresh.items() if p not in flat})
+    unloaded = [p for p in flax.traverse_util.flatten_dict(nn.meta.unbox(abstract)) if p not in flat]
+    if unloaded:
+        flat.update(models.init_some_params(model, unloaded, seed, shardings=where))
     messages = []
     if fresh_keys:
         messages.append("newly initialised (train them before use): " + ", ".join(fresh_keys))

@@ -51,6 +51,7 @@ def test_notebook_is_committed_without_outputs(path):
             assert cell.get("execution_count") is None, f"cell {index} of {path} has an execution count"
 
 
+@pytest.mark.slow  # minutes each: the real MiniLM, trained and compared
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")

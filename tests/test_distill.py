@@ -44,7 +44,7 @@ def losses_of(workdir):
     return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
-@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("packing", [pytest.param(False, id="padded"), pytest.param(True, id="packed", marks=pytest.mark.slow)])
 def test_distillation_loss_falls_and_the_student_exports(teacher, corpus_file, tmp_path, packing):
     """Also packed, in two micro-batches per update (each packed on its own)."""
     results = distill.distill(tiny(teacher, corpus_file, max_steps=20, packing=packing),

@@ -5,6 +5,7 @@ same answers; bad input is one sentence and writes nothing."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -99,12 +100,18 @@ def test_stablehlo_loads_in_a_process_without_distilbert_jax(checkpoints, tmp_pa
 
 
 def test_sentence_embeddings_are_mean_pooled_and_normalised(tmp_path, minilm_dir):
-    out = export.export("packaged:all-MiniLM-L6-v2", tmp_path / "out", format="onnx")
+    # a tiny BERT with all-MiniLM-L6-v2's sentence-transformers modules: mean pooling, Normalize
+    source = make_tiny_model_dir(tmp_path / "tiny", "bert_base")
+    shutil.copytree(os.path.join(minilm_dir, "1_Pooling"), os.path.join(source, "1_Pooling"))
+    shutil.copy(os.path.join(minilm_dir, "modules.json"), source)
+    with open(os.path.join(source, "sentence_bert_config.json"), "w") as f:
+        json.dump({"max_seq_length": 64, "do_lower_case": False}, f)  # the tiny model's positions
+    out = export.export(source, tmp_path / "out", format="onnx")
     exported = export.ExportedModel(out)
     assert exported.task == "sentence-embeddings"  # the checkpoint's modules.json says so
     assert os.path.isfile(os.path.join(out, "modules.json"))
     texts = ["a gripping film", "a waste of time, and a long one"]
-    ours = dj.pipeline("sentence-embeddings", model="packaged:all-MiniLM-L6-v2")(texts)
+    ours = dj.pipeline("sentence-embeddings", model=source)(texts)
     theirs = dj.pipeline("sentence-embeddings", model=out)(texts)
     assert relative_error(theirs, ours) <= TOL
     enc = dj.Tokenizer.from_pretrained(out)(texts, padding=True, return_tensors="np")

@@ -51,7 +51,7 @@ def test_glue_regression_with_a_bert_and_accumulation(tiny_bert, tmp_path):
     assert isinstance(model, dj.BertForSequenceClassification) and model.config.num_labels == 1
 
 
-@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("packing", [pytest.param(False, id="padded"), pytest.param(True, id="packed", marks=pytest.mark.slow)])
 def test_token_classification_end_to_end(tiny_model, tmp_path, packing):
     data = tmp_path / "conll"
     os.makedirs(data)
@@ -65,7 +65,7 @@ def test_token_classification_end_to_end(tiny_model, tmp_path, packing):
     assert lines[0].split()[:2] == ["john", "B-PER"]
 
 
-@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("packing", [pytest.param(False, id="padded"), pytest.param(True, id="packed", marks=pytest.mark.slow)])
 def test_question_answering_end_to_end(tiny_model, tmp_path, packing):
     data = tmp_path / "squad"
     os.makedirs(data)
@@ -88,7 +88,7 @@ def test_question_answering_end_to_end(tiny_model, tmp_path, packing):
     assert set(predictions.values()) == {"paris"} and results["eval"]["dev"]["exact_match"] == 100.0
 
 
-@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("packing", [pytest.param(False, id="padded"), pytest.param(True, id="packed", marks=pytest.mark.slow)])
 def test_multiple_choice_end_to_end(tiny_model, tmp_path, packing):
     data = tmp_path / "swag"
     os.makedirs(data)

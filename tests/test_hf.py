@@ -13,7 +13,7 @@ import pytest
 import safetensors.numpy
 
 import distilbert_jax as dj
-from distilbert_jax import hf
+from distilbert_jax import hf, models
 from conftest import FIXTURES
 
 MODELS = os.path.join(FIXTURES, "models")
@@ -49,6 +49,10 @@ def test_base_checkpoint_into_head_model(caplog):
     assert_same(params["distilbert"], base)
     assert params["classifier"]["kernel"].shape == (32, 4)
     assert "newly initialised" in caplog.text and "classifier.weight" in caplog.text
+    # the fresh head is the one a whole-model initialisation with the same seed draws
+    whole = models.init_params(model, seed=0)
+    for layer in ("pre_classifier", "classifier"):
+        assert_same(params[layer], whole[layer])
 
 
 def test_head_checkpoint_into_base_model(caplog):

@@ -42,6 +42,7 @@ def tiny(teacher, glue_dir, corpus):
     return c
 
 
+@pytest.mark.slow  # every stage of the study, twice
 def test_every_stage_runs_and_a_rerun_reuses_them(setup, tmp_path):
     config = tiny(*setup)
     workdir = str(tmp_path / "run")

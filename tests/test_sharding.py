@@ -51,7 +51,8 @@ def assert_close_params(params, reference, atol=1e-5):
         np.testing.assert_allclose(params[name], value, rtol=1e-4, atol=atol, err_msg=name)
 
 
-@pytest.mark.parametrize("mesh", ["dp", "fsdp", "tp", "fsdp_tp"])
+@pytest.mark.parametrize("mesh", [*(pytest.param(m, marks=pytest.mark.slow) for m in ("dp", "fsdp", "tp")),
+                                  "fsdp_tp"])  # fsdp_tp shards over every axis at once
 def test_preset_equals_single_device(mesh, single_device, tmp_path):
     params, info = run(mesh, tmp_path, 8)
     reference, reference_info = single_device
@@ -121,7 +122,7 @@ def test_two_processes_equal_one_device(single_device, tmp_path):
     assert_close_params(params, reference)
 
 
-@pytest.mark.parametrize("mesh", ["fsdp", "tp"])
+@pytest.mark.parametrize("mesh", [pytest.param("fsdp", marks=pytest.mark.slow), "tp"])
 def test_distillation_on_a_mesh_equals_single_device(mesh, single_device_distill, tmp_path):
     """Teacher and student sharded by the same rules give the single-device distillation."""
     params, info = run(mesh, tmp_path, 8, job="distill")
@@ -130,6 +131,7 @@ def test_distillation_on_a_mesh_equals_single_device(mesh, single_device_distill
     assert_close_params(params, reference)
 
 
+@pytest.mark.slow  # test_two_processes_equal_one_device covers the multi-host path by default
 @pytest.mark.xdist_group("processes")  # one multi-process job at a time
 def test_two_processes_distill_equal_one_device(single_device_distill, tmp_path):
     params, info = two_processes(tmp_path, "distill")

@@ -92,7 +92,7 @@ def test_stacked_runs_equal_the_runs_alone(tiny_model, data, tmp_path, monkeypat
     assert any(stopped) and not all(stopped), stopped  # one stops early while the others go on
 
 
-@pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.parametrize("packing", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_runs_padded_to_another_runs_bucket_equal_the_runs_alone(tiny_model, mixed_lengths, tmp_path,
                                                                 packing):
     """At some step one run's batch holds a long row (bucket 48) and the other's does not (16 alone,

@@ -16,6 +16,7 @@ and `pipeline` calls it on the checkpoint's config and tokenizer before loading 
 from __future__ import annotations
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
@@ -102,6 +103,20 @@ def init_params(model: nn.Module, seed: int = 0, input_shape=(1, 1), shardings=N
     ids = jnp.zeros(_init_shape(model, input_shape), jnp.int32)
     init = lambda key: nn.meta.unbox(model.init(key, ids)["params"])
     return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+
+
+def init_some_params(model: nn.Module, paths, seed: int = 0, shardings=None) -> dict:
+    """{path: array} for the flattened param `paths` only (e.g. a fresh head on a loaded encoder),
+    equal to those leaves of `init_params(model, seed)`: the program computes just these, so the
+    encoder's initialisation is neither compiled nor run. `shardings`: {path: sharding}."""
+    ids = jnp.zeros(_init_shape(model, (1, 1)), jnp.int32)
+    paths = list(paths)
+
+    def init(key):
+        flat = flax.traverse_util.flatten_dict(nn.meta.unbox(model.init(key, ids)["params"]))
+        return {path: flat[path] for path in paths}
+    out = {path: shardings[path] for path in paths} if shardings else None
+    return jax.jit(init, out_shardings=out)(jax.random.key(seed))
 
 
 def model_inputs(model: nn.Module, inputs: dict) -> dict:
