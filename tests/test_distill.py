@@ -68,6 +68,7 @@ def test_distillation_loss_falls_and_the_student_exports(teacher, corpus_file, t
         teacher_params["bert"]["encoder"]["layer"]["0"]["intermediate"]["dense"]["kernel"])
 
 
+@pytest.mark.slow  # the loop's exact resume is checked by default in test_resume.py
 def test_crash_then_resume_equals_uninterrupted(teacher, corpus_file, tmp_path, monkeypatch):
     config = tiny(teacher, corpus_file)
     distill.distill(config, str(tmp_path / "straight"))

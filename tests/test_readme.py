@@ -15,7 +15,10 @@ def snippets(page: str) -> list[str]:
         return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
 
 
-CASES = [(os.path.relpath(page, ROOT), i) for page in PAGES for i in range(len(snippets(page)))]
+# A snippet exporting the real MiniLM (an int8 ONNX and a StableHLO artefact) takes a minute or two.
+CASES = [pytest.param(os.path.relpath(page, ROOT), i,
+                      marks=[pytest.mark.slow] if 'export.export("packaged:' in snippet else [])
+         for page in PAGES for i, snippet in enumerate(snippets(page))]
 
 
 def test_readme_has_snippets():

@@ -147,7 +147,7 @@ def single_device_no_dropout(tmp_path_factory):
 
 
 @pytest.mark.xdist_group("processes")  # one multi-process job at a time
-@pytest.mark.parametrize("where", ["8 devices", "2 processes"])
+@pytest.mark.parametrize("where", ["8 devices", pytest.param("2 processes", marks=pytest.mark.slow)])
 def test_packed_on_a_mesh_equals_padded_on_one_device(where, single_device_no_dropout, tmp_path):
     """Packed batches split over 8 devices (each gets whole rows; the model gathers the examples
     across them), or packed block by block in 2 processes: the single-device padded run, dropout

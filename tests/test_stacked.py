@@ -191,6 +191,7 @@ def stacked_run(tmp_path, devices, mesh, runs):
         return {k: saved[k] for k in saved.files}, json.load(open(str(out) + ".json"))
 
 
+@pytest.mark.slow  # the same runs over a mesh axis; one device by default
 def test_stacked_runs_spread_over_a_runs_mesh_axis(tmp_path):
     """2 runs over a runs axis of 2 CPU devices equal the 2 runs stacked on one device (the same
     holds with each run split by heads inside its group, runs:2 x tensor:2 on 4 devices; left
