@@ -94,6 +94,10 @@ def tiny_bert(tmp_path_factory):
 
 # --- tiny fine-tuning runs: a config and task files ------------------------------------------------
 
+# A run's `packing` parameter: padded by default, packed in the slow tier (test_packing checks
+# by default that packed and padded runs train the same).
+PADDED_AND_PACKED = [pytest.param(False, id="padded"), pytest.param(True, id="packed", marks=pytest.mark.slow)]
+
 def tiny_config(model, data_dir, task, **overrides):
     c = finetune.default_config()
     c.task, c.model, c.data_dir = task, model, str(data_dir)

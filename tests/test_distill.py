@@ -12,7 +12,7 @@ import distilbert_jax as dj
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import DataError
 from distilbert_jax.train import distill, loop
-from conftest import crashing_at, make_tiny_model_dir
+from conftest import PADDED_AND_PACKED, crashing_at, make_tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def losses_of(workdir):
     return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
-@pytest.mark.parametrize("packing", [pytest.param(False, id="padded"), pytest.param(True, id="packed", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("packing", PADDED_AND_PACKED)
 def test_distillation_loss_falls_and_the_student_exports(teacher, corpus_file, tmp_path, packing):
     """Also packed, in two micro-batches per update (each packed on its own)."""
     results = distill.distill(tiny(teacher, corpus_file, max_steps=20, packing=packing),

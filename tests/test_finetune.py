@@ -11,7 +11,7 @@ import pytest
 import distilbert_jax as dj
 from distilbert_jax.data import Features
 from distilbert_jax.train import finetune
-from conftest import (assert_same_training, read_results, step_metrics, tiny_config,
+from conftest import (PADDED_AND_PACKED, assert_same_training, read_results, step_metrics, tiny_config,
                       write_sst2, write_stsb)
 
 LEARN_STEPS = 30  # enough updates for a tiny model to learn each toy task below exactly
@@ -51,7 +51,7 @@ def test_glue_regression_with_a_bert_and_accumulation(tiny_bert, tmp_path):
     assert isinstance(model, dj.BertForSequenceClassification) and model.config.num_labels == 1
 
 
-@pytest.mark.parametrize("packing", [pytest.param(False, id="padded"), pytest.param(True, id="packed", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("packing", PADDED_AND_PACKED)
 def test_token_classification_end_to_end(tiny_model, tmp_path, packing):
     data = tmp_path / "conll"
     os.makedirs(data)
@@ -65,7 +65,7 @@ def test_token_classification_end_to_end(tiny_model, tmp_path, packing):
     assert lines[0].split()[:2] == ["john", "B-PER"]
 
 
-@pytest.mark.parametrize("packing", [pytest.param(False, id="padded"), pytest.param(True, id="packed", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("packing", PADDED_AND_PACKED)
 def test_question_answering_end_to_end(tiny_model, tmp_path, packing):
     data = tmp_path / "squad"
     os.makedirs(data)
@@ -88,7 +88,7 @@ def test_question_answering_end_to_end(tiny_model, tmp_path, packing):
     assert set(predictions.values()) == {"paris"} and results["eval"]["dev"]["exact_match"] == 100.0
 
 
-@pytest.mark.parametrize("packing", [pytest.param(False, id="padded"), pytest.param(True, id="packed", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("packing", PADDED_AND_PACKED)
 def test_multiple_choice_end_to_end(tiny_model, tmp_path, packing):
     data = tmp_path / "swag"
     os.makedirs(data)

@@ -11,7 +11,7 @@ import pytest
 import safetensors.numpy
 
 from distilbert_jax.train import finetune
-from conftest import crashing_at, tiny_config, write_sst2
+from conftest import PADDED_AND_PACKED, crashing_at, tiny_config, write_sst2
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +36,7 @@ def write_config_file(path, model, data, steps):
         f"                       checkpoint_every=20, eval_every=1000)\n")
 
 
-@pytest.mark.parametrize("packing", [pytest.param(False, id="padded"), pytest.param(True, id="packed", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("packing", PADDED_AND_PACKED)
 def test_crash_then_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatch, packing):
     data = write_sst2(tmp_path / "SST-2")
     config = tiny_config(tiny_model, data, "sst2", max_steps=10, packing=packing)

@@ -97,11 +97,16 @@ def _init_shape(model, input_shape):
     return (1, *input_shape) if choice and len(input_shape) == 2 else input_shape
 
 
-def init_params(model: nn.Module, seed: int = 0, input_shape=(1, 1), shardings=None):
-    """Freshly initialised params (HF's initialisation), unboxed; created directly in `shardings`
-    (a tree like the params') when given, so no device ever holds a full copy."""
+def _initialised(model: nn.Module, key, input_shape=(1, 1)):
+    """The params `model.init` draws from `key` (HF's initialisation), unboxed; traced by the two below."""
     ids = jnp.zeros(_init_shape(model, input_shape), jnp.int32)
-    init = lambda key: nn.meta.unbox(model.init(key, ids)["params"])
+    return nn.meta.unbox(model.init(key, ids)["params"])
+
+
+def init_params(model: nn.Module, seed: int = 0, input_shape=(1, 1), shardings=None):
+    """Freshly initialised params, unboxed; created directly in `shardings` (a tree like the
+    params') when given, so no device ever holds a full copy."""
+    init = lambda key: _initialised(model, key, input_shape)
     return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
@@ -109,11 +114,10 @@ def init_some_params(model: nn.Module, paths, seed: int = 0, shardings=None) -> 
     """{path: array} for the flattened param `paths` only (e.g. a fresh head on a loaded encoder),
     equal to those leaves of `init_params(model, seed)`: the program computes just these, so the
     encoder's initialisation is neither compiled nor run. `shardings`: {path: sharding}."""
-    ids = jnp.zeros(_init_shape(model, (1, 1)), jnp.int32)
     paths = list(paths)
 
     def init(key):
-        flat = flax.traverse_util.flatten_dict(nn.meta.unbox(model.init(key, ids)["params"]))
+        flat = flax.traverse_util.flatten_dict(_initialised(model, key))
         return {path: flat[path] for path in paths}
     out = {path: shardings[path] for path in paths} if shardings else None
     return jax.jit(init, out_shardings=out)(jax.random.key(seed))
