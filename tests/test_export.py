@@ -133,6 +133,32 @@ def test_the_graph_holds_native_gelu_and_an_additive_mask(checkpoints, tmp_path)
     assert {producer[n.input[0]] for n in nodes if n.op_type == "Softmax"} == {"Add"}
 
 
+def test_dense_layers_are_single_matmuls_and_head_reshapes_fold(checkpoints, tmp_path):
+    """Each dense layer is one broadcasting MatMul on [batch, length, features] (no Gemm between a
+    reshape to 2-D and a run-time computed reshape back), and onnxruntime folds the shape arithmetic
+    of every head split and merge (3 + 1 per block) into a Reshape with a constant shape."""
+    import onnxruntime
+    out = export.export(checkpoints["distilbert_seqcls"], tmp_path / "f32", format="onnx")
+    graph = onnx.shape_inference.infer_shapes(onnx.load(os.path.join(out, "model.onnx"))).graph
+    weights = {t.name for t in graph.initializer}
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in graph.value_info}
+    dense = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    layers = export.ExportedModel(out).config.n_layers
+    assert "Gemm" not in [n.op_type for n in graph.node]
+    # q k v out lin1 lin2 per block on [batch, length, features]; pre_classifier, classifier on [CLS]
+    assert sorted(rank[n.input[0]] for n in dense) == [2, 2] + [3] * (6 * layers)
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    onnxruntime.InferenceSession(os.path.join(out, "model.onnx"), options,
+                                 providers=["CPUExecutionProvider"])
+    loaded = onnx.load(options.optimized_model_filepath).graph
+    constants = {t.name for t in loaded.initializer}
+    static = [n for n in loaded.node if n.op_type == "Reshape" and n.input[1] in constants]
+    assert len(static) >= 4 * layers
+
+
 def test_int8_quantises_every_dense_layer_per_channel_and_keeps_the_tables(checkpoints, tmp_path):
     source = checkpoints["distilbert_seqcls"]
     out = export.export(source, tmp_path / "int8", format="onnx", quantize="int8")

@@ -131,10 +131,10 @@ class BertLMPredictionHead(Base):
         if cfg.tie_word_embeddings:
             logits = jnp.einsum("...d,vd->...v", x, table.astype(self.dtype), precision=self.precision)
         else:
-            logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype,
-                              param_dtype=self.param_dtype, precision=self.precision, name="decoder",
-                              kernel_init=layers.normal_init(cfg.initializer_range,
-                                                             ("embed", "vocab")))(x)
+            logits = layers.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype,
+                                  param_dtype=self.param_dtype, precision=self.precision,
+                                  name="decoder", kernel_init=layers.normal_init(
+                                      cfg.initializer_range, ("embed", "vocab")))(x)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.vocab_size,), self.param_dtype)
         return logits + bias.astype(self.dtype)
