@@ -159,6 +159,29 @@ def test_dense_layers_are_single_matmuls_and_head_reshapes_fold(checkpoints, tmp
     assert len(static) >= 4 * layers
 
 
+def test_sessions_keep_residual_add_and_layer_norm_unfused(checkpoints, tmp_path):
+    """onnxruntime's own session fuses every residual Add + LayerNormalization into
+    SkipLayerNormalization (a slower kernel on the CPUs measured); the sessions this package opens
+    keep the pair, with every other fusion still on."""
+    import onnxruntime
+    out = export.export(checkpoints["distilbert_seqcls"], tmp_path / "int8", format="onnx", quantize="int8")
+    layers = export.ExportedModel(out).config.n_layers
+
+    def loaded_ops(session_of):
+        options = onnxruntime.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+        session_of(os.path.join(out, "model.onnx"), options)
+        return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+    plain = loaded_ops(lambda path, options: onnxruntime.InferenceSession(
+        path, options, providers=["CPUExecutionProvider"]))
+    ours = loaded_ops(export.onnx_session)
+    assert plain.count("SkipLayerNormalization") == 2 * layers  # after attention and after the FFN
+    assert "SkipLayerNormalization" not in ours
+    assert ours.count("LayerNormalization") == 2 * layers + 1  # + the embeddings'
+    assert ours.count("DynamicQuantizeMatMul") == plain.count("DynamicQuantizeMatMul") > 0
+
+
 def test_int8_quantises_every_dense_layer_per_channel_and_keeps_the_tables(checkpoints, tmp_path):
     source = checkpoints["distilbert_seqcls"]
     out = export.export(source, tmp_path / "int8", format="onnx", quantize="int8")
