@@ -2,19 +2,26 @@
 
     pip install -e ".[test,reference]"
     python benchmarks/inference_cpu.py --trained=runs/smoke/model      # MiniLM fine-tuned on SST-2
-    python benchmarks/inference_cpu.py --models=minilm --repeats=5      # a quick look
+    python benchmarks/inference_cpu.py --models=minilm --repeats=10 --sentences=160   # a quick look
 
 For DistilBERT-base (our random initialisation, written with save_pretrained: speed only) and
 all-MiniLM-L6-v2 (--trained: a fine-tuned checkpoint of it, so dev accuracy means something):
 ours in JAX (float32, jit, lengths padded to buckets of 16/32/64/128 so few shapes compile), our
-ONNX export in onnxruntime (float32 and int8), our StableHLO artefact (deserialized, same
-buckets); transformers eager float32, transformers + torch dynamic int8 (`quantize_dynamic` on
-nn.Linear), transformers' ONNX export (torch.onnx) in onnxruntime, plain and with onnxruntime's
-BERT fusions (as Optimum applies them), each float32 and dynamic int8 (per-tensor, as Optimum's
-avx512_vnni preset). Reported: p50/p90 latency at batch 1 x 128 tokens and at batch 1 over the
-SST-2 dev sentences; sentences/s over the 872 dev sentences at batch 32 (ours sorted by length,
-each batch padded to its longest: what `dj.pipeline` does; transformers in file order padded per
-batch, as its pipeline does); model size on disk; dev accuracy. Writes
+ONNX export in onnxruntime (float32 and int8, in `export.onnx_session`), our StableHLO artefact
+(deserialized, same buckets); transformers eager float32, transformers + torch dynamic int8
+(`quantize_dynamic` on nn.Linear), transformers' ONNX export (torch.onnx) in onnxruntime, plain and
+with onnxruntime's BERT fusions (as Optimum applies them), each float32 and dynamic int8
+(per-tensor, as Optimum's avx512_vnni preset), in onnxruntime's default session, and its plain int8
+graph once more in our session (the same session options, to compare graphs). Reported: p50/p90
+latency at batch 1 x 128 tokens (every token real) and at batch 1 over the SST-2 dev sentences;
+sentences/s over the dev sentences at batch 32 (ours sorted by length, each batch padded to its
+longest: what `dj.pipeline` does; transformers in file order padded per batch, as its pipeline
+does); model size on disk; dev accuracy; the share of this CPU's measured matmul peak (float32, or
+int8 for the int8 sides) that the 1x128 forward reaches.
+
+The sides are timed in interleaved rounds: each round times every side in turn on its share of the
+work (1/--rounds of each measurement), after a pause that lets the previous side's worker threads
+stop spinning, so a slow or noisy minute of the machine lands on every side alike. Writes
 benchmarks/results/inference_cpu.json and prints a markdown table.
 """
 
@@ -47,16 +54,6 @@ def sst2_dev():
 
 def percentiles(times):
     return {"p50_ms": 1000 * float(np.percentile(times, 50)), "p90_ms": 1000 * float(np.percentile(times, 90))}
-
-
-def timed(fn, repeats):
-    fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def encode(tokenizer, texts, pad_to=None):
@@ -105,8 +102,9 @@ def transformers_eager(directory, int8=False):
     return run, False
 
 
-def transformers_onnx(directory, workdir, fused=False, int8=False):
-    """transformers' model exported by torch.onnx (dynamic batch and sequence), as Optimum does."""
+def transformers_onnx(directory, workdir, fused=False, int8=False, our_session=False):
+    """transformers' model exported by torch.onnx (dynamic batch and sequence), as Optimum does;
+    run in onnxruntime's default session, or with `our_session` in `export.onnx_session`."""
     import onnxruntime
     import torch
     model = torch_model(directory)
@@ -133,56 +131,137 @@ def transformers_onnx(directory, workdir, fused=False, int8=False):
         quantize_dynamic(source, path, per_channel=False, weight_type=QuantType.QInt8,  # fused ops
                          extra_options={"DefaultTensorType": 1})  # have no inferred type: float
         source = path
-    session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    session = (export.onnx_session(source) if our_session
+               else onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"]))
     size = os.path.getsize(source)
     return (lambda b: session.run(None, {k: b[k].astype(np.int64) for k in names})[0]), False, size
 
 
-# --- measuring one side ------------------------------------------------------------------------------
+# --- measuring: every side in interleaved rounds --------------------------------------------------
 
-def measure(run, buckets, tokenizer, texts, labels, repeats, trained):
-    row = {}
-    ids = {"input_ids": np.full((1, 128), 1000), "attention_mask": np.ones((1, 128), int),
-           "token_type_ids": np.zeros((1, 128), int)}
-    row["1x128"] = percentiles(timed(lambda: run(ids), repeats))
-    singles = [encode(tokenizer, [t], pad_to=buckets) for t in texts]
-    for b in singles[:len(BUCKETS) * 4]:  # warm every bucket (JAX compiles each shape once)
-        run(b)
-    times = []
-    for b in singles:
-        start = time.perf_counter()
-        run(b)
-        times.append(time.perf_counter() - start)
-    row["batch1_sst2"] = percentiles(times)
-    order = sorted(range(len(texts)), key=lambda i: len(tokenizer.ids([texts[i]])[0])) if buckets is not None else list(range(len(texts)))
-    batches = [encode(tokenizer, [texts[i] for i in order[s:s + 32]], pad_to=buckets is True)
-               for s in range(0, len(texts), 32)]
-    for b in batches:  # warm
-        run(b)
+class Side:
+    """One way of serving the model: its call, how it pads, its inputs and what it has timed."""
+
+    def __init__(self, run, buckets, size, flops_kind, tokenizer, texts):
+        self.run, self.size, self.flops_kind = run, size, flops_kind
+        self.one = {"input_ids": np.full((1, 128), 1000), "attention_mask": np.ones((1, 128), int),
+                    "token_type_ids": np.zeros((1, 128), int)}
+        self.singles = [encode(tokenizer, [t], pad_to=buckets) for t in texts]
+        # ours: sorted by length (padded to buckets for XLA); transformers: file order
+        self.order = (sorted(range(len(texts)), key=lambda i: len(tokenizer.ids([texts[i]])[0]))
+                      if buckets is not None else list(range(len(texts))))
+        self.batches = [encode(tokenizer, [texts[i] for i in self.order[s:s + 32]], pad_to=buckets is True)
+                        for s in range(0, len(texts), 32)]
+        self.times = {"1x128": [], "batch1_sst2": [], "batch32": []}
+        self.logits = [None] * len(self.batches)
+
+    def warm(self):
+        """Every shape once (JAX compiles each bucket; onnxruntime plans its first run)."""
+        self.run(self.one)
+        for b in self.singles[:len(BUCKETS) * 4] + self.batches:
+            self.run(b)
+
+    def time_share(self, round_, rounds, repeats):
+        """This round's share: repeats/rounds calls at 1x128, every rounds-th sentence and batch."""
+        for _ in range(2):  # the caches after the previous side
+            self.run(self.one)
+        for _ in range(max(1, repeats // rounds)):
+            self.times["1x128"].append(_seconds(lambda: self.run(self.one)))
+        for b in self.singles[round_::rounds]:
+            self.times["batch1_sst2"].append(_seconds(lambda: self.run(b)))
+        for i in range(round_, len(self.batches), rounds):
+            start = time.perf_counter()
+            self.logits[i] = self.run(self.batches[i])
+            self.times["batch32"].append(time.perf_counter() - start)
+
+    def row(self, labels, trained, peaks, flops_1x128) -> dict:
+        predicted = np.empty(len(self.order), int)
+        predicted[self.order] = np.concatenate(self.logits).argmax(-1)
+        p50 = float(np.percentile(self.times["1x128"], 50))
+        return {"1x128": percentiles(self.times["1x128"]),
+                "batch1_sst2": percentiles(self.times["batch1_sst2"]),
+                "sentences_per_s": len(self.order) / sum(self.times["batch32"]),
+                "accuracy": float((predicted == labels).mean()) if trained else None,
+                "peak_share_1x128": flops_1x128 / p50 / peaks[self.flops_kind],
+                "predicted": predicted, "size_mb": self.size / 1e6}
+
+
+def _seconds(fn) -> float:
     start = time.perf_counter()
-    logits = [run(b) for b in batches]
-    row["sentences_per_s"] = len(texts) / (time.perf_counter() - start)
-    predicted = np.empty(len(texts), int)
-    predicted[order] = np.concatenate(logits).argmax(-1)
-    row["accuracy"] = float((predicted == labels).mean()) if trained else None
-    row["predicted"] = predicted
-    return row
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(sides: dict, rounds: int, repeats: int, settle: float):
+    for side in sides.values():
+        side.warm()
+    for r in range(rounds):
+        for side in sides.values():
+            time.sleep(settle)  # the previous side's onnxruntime/torch threads stop spinning
+            side.time_share(r, rounds, repeats)
+
+
+# --- the machine's peak and the model's arithmetic -----------------------------------------------------
+
+def forward_flops(config, length: int) -> float:
+    """FLOPs (2 per multiply-add) of one sequence's encoder forward: dense layers and attention."""
+    d = getattr(config, "dim", None) or config.hidden_size
+    inner = getattr(config, "hidden_dim", None) or config.intermediate_size
+    layers = getattr(config, "n_layers", None) or config.num_hidden_layers
+    return 2 * layers * length * (4 * d * d + 2 * d * inner + 2 * length * d)
+
+
+def measured_peaks(n: int = 2048, repeats: int = 5) -> dict:
+    """FLOP/s of the best of `repeats` n x n matmuls: float32 (the faster of torch and
+    onnxruntime) and int8 (onnxruntime's MatMulInteger, the kernel the int8 graphs run)."""
+    import onnxruntime
+    import torch
+    from onnx import TensorProto, helper
+
+    def session(dtype):
+        op = "MatMulInteger" if dtype == "int8" else "MatMul"
+        a_type, b_type, out = ((TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32) if dtype == "int8"
+                               else (TensorProto.FLOAT,) * 3)
+        graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], "peak",
+                                  [helper.make_tensor_value_info("a", a_type, [n, n]),
+                                   helper.make_tensor_value_info("b", b_type, [n, n])],
+                                  [helper.make_tensor_value_info("c", out, [n, n])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    rng = np.random.default_rng(0)
+    feeds = {"int8": {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)},
+             "float32": {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)}}
+    peaks = {}
+    for dtype, feed in feeds.items():
+        s = session(dtype)
+        s.run(None, feed)
+        peaks[dtype] = 2 * n ** 3 / min(_seconds(lambda: s.run(None, feed)) for _ in range(repeats))
+    x = torch.randn(n, n)
+    x @ x
+    peaks["float32"] = max(peaks["float32"], 2 * n ** 3 / min(_seconds(lambda: x @ x) for _ in range(repeats)))
+    return peaks
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="distilbert-base,minilm")
     parser.add_argument("--trained", default=None, help="MiniLM fine-tuned on SST-2 (a model/ folder)")
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=50, help="timed calls per side at 1x128")
     parser.add_argument("--sentences", type=int, default=872)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each a share of the work)")
+    parser.add_argument("--settle", type=float, default=0.5, help="seconds of pause before each side's turn")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "inference_cpu.json"))
     args = parser.parse_args()
     import torch
     texts, labels = sst2_dev()
     texts, labels = texts[:args.sentences], labels[:args.sentences]
+    peaks = measured_peaks()
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__, "torch": torch.__version__,
-               "onnxruntime": __import__("onnxruntime").__version__, "models": {}}
+               "onnxruntime": __import__("onnxruntime").__version__, "rounds": args.rounds,
+               "peak_flops": peaks, "models": {}}
+    print("measured peaks: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as work:
             if name == "minilm":
@@ -198,35 +277,38 @@ def main():
                                    Tokenizer.from_pretrained(hf.packaged_minilm()))
             tokenizer = Tokenizer.from_pretrained(directory)
             weights = os.path.getsize(os.path.join(directory, "model.safetensors"))
-            sides = {}
+            made = {}  # label -> (run, buckets, size, arithmetic)
             run, buckets = ours_jax(directory)
-            sides["ours, JAX float32"] = (run, buckets, weights)
+            made["ours, JAX float32"] = (run, buckets, weights, "float32")
             for label, options in (("ours, ONNX float32 (onnxruntime)", {}),
                                    ("ours, ONNX int8 (onnxruntime)", {"quantize": "int8"}),
                                    ("ours, StableHLO (jax.export)", {"format": "stablehlo"})):
                 out = os.path.join(work, label.split(",")[1].strip().replace(" ", "_"))
                 run, buckets = ours_exported(directory, out, **options)
-                sides[label] = (run, buckets, os.path.getsize(os.path.join(out, export.ExportedModel(out).manifest["file"])))
+                size = os.path.getsize(os.path.join(out, export.ExportedModel(out).manifest["file"]))
+                made[label] = (run, buckets, size, "int8" if "int8" in label else "float32")
             run, _ = transformers_eager(directory)
-            sides["transformers, PyTorch eager float32"] = (run, None, weights)
+            made["transformers, PyTorch eager float32"] = (run, None, weights, "float32")
             run, _ = transformers_eager(directory, int8=True)
             with tempfile.NamedTemporaryFile() as f:
                 torch.save(torch_model(directory, int8=True).state_dict(), f.name)
-                sides["transformers + torch dynamic int8"] = (run, None, os.path.getsize(f.name))
-            for fused in (False, True):
-                for int8 in (False, True):
-                    run, _, size = transformers_onnx(directory, work, fused, int8)
-                    label = (f"transformers ONNX{' + ORT fusions' if fused else ''} "
-                             f"{'int8' if int8 else 'float32'} (onnxruntime)")
-                    sides[label] = (run, None, size)
-            rows = {}
-            reference = None
-            for label, (run, buckets, size) in sides.items():
-                row = measure(run, buckets, tokenizer, texts, labels, args.repeats, trained)
+                made["transformers + torch dynamic int8"] = (run, None, os.path.getsize(f.name), "int8")
+            for fused, int8, ours in ((False, False, False), (False, True, False), (True, False, False),
+                                      (True, True, False), (False, True, True)):
+                run, _, size = transformers_onnx(directory, work, fused, int8, our_session=ours)
+                label = (f"transformers ONNX{' + ORT fusions' if fused else ''} "
+                         f"{'int8' if int8 else 'float32'} (onnxruntime{', our session' if ours else ''})")
+                made[label] = (run, None, size, "int8" if int8 else "float32")
+            sides = {label: Side(run, buckets, size, kind, tokenizer, texts)
+                     for label, (run, buckets, size, kind) in made.items()}
+            measure(sides, args.rounds, args.repeats, args.settle)
+            config, _ = hf.read_config(directory)
+            rows, reference = {}, None
+            for label, side in sides.items():
+                row = side.row(labels, trained, peaks, forward_flops(config, 128))
                 predicted = row.pop("predicted")
                 reference = predicted if reference is None else reference
                 row["labels_equal_to_ours_float32"] = float((predicted == reference).mean())
-                row["size_mb"] = size / 1e6
                 rows[label] = row
                 print(name, label, json.dumps(row), flush=True)
             results["models"][name] = rows
@@ -236,17 +318,21 @@ def main():
 
 
 def table(results) -> str:
-    lines = []
+    peaks = results["peak_flops"]
+    lines = [f"Measured matmul peaks: float32 {peaks['float32'] / 1e9:.0f} GFLOP/s, "
+             f"int8 {peaks['int8'] / 1e9:.0f} GOP/s; {results['rounds']} interleaved rounds."]
     for name, rows in results["models"].items():
         eager = rows["transformers, PyTorch eager float32"]["1x128"]["p50_ms"]
         lines += [f"\n{name} ({results['machine']}, {results['date']})\n",
-                  "| side | 1x128 p50 / p90 ms | vs eager | batch 1 SST-2 p50 / p90 ms | sentences/s (872, batch 32) | size MB | dev acc | labels = ours f32 |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| side | 1x128 p50 / p90 ms | vs eager | 1x128 share of peak | batch 1 SST-2 p50 / p90 ms | "
+                  "sentences/s (batch 32) | size MB | dev acc | labels = ours f32 |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for label, r in rows.items():
             acc = f"{100 * r['accuracy']:.2f}" if r["accuracy"] is not None else "–"
             lines.append(f"| {label} | {r['1x128']['p50_ms']:.1f} / {r['1x128']['p90_ms']:.1f} | "
-                         f"{eager / r['1x128']['p50_ms']:.2f}x | {r['batch1_sst2']['p50_ms']:.1f} / "
-                         f"{r['batch1_sst2']['p90_ms']:.1f} | {r['sentences_per_s']:.0f} | {r['size_mb']:.0f} | "
+                         f"{eager / r['1x128']['p50_ms']:.2f}x | {100 * r['peak_share_1x128']:.0f}% | "
+                         f"{r['batch1_sst2']['p50_ms']:.1f} / {r['batch1_sst2']['p90_ms']:.1f} | "
+                         f"{r['sentences_per_s']:.0f} | {r['size_mb']:.0f} | "
                          f"{acc} | {100 * r['labels_equal_to_ours_float32']:.1f}% |")
     return "\n".join(lines)
 
