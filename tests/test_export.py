@@ -176,7 +176,7 @@ def test_sessions_keep_residual_add_and_layer_norm_unfused(checkpoints, tmp_path
     plain = loaded_ops(lambda path, options: onnxruntime.InferenceSession(
         path, options, providers=["CPUExecutionProvider"]))
     ours = loaded_ops(export.onnx_session)
-    assert plain.count("SkipLayerNormalization") == 2 * layers  # after attention and after the FFN
+    assert plain.count("SkipLayerNormalization") >= 2 * layers  # after attention and after the FFN
     assert "SkipLayerNormalization" not in ours
     assert ours.count("LayerNormalization") == 2 * layers + 1  # + the embeddings'
     assert ours.count("DynamicQuantizeMatMul") == plain.count("DynamicQuantizeMatMul") > 0
