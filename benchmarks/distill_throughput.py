@@ -15,7 +15,6 @@ host reaches on a large float32 matmul, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -31,29 +30,15 @@ from distilbert_jax.train import distill
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.step import make_step
 
-
-def measured_peak_flops(n: int = 4096, repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` n x n float32 matmuls: this host's practical peak."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+from arithmetic import encoder_flops, jax_peak
 
 
 def flops_per_token(teacher_cfg, student_cfg, length: int, logit_fraction: float) -> float:
     """Model FLOPs of one distillation update per token: teacher forward, student forward + backward."""
-    def forward(layers, d, ff):
-        per_layer = 4 * d * d + 2 * d * ff + 2 * length * d  # QKVO, FFN, scores and weighted sum
+    def forward(config, d):
         head = logit_fraction * (d * d + d * teacher_cfg.vocab_size)  # transform + vocabulary
-        return 2 * (layers * per_layer + head)
-    t = forward(teacher_cfg.num_hidden_layers, teacher_cfg.hidden_size, teacher_cfg.intermediate_size)
-    s = forward(student_cfg.n_layers, student_cfg.dim, student_cfg.hidden_dim)
-    return t + 3 * s
+        return encoder_flops(config, length) / length + 2 * head
+    return forward(teacher_cfg, teacher_cfg.hidden_size) + 3 * forward(student_cfg, student_cfg.dim)
 
 
 def config_for(args, restrict: bool):
@@ -164,7 +149,7 @@ def main(argv=None):
     parser.add_argument("--frameworks", default="jax,torch")
     args = parser.parse_args(argv)
 
-    peak = measured_peak_flops()
+    peak = jax_peak(jnp.float32, 4096)
     teacher, _ = hf.from_pretrained(hf.resolve(args.teacher), head="base")
     student_cfg = student.student_config(teacher.config, args.student_layers)
     tokens = args.batch * args.length

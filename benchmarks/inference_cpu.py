@@ -42,6 +42,8 @@ from distilbert_jax.config import DistilBertConfig
 from distilbert_jax.data.task import bucket_for
 from distilbert_jax.tokenizer import Tokenizer
 
+from arithmetic import encoder_flops, onnxruntime_peak, seconds, torch_peak
+
 BUCKETS = (16, 32, 64, 128)
 SST2_DEV = os.path.join(os.path.dirname(__file__), "..", "distilbert_jax", "data", "sample", "SST-2", "dev.tsv")
 
@@ -139,56 +141,59 @@ def transformers_onnx(directory, workdir, fused=False, int8=False, our_session=F
 
 # --- measuring: every side in interleaved rounds --------------------------------------------------
 
-class Side:
-    """One way of serving the model: its call, how it pads, its inputs and what it has timed."""
+ONE_128 = {"input_ids": np.full((1, 128), 1000), "attention_mask": np.ones((1, 128), int),
+           "token_type_ids": np.zeros((1, 128), int)}
 
-    def __init__(self, run, buckets, size, arithmetic, tokenizer, texts):
+
+def inputs(tokenizer, texts, buckets):
+    """(single sentences, batch order, batches of 32) as a side pads them: ours sorted by length
+    (buckets True: padded to BUCKETS for XLA; False: to each batch's longest), transformers (None)
+    in file order."""
+    singles = [encode(tokenizer, [t], pad_to=buckets) for t in texts]
+    order = (sorted(range(len(texts)), key=lambda i: len(tokenizer.ids([texts[i]])[0]))
+             if buckets is not None else list(range(len(texts))))
+    batches = [encode(tokenizer, [texts[i] for i in order[s:s + 32]], pad_to=buckets is True)
+               for s in range(0, len(texts), 32)]
+    return singles, order, batches
+
+
+class Side:
+    """One way of serving the model: its call, its inputs, and what it has timed."""
+
+    def __init__(self, run, size, arithmetic, singles, order, batches):
         self.run, self.size, self.arithmetic = run, size, arithmetic
-        self.one = {"input_ids": np.full((1, 128), 1000), "attention_mask": np.ones((1, 128), int),
-                    "token_type_ids": np.zeros((1, 128), int)}
-        self.singles = [encode(tokenizer, [t], pad_to=buckets) for t in texts]
-        # ours: sorted by length (padded to buckets for XLA); transformers: file order
-        self.order = (sorted(range(len(texts)), key=lambda i: len(tokenizer.ids([texts[i]])[0]))
-                      if buckets is not None else list(range(len(texts))))
-        self.batches = [encode(tokenizer, [texts[i] for i in self.order[s:s + 32]], pad_to=buckets is True)
-                        for s in range(0, len(texts), 32)]
+        self.singles, self.order, self.batches = singles, order, batches
         self.times = {"1x128": [], "batch1_sst2": [], "batch32": []}
-        self.logits = [None] * len(self.batches)
+        self.logits = [None] * len(batches)
 
     def warm(self):
         """Every shape once (JAX compiles each bucket; onnxruntime plans its first run)."""
-        self.run(self.one)
+        self.run(ONE_128)
         for b in self.singles[:len(BUCKETS) * 4] + self.batches:
             self.run(b)
 
     def time_share(self, round_, rounds, repeats):
         """This round's share: repeats/rounds calls at 1x128, every rounds-th sentence and batch."""
         for _ in range(2):  # the caches after the previous side
-            self.run(self.one)
+            self.run(ONE_128)
         for _ in range(max(1, repeats // rounds)):
-            self.times["1x128"].append(_seconds(lambda: self.run(self.one)))
+            self.times["1x128"].append(seconds(lambda: self.run(ONE_128)))
         for b in self.singles[round_::rounds]:
-            self.times["batch1_sst2"].append(_seconds(lambda: self.run(b)))
+            self.times["batch1_sst2"].append(seconds(lambda: self.run(b)))
         for i in range(round_, len(self.batches), rounds):
             start = time.perf_counter()
             self.logits[i] = self.run(self.batches[i])
             self.times["batch32"].append(time.perf_counter() - start)
 
-    def row(self, labels, trained, flops_1x128) -> dict:
+    def row(self, labels, trained, flops_1x128, peaks) -> dict:
         predicted = np.empty(len(self.order), int)
         predicted[self.order] = np.concatenate(self.logits).argmax(-1)
         return {"1x128": percentiles(self.times["1x128"]),
                 "batch1_sst2": percentiles(self.times["batch1_sst2"]),
                 "sentences_per_s": len(self.order) / sum(self.times["batch32"]),
                 "accuracy": float((predicted == labels).mean()) if trained else None,
-                "flops_1x128": flops_1x128, "arithmetic": self.arithmetic,
+                "peak_share_1x128": flops_1x128 / np.percentile(self.times["1x128"], 50) / peaks[self.arithmetic],
                 "predicted": predicted, "size_mb": self.size / 1e6}
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def measure(sides: dict, rounds: int, repeats: int, settle: float):
@@ -200,43 +205,11 @@ def measure(sides: dict, rounds: int, repeats: int, settle: float):
             side.time_share(r, rounds, repeats)
 
 
-# --- the machine's peak and the model's arithmetic -----------------------------------------------------
-
-def forward_flops(config, length: int) -> float:
-    """FLOPs (2 per multiply-add) of one sequence's encoder forward: dense layers and attention."""
-    d = getattr(config, "dim", None) or config.hidden_size
-    inner = getattr(config, "hidden_dim", None) or config.intermediate_size
-    layers = getattr(config, "n_layers", None) or config.num_hidden_layers
-    return 2 * layers * length * (4 * d * d + 2 * d * inner + 2 * length * d)
-
-
-def measured_peaks(n: int = 2048, repeats: int = 10) -> dict:
-    """FLOP/s of the best of `repeats` n x n matmuls with a constant right operand (as a model's
-    weights are, so onnxruntime prepacks it): float32 (the faster of torch and onnxruntime) and
-    int8 (onnxruntime's MatMulInteger, the kernel the int8 graphs run)."""
-    import onnxruntime
-    import torch
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    operands = {"int8": (rng.integers(0, 255, (n, n), dtype=np.uint8), rng.integers(-127, 127, (n, n), dtype=np.int8)),
-                "float32": (rng.standard_normal((n, n), dtype=np.float32),) * 2}
-    peaks = {}
-    for dtype, (a, b) in operands.items():
-        op, a_type, out = (("MatMulInteger", TensorProto.UINT8, TensorProto.INT32) if dtype == "int8"
-                           else ("MatMul", TensorProto.FLOAT, TensorProto.FLOAT))
-        graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], "peak",
-                                  [helper.make_tensor_value_info("a", a_type, [n, n])],
-                                  [helper.make_tensor_value_info("c", out, [n, n])],
-                                  [numpy_helper.from_array(b, "b")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        session.run(None, {"a": a})
-        peaks[dtype] = 2 * n ** 3 / min(_seconds(lambda: session.run(None, {"a": a})) for _ in range(repeats))
-    x = torch.randn(n, n)
-    x @ x
-    peaks["float32"] = max(peaks["float32"], 2 * n ** 3 / min(_seconds(lambda: x @ x) for _ in range(repeats)))
-    return peaks
+def measured_peaks(n: int = 2048) -> dict:
+    """This CPU's best n x n matmul, in each side's arithmetic: float32 (the faster of torch and
+    onnxruntime) and int8 (onnxruntime's MatMulInteger, the kernel the int8 graphs run)."""
+    return {"float32": max(torch_peak("float32", n, 10), onnxruntime_peak("float32", n, 10)),
+            "int8": onnxruntime_peak("int8", n, 10)}
 
 
 def main():
@@ -252,7 +225,7 @@ def main():
     import torch
     texts, labels = sst2_dev()
     texts, labels = texts[:args.sentences], labels[:args.sentences]
-    peaks = measured_peaks()  # measured again at the end: the best the machine reached in the run
+    peaks = measured_peaks()  # measured again after each model: the best the machine reached
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__, "torch": torch.__version__,
                "onnxruntime": __import__("onnxruntime").__version__, "rounds": args.rounds,
@@ -295,23 +268,21 @@ def main():
                 label = (f"transformers ONNX{' + ORT fusions' if fused else ''} "
                          f"{'int8' if int8 else 'float32'} (onnxruntime{', our session' if ours else ''})")
                 made[label] = (run, None, size, "int8" if int8 else "float32")
-            sides = {label: Side(run, buckets, size, kind, tokenizer, texts)
+            encoded = {b: inputs(tokenizer, texts, b) for b in {m[1] for m in made.values()}}
+            sides = {label: Side(run, size, kind, *encoded[buckets])
                      for label, (run, buckets, size, kind) in made.items()}
             measure(sides, args.rounds, args.repeats, args.settle)
+            peaks.update({k: max(v, peaks[k]) for k, v in measured_peaks().items()})
             config, _ = hf.read_config(directory)
             rows, reference = {}, None
             for label, side in sides.items():
-                row = side.row(labels, trained, forward_flops(config, 128))
+                row = side.row(labels, trained, encoder_flops(config, 128), peaks)
                 predicted = row.pop("predicted")
                 reference = predicted if reference is None else reference
                 row["labels_equal_to_ours_float32"] = float((predicted == reference).mean())
                 rows[label] = row
                 print(name, label, json.dumps(row), flush=True)
             results["models"][name] = rows
-    peaks.update({k: max(v, peaks[k]) for k, v in measured_peaks().items()})
-    for rows in results["models"].values():  # shares against the run's best peak
-        for row in rows.values():
-            row["peak_share_1x128"] = row.pop("flops_1x128") / row["1x128"]["p50_ms"] * 1e3 / peaks[row.pop("arithmetic")]
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
     print(table(results))

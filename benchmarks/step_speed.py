@@ -21,7 +21,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts
 
@@ -35,43 +34,19 @@ from distilbert_jax.train import distill, finetune  # noqa: E402
 from distilbert_jax.train import state as train_state  # noqa: E402
 from distilbert_jax.train.step import make_step  # noqa: E402
 
+from arithmetic import encoder_flops, jax_peak, seconds, torch_peak  # noqa: E402
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def measured_peak(dtype, n: int) -> float:
-    """FLOP/s of the best of five n x n matmuls in `dtype`: this device's practical peak."""
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    return 2 * n ** 3 / min(_time(lambda: matmul(a).block_until_ready()) for _ in range(5))
-
-
-def torch_peak(dtype: str, n: int) -> float:
-    """The same for torch on its device (its CPU kernels can beat XLA's, e.g. bf16 on CPUs)."""
-    import torch
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    (a @ a), sync()
-    return 2 * n ** 3 / min(_time(lambda: ((a @ a), sync())) for _ in range(5))
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def model_flops(config: DistilBertConfig, batch: int, length: int, train: bool) -> float:
-    d, layers = config.dim, config.n_layers
-    per_token = layers * (4 * d * d + 2 * d * config.hidden_dim + 2 * length * d)  # multiply-adds
-    return 2 * per_token * batch * length * (3 if train else 1)
+    return encoder_flops(config, length) * batch * (3 if train else 1)
 
 
 def median_seconds(step, warmup: int, steps: int, sync) -> float:
     for _ in range(warmup):
         sync(step())
-    return float(np.median([_time(lambda: sync(step())) for _ in range(steps)]))
+    return float(np.median([seconds(lambda: sync(step())) for _ in range(steps)]))
 
 
 def batch_of(config, batch: int, length: int, seed: int = 0) -> dict:
@@ -179,7 +154,7 @@ def main(argv=None):
     config = DistilBertConfig()
     init = models.DistilBertForSequenceClassification(config)
     params = models.init_params(init, seed=0)
-    peaks = {d: measured_peak(DTYPES[d], args.peak_size) for d in args.dtypes.split(",")}
+    peaks = {d: jax_peak(DTYPES[d], args.peak_size) for d in args.dtypes.split(",")}
     if any(side.startswith("torch") for side in args.sides.split(",")):  # the faster of the two
         peaks = {d: max(p, torch_peak(d, args.peak_size)) for d, p in peaks.items()}
     rows = []
