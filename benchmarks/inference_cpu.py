@@ -212,6 +212,22 @@ def measured_peaks(n: int = 2048) -> dict:
             "int8": onnxruntime_peak("int8", n, 10)}
 
 
+def benchmark_model(name: str, trained: str | None, work: str) -> tuple[str, bool]:
+    """(checkpoint folder, whether it is trained): "minilm" is `trained` (a fine-tuned MiniLM
+    folder) or else a random classifier on all-MiniLM-L6-v2; "distilbert-base" is our random
+    initialisation (speed only), both written into `work`."""
+    if name == "minilm" and trained:
+        return trained, True
+    directory = os.path.join(work, name)
+    if name == "minilm":
+        module, params = hf.from_pretrained(hf.packaged_minilm(), head="sequence_classification", num_labels=2)
+    else:
+        module = models.DistilBertForSequenceClassification(DistilBertConfig(num_labels=2))
+        params = models.init_params(module)
+    hf.save_pretrained(directory, module, params, Tokenizer.from_pretrained(hf.packaged_minilm()))
+    return directory, False
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="distilbert-base,minilm")
@@ -233,17 +249,7 @@ def main():
     print("measured peaks: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as work:
-            if name == "minilm":
-                directory, trained = args.trained or hf.packaged_minilm(), args.trained is not None
-                if not trained:
-                    directory = os.path.join(work, "minilm")  # a (random) classifier on MiniLM
-                    module, params = hf.from_pretrained(hf.packaged_minilm(), head="sequence_classification", num_labels=2)
-                    hf.save_pretrained(directory, module, params, Tokenizer.from_pretrained(hf.packaged_minilm()))
-            else:
-                directory, trained = os.path.join(work, "distilbert-base"), False
-                module = models.DistilBertForSequenceClassification(DistilBertConfig(num_labels=2))
-                hf.save_pretrained(directory, module, models.init_params(module),
-                                   Tokenizer.from_pretrained(hf.packaged_minilm()))
+            directory, trained = benchmark_model(name, args.trained, work)
             tokenizer = Tokenizer.from_pretrained(directory)
             weights = os.path.getsize(os.path.join(directory, "model.safetensors"))
             made = {}  # label -> (run, buckets, size, arithmetic)
