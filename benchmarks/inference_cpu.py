@@ -8,7 +8,8 @@ For DistilBERT-base (our random initialisation, written with save_pretrained: sp
 all-MiniLM-L6-v2 (--trained: a fine-tuned checkpoint of it, so dev accuracy means something):
 ours in JAX (float32, jit, lengths padded to buckets of 16/32/64/128 so few shapes compile), our
 ONNX export in onnxruntime (float32 and int8, in `export.onnx_session`), our StableHLO artefact
-(deserialized, same buckets); transformers eager float32, transformers + torch dynamic int8
+(deserialized, same buckets), our LiteRT export in ai-edge-litert's interpreter (float32 and
+dynamic-range int8, every core); transformers eager float32, transformers + torch dynamic int8
 (`quantize_dynamic` on nn.Linear), transformers' ONNX export (torch.onnx) in onnxruntime, plain and
 with onnxruntime's BERT fusions (as Optimum applies them), each float32 and dynamic int8
 (per-tensor, as Optimum's avx512_vnni preset), in onnxruntime's default session, and its plain int8
@@ -257,7 +258,9 @@ def main():
             made["ours, JAX float32"] = (run, buckets, weights, "float32")
             for label, options in (("ours, ONNX float32 (onnxruntime)", {}),
                                    ("ours, ONNX int8 (onnxruntime)", {"quantize": "int8"}),
-                                   ("ours, StableHLO (jax.export)", {"format": "stablehlo"})):
+                                   ("ours, StableHLO (jax.export)", {"format": "stablehlo"}),
+                                   ("ours, LiteRT float32 (ai-edge-litert)", {"format": "litert"}),
+                                   ("ours, LiteRT int8 (ai-edge-litert)", {"format": "litert", "quantize": "int8"})):
                 out = os.path.join(work, label.split(",")[1].strip().replace(" ", "_"))
                 run, buckets = ours_exported(directory, out, **options)
                 size = os.path.getsize(os.path.join(out, export.ExportedModel(out).manifest["file"]))

@@ -30,6 +30,7 @@ import numpy as np
 # label -> (how the child loads it, the file it loads)
 SIDES = {
     "ours, ONNX int8 (our session)": ("onnx-ours", "ours.onnx"),
+    "ours, LiteRT int8 (ai-edge-litert)": ("litert", "ours-litert/model.tflite"),
     "transformers ONNX int8 (onnxruntime)": ("onnx-default", "hf_int8.onnx"),
     "transformers ONNX + ORT fusions int8 (onnxruntime)": ("onnx-default", "hf_fused_int8.onnx"),
     "transformers + torch dynamic int8": ("torch-int8", "model"),
@@ -51,6 +52,12 @@ def child(kind: str, path: str, repeats: int) -> list[float]:
         feed = {n: (np.full if n == "input_ids" else np.ones if n == "attention_mask" else np.zeros)(
             (1, 128), *([1000] if n == "input_ids" else []), dtype=np.int64) for n in names}
         call = lambda: session.run(None, feed)  # noqa: E731
+    elif kind == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+        runner = Interpreter(model_path=path, num_threads=os.cpu_count()).get_signature_runner("serving_default")
+        feed = {n: np.full((1, 128), 1000 if n == "input_ids" else 1 if n == "attention_mask" else 0, np.int32)
+                for n in runner.get_input_details()}
+        call = lambda: runner(**feed)  # noqa: E731
     else:
         import torch
         from transformers import AutoModelForSequenceClassification
@@ -75,11 +82,12 @@ def child(kind: str, path: str, repeats: int) -> list[float]:
 
 
 def build(directory: str, work: str) -> None:
-    """The files the children load: our int8 export and transformers' ONNX int8 graphs, plain and
-    fused, made as `inference_cpu.py` makes them."""
+    """The files the children load: our int8 exports (ONNX, LiteRT) and transformers' ONNX int8
+    graphs, plain and fused, made as `inference_cpu.py` makes them."""
     from inference_cpu import transformers_onnx
     from distilbert_jax import export
     export.export(directory, os.path.join(work, "ours"), format="onnx", quantize="int8")
+    export.export(directory, os.path.join(work, "ours-litert"), format="litert", quantize="int8")
     os.symlink(os.path.join(work, "ours", "model.onnx"), os.path.join(work, "ours.onnx"))
     os.symlink(directory, os.path.join(work, "model"))
     for fused in (False, True):

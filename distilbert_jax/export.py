@@ -1,5 +1,6 @@
 """A checkpoint exported to run without this package: ONNX for onnxruntime (float32, or int8 by
-onnxruntime's dynamic quantisation), or a serialized `jax.export` (StableHLO) artefact.
+onnxruntime's dynamic quantisation), a serialized `jax.export` (StableHLO) artefact, or LiteRT
+(TFLite) for on-device runtimes (float32, or int8 by LiteRT's dynamic-range quantisation).
 
     python -m distilbert_jax.export --model=runs/sst2/model --format=onnx --quantize=int8 \\
         --output=exported/sst2 [--task=text-classification]
@@ -7,14 +8,16 @@ onnxruntime's dynamic quantisation), or a serialized `jax.export` (StableHLO) ar
 --model: any checkpoint the project reads (a fine-tuned `model/` folder, a Hugging Face folder or
 hub id, `packaged:all-MiniLM-L6-v2`). --task: what the graph computes (its head and outputs); by
 default the checkpoint's own head. The output folder is self-contained: the model file
-(`model.onnx` or `model.stablehlo`), the tokenizer files, `config.json`, `export.json` (what the
-graph takes and returns) and a README card with the measured agreement with the source model. It
-appears whole or not at all. `dj.pipeline(task, model=OUT)` and `predict --model=OUT` run it.
+(`model.onnx`, `model.stablehlo` or `model.tflite`), the tokenizer files, `config.json`,
+`export.json` (what the graph takes and returns) and a README card with the measured agreement
+with the source model. It appears whole or not at all. `dj.pipeline(task, model=OUT)` and `predict --model=OUT` run it.
 
 ONNX graphs take `input_ids`, `attention_mask` (and `token_type_ids` for BERT) as int64 with
 dynamic batch and length axes, and name their outputs as transformers' (Optimum's) ONNX exports
 do, so tools that read such a folder read this one. A StableHLO artefact takes the same inputs
-as int32 and returns the outputs in `export.json`'s order.
+as int32 and returns the outputs in `export.json`'s order. A LiteRT model takes them as int32
+through its `serving_default` signature (batch and length resizable) and returns the outputs by
+name.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from distilbert_jax.pipelines.loading import sentence_transformers_settings
 from distilbert_jax.pipelines.sentence_embeddings import l2_normalize, mean_pool
 from distilbert_jax.tokenizer import Tokenizer, TokenizerError
 
-FORMATS = {"onnx": "model.onnx", "stablehlo": "model.stablehlo"}
+FORMATS = {"onnx": "model.onnx", "stablehlo": "model.stablehlo", "litert": "model.tflite"}
 QUANTIZATIONS = ("none", "int8")
 MANIFEST = "export.json"
 # What each task's graph computes: (head, output names as transformers' ONNX exports name them).
@@ -59,6 +62,7 @@ SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json",
 # Shapes (batch, length) the export is checked on: several batches and lengths, padding included.
 CHECK_SHAPES = ((1, 8), (2, 16), (3, 37))
 ONNX_EXTRA = "pip install 'distilbert-jax[export]'"
+LITERT_EXTRA = "pip install 'distilbert-jax[litert]'"
 
 
 class ExportError(ValueError):
@@ -111,17 +115,16 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
         raise ExportError(f"--format={format!r} is not one of {tuple(FORMATS)}.")
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"--quantize={quantize!r} is not one of {QUANTIZATIONS}.")
-    if quantize == "int8" and format != "onnx":
-        raise ExportError("--quantize=int8 is onnxruntime's quantisation: use it with --format=onnx "
-                          "(a StableHLO artefact is float32).")
+    if quantize == "int8" and format == "stablehlo":
+        raise ExportError("--quantize=int8 is onnxruntime's or LiteRT's quantisation: use it with "
+                          "--format=onnx or --format=litert (a StableHLO artefact is float32).")
     if task is not None and task not in TASKS:
         raise ExportError(f"--task={task!r} is not one of {tuple(TASKS)}.")
     output = os.fspath(output)
     if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
         raise ExportError(f"--output={output} already exists and is not an empty folder; choose "
                           "a new one (nothing was written).")
-    if format == "onnx":
-        _require_onnx_tools()
+    _require_tools(format)
 
     directory, config, task = _source(model, task)
     head = TASKS[task][0]
@@ -142,6 +145,8 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
         model_path = os.path.join(staging, FORMATS[format])
         if format == "onnx":
             _write_onnx(fn, task, names, outputs, model_path, quantize)
+        elif format == "litert":
+            _write_litert(fn, task, names, outputs, model_path, quantize)
         else:
             _write_stablehlo(fn, task, len(names), model_path)
         module.config.to_json_file(os.path.join(staging, "config.json"),
@@ -184,12 +189,18 @@ def _source(model: str, task: str | None):
     return directory, config, task
 
 
-def _require_onnx_tools():
-    for name in ("jax2onnx", "onnx", "onnxruntime"):
+# What each format needs to be written (and checked), and the extra that installs it.
+CONVERTERS = {"onnx": (("jax2onnx", "onnx", "onnxruntime"), ONNX_EXTRA),
+              "litert": (("tensorflow", "ai_edge_litert"), LITERT_EXTRA), "stablehlo": ((), "")}
+
+
+def _require_tools(format: str):
+    modules, extra = CONVERTERS[format]
+    for name in modules:
         try:
             __import__(name)
         except ImportError:
-            raise ExportError(f"ONNX export needs {name}, which is not installed: {ONNX_EXTRA}.") from None
+            raise ExportError(f"{format} export needs {name}, which is not installed: {extra}.") from None
 
 
 def _write_onnx(fn, task, names, outputs, path, quantize):
@@ -248,6 +259,35 @@ def quantize_int8(source: str, target: str) -> None:
                          op_types_to_quantize=["MatMul", "Gemm"])
 
 
+def _write_litert(fn, task, names, outputs, path, quantize):
+    """jax2tf wraps the traced function (symbolic batch and length) as a tf.function, whose
+    `serving_default` signature TFLiteConverter writes with builtin ops only; int8 is LiteRT's
+    dynamic-range quantisation (int8 weights, activations quantised per call; the embedding tables
+    stay float32, as in the ONNX recipe)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up banner
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+    dims = "(b, c, l)" if task == "multiple-choice" else "(b, l)"
+    graph = jax2tf.convert(fn, polymorphic_shapes=[dims] * len(names), with_gradient=False)
+    shape = [None] * (3 if task == "multiple-choice" else 2)
+    signature = [tf.TensorSpec(shape, tf.int32, name=n) for n in names]
+
+    class Serving(tf.Module):
+        @tf.function(input_signature=signature, autograph=False)
+        def serve(self, *arrays):
+            return dict(zip(outputs, graph(*arrays)))
+
+    module = Serving()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()],
+                                                                module)
+    if quantize == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with _quiet("absl", "tensorflow"):
+        flatbuffer = converter.convert()
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+
+
 def _write_stablehlo(fn, task, count, path):
     exported = jax.export.export(jax.jit(fn))(*_input_specs(task, count))
     with open(path, "wb") as f:
@@ -280,8 +320,9 @@ def is_exported(directory) -> bool:
 
 class ExportedModel:
     """An exported folder called like its model: a batch of arrays (input_ids, attention_mask,
-    token_type_ids; extra keys ignored) -> {output name: numpy array}, with onnxruntime or the
-    deserialized jax.export call. `config` is the source model's config (positions, labels)."""
+    token_type_ids; extra keys ignored) -> {output name: numpy array}, with onnxruntime, the
+    deserialized jax.export call or LiteRT's interpreter. `config` is the source model's config
+    (positions, labels)."""
 
     def __init__(self, directory: str):
         self.directory = os.fspath(directory)
@@ -296,21 +337,24 @@ class ExportedModel:
         path = os.path.join(self.directory, self.manifest["file"])
         if not os.path.isfile(path):
             raise ExportError(f"{self.directory} lacks its model file {self.manifest['file']}.")
-        self._run = _onnx_runner(path) if self.format == "onnx" else _stablehlo_runner(path)
+        self._run = RUNNERS[self.format](path, self.outputs)
 
     @property
     def dynamic_shapes(self) -> bool:
-        """Whether any shape runs at no extra cost (onnxruntime), or each new shape compiles (XLA)."""
-        return self.format == "onnx"
+        """Whether any shape runs at no extra cost (onnxruntime, LiteRT), or each new shape
+        compiles (XLA)."""
+        return self.format != "stablehlo"
 
     def __call__(self, batch: dict) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self._run([np.asarray(batch[k]) for k in self.inputs])))
+        return dict(zip(self.outputs, self._run({k: np.asarray(batch[k]) for k in self.inputs})))
 
 
-def _onnx_runner(path: str):
+# Runners: (model file, output names) -> a call from {input name: array} (export.json's inputs, in
+# their order) to the outputs, in the order given.
+
+def _onnx_runner(path: str, outputs):
     session = onnx_session(path)
-    names = [i.name for i in session.get_inputs()]
-    return lambda arrays: session.run(None, {n: a.astype(np.int64) for n, a in zip(names, arrays)})
+    return lambda feed: session.run(list(outputs), {k: a.astype(np.int64) for k, a in feed.items()})
 
 
 # onnxruntime fuses each residual Add + LayerNormalization into SkipLayerNormalization when it loads
@@ -332,11 +376,29 @@ def onnx_session(path: str, options=None):
                                         disabled_optimizers=list(DISABLED_ONNXRUNTIME_FUSIONS))
 
 
-def _stablehlo_runner(path: str):
+def _stablehlo_runner(path: str, outputs):
     with open(path, "rb") as f:
         exported = jax.export.deserialize(bytearray(f.read()))
     call = jax.jit(exported.call)
-    return lambda arrays: [np.asarray(o) for o in call(*(a.astype(np.int32) for a in arrays))]
+    return lambda feed: [np.asarray(o) for o in call(*(a.astype(np.int32) for a in feed.values()))]
+
+
+def _litert_runner(path: str, outputs):
+    """LiteRT's interpreter on every core; its signature runner resizes to each batch's shape."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise ExportError(f"{os.path.dirname(path)} is a LiteRT export; running it needs "
+                          "ai-edge-litert: pip install 'distilbert-jax[litert]'.") from None
+    runner = Interpreter(model_path=path, num_threads=os.cpu_count()).get_signature_runner("serving_default")
+
+    def run(feed):
+        result = runner(**{k: a.astype(np.int32) for k, a in feed.items()})
+        return [result[n] for n in outputs]
+    return run
+
+
+RUNNERS = {"onnx": _onnx_runner, "stablehlo": _stablehlo_runner, "litert": _litert_runner}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -373,12 +435,17 @@ def agreement(fn, exported: ExportedModel, task: str, config) -> dict:
 def _card(manifest: dict) -> str:
     errors = ", ".join(f"{k} {v:.1e}" for k, v in manifest["agreement"]["max_relative_error"].items())
     shapes = ", ".join(f"{b}x{n}" for b, n in manifest["agreement"]["shapes"])
-    runtime = ("onnxruntime (`pip install onnxruntime`); distilbert-jax opens it with "
-               "`disabled_optimizers=[\"SkipLayerNormFusion\"]` (faster on the AVX-512 CPU it was measured on)"
-               if manifest["format"] == "onnx"
-               else f"`jax.export.deserialize` (made with jax {manifest['jax_version']})")
-    quantized = (" Weights are int8 (one scale per output channel), activations quantised per call "
-                 "(onnxruntime's dynamic quantisation)." if manifest["quantize"] == "int8" else "")
+    runtime = {"onnx": "onnxruntime (`pip install onnxruntime`); distilbert-jax opens it with "
+                       "`disabled_optimizers=[\"SkipLayerNormFusion\"]` (faster on the AVX-512 CPU it was "
+                       "measured on)",
+               "litert": "LiteRT (`pip install ai-edge-litert`) through its `serving_default` signature, "
+                         "int32 inputs",
+               "stablehlo": f"`jax.export.deserialize` (made with jax {manifest['jax_version']})",
+               }[manifest["format"]]
+    recipe = {"onnx": "onnxruntime's dynamic quantisation: one scale per output channel",
+              "litert": "LiteRT's dynamic-range quantisation"}.get(manifest["format"])
+    quantized = (f" Dense weights are int8, activations quantised per call ({recipe}); the embedding "
+                 "tables stay float32." if manifest["quantize"] == "int8" else "")
     return (f"# {manifest['task']}: {manifest['family']} exported by distilbert-jax\n\n"
             f"Made with `python -m distilbert_jax.export --model={manifest['source']} "
             f"--format={manifest['format']} --quantize={manifest['quantize']} --task={manifest['task']}`.\n"
@@ -398,7 +465,7 @@ def main(argv=None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory, hub id or packaged:all-MiniLM-L6-v2")
     parser.add_argument("--format", default="onnx", help=f"one of {tuple(FORMATS)}")
-    parser.add_argument("--quantize", default="none", help=f"one of {QUANTIZATIONS} (int8: ONNX only)")
+    parser.add_argument("--quantize", default="none", help=f"one of {QUANTIZATIONS} (int8: ONNX and LiteRT)")
     parser.add_argument("--output", required=True, help="a new (or empty) folder")
     parser.add_argument("--task", default=None, help=f"one of {tuple(TASKS)}; default: the checkpoint's head")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
-"""python -m distilbert_jax.export: every head of both families exported to ONNX and to StableHLO
-gives the JAX model's outputs (1e-5 relative, several batch sizes and lengths, padding included);
-int8 is onnxruntime's dynamic quantisation; pipelines and predict run an exported folder with the
+"""python -m distilbert_jax.export: every head of both families exported to ONNX, StableHLO and
+LiteRT gives the JAX model's outputs (1e-5 relative, several batch sizes and lengths, padding
+included); int8 is onnxruntime's (or LiteRT's) dynamic quantisation; pipelines and predict run an exported folder with the
 same answers; bad input is one sentence and writes nothing."""
 
 import json
@@ -78,6 +78,31 @@ def test_onnx_equals_jax_for_every_head(checkpoints, tmp_path, name):
 def test_stablehlo_equals_jax(checkpoints, tmp_path, name):
     out = export.export(checkpoints[name], tmp_path / "out", format="stablehlo")
     assert_matches_jax(checkpoints[name], out, HEADS[name])
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_litert_equals_jax_for_every_head(checkpoints, tmp_path, name):
+    out = export.export(checkpoints[name], tmp_path / "out", format="litert")
+    assert_matches_jax(checkpoints[name], out, HEADS[name])
+    from ai_edge_litert.interpreter import Interpreter
+    signature = Interpreter(model_path=os.path.join(out, "model.tflite")).get_signature_list()
+    want = {"inputs": sorted(export.ExportedModel(out).inputs), "outputs": sorted(export.TASKS[HEADS[name]][1])}
+    assert {k: sorted(v) for k, v in signature["serving_default"].items()} == want
+
+
+def test_litert_int8_is_dynamic_range_and_keeps_the_labels(checkpoints, tmp_path):
+    source = checkpoints["bert_seqcls"]
+    out = export.export(source, tmp_path / "int8", format="litert", quantize="int8")
+    full = export.export(source, tmp_path / "float32", format="litert")
+    from ai_edge_litert.interpreter import Interpreter
+    types = lambda path: {d["dtype"] for d in Interpreter(model_path=path).get_tensor_details()}
+    assert np.int8 in types(os.path.join(out, "model.tflite"))
+    assert np.int8 not in types(os.path.join(full, "model.tflite"))
+    exported = export.ExportedModel(out)
+    arrays = export.check_inputs(exported.config, "text-classification", 4, 20)
+    got = exported(dict(zip(exported.inputs, arrays)))["logits"]
+    want = jax_outputs(source, "text-classification", arrays)[0]
+    assert relative_error(got, want) < 0.1  # int8 rounding, not a different model
 
 
 def test_stablehlo_loads_in_a_process_without_distilbert_jax(checkpoints, tmp_path):
@@ -319,9 +344,17 @@ def test_missing_converter_or_runtime_names_the_extra(tmp_path, monkeypatch, sen
     with pytest.raises(export.ExportError, match=r"needs jax2onnx.*distilbert-jax\[export\]"):
         export.export(SENTIMENT, tmp_path / "out", format="onnx")
     assert os.listdir(tmp_path) == []
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    with pytest.raises(export.ExportError, match=r"needs tensorflow.*distilbert-jax\[litert\]"):
+        export.export(SENTIMENT, tmp_path / "out", format="litert")
+    assert os.listdir(tmp_path) == []
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(dj.PipelineError, match=r"needs onnxruntime.*distilbert-jax\[onnxruntime\]"):
         dj.pipeline("text-classification", model=sentiment_exports["onnx"])
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(dj.PipelineError, match=r"needs ai-edge-litert.*distilbert-jax\[litert\]"):
+        dj.pipeline("text-classification", model=sentiment_exports["litert"])
 
 
 def test_pipeline_refuses_what_an_export_cannot_do(sentiment_exports):

@@ -88,7 +88,8 @@ class BertPooler(Base):
     @nn.compact
     def __call__(self, hidden):
         cfg = self.config
-        return jnp.tanh(self._dense(cfg.hidden_size, ("embed", "hidden"), "dense")(hidden[:, 0]))
+        dense = self._dense(cfg.hidden_size, ("embed", "hidden"), "dense")
+        return jnp.tanh(dense(layers.pick(hidden, 0, axis=1)))
 
 
 class BertModel(Base):
