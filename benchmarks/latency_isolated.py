@@ -54,7 +54,7 @@ def child(kind: str, path: str, repeats: int) -> list[float]:
         call = lambda: session.run(None, feed)  # noqa: E731
     elif kind == "litert":
         from ai_edge_litert.interpreter import Interpreter
-        runner = Interpreter(model_path=path, num_threads=os.cpu_count()).get_signature_runner("serving_default")
+        runner = Interpreter(model_path=path, num_threads=os.cpu_count()).get_signature_runner("length_128")
         feed = {n: np.full((1, 128), 1000 if n == "input_ids" else 1 if n == "attention_mask" else 0, np.int32)
                 for n in runner.get_input_details()}
         call = lambda: runner(**feed)  # noqa: E731

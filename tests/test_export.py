@@ -85,9 +85,11 @@ def test_litert_equals_jax_for_every_head(checkpoints, tmp_path, name):
     out = export.export(checkpoints[name], tmp_path / "out", format="litert")
     assert_matches_jax(checkpoints[name], out, HEADS[name])
     from ai_edge_litert.interpreter import Interpreter
-    signature = Interpreter(model_path=os.path.join(out, "model.tflite")).get_signature_list()
+    signatures = Interpreter(model_path=os.path.join(out, "model.tflite")).get_signature_list()
+    config, _ = dj.hf.read_config(checkpoints[name])
+    assert sorted(signatures) == sorted(f"length_{n}" for n in export.litert_lengths(config))
     want = {"inputs": sorted(export.ExportedModel(out).inputs), "outputs": sorted(export.TASKS[HEADS[name]][1])}
-    assert {k: sorted(v) for k, v in signature["serving_default"].items()} == want
+    assert all({k: sorted(v) for k, v in s.items()} == want for s in signatures.values())
 
 
 def test_litert_int8_is_dynamic_range_and_keeps_the_labels(checkpoints, tmp_path):
@@ -353,7 +355,7 @@ def test_missing_converter_or_runtime_names_the_extra(tmp_path, monkeypatch, sen
         dj.pipeline("text-classification", model=sentiment_exports["onnx"])
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
-    with pytest.raises(dj.PipelineError, match=r"needs ai-edge-litert.*distilbert-jax\[litert\]"):
+    with pytest.raises(dj.PipelineError, match=r"needs ai-edge-litert.*distilbert-jax\[litert-runtime\]"):
         dj.pipeline("text-classification", model=sentiment_exports["litert"])
 
 

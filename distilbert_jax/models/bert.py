@@ -88,8 +88,7 @@ class BertPooler(Base):
     @nn.compact
     def __call__(self, hidden):
         cfg = self.config
-        dense = self._dense(cfg.hidden_size, ("embed", "hidden"), "dense")
-        return jnp.tanh(dense(layers.pick(hidden, 0, axis=1)))
+        return jnp.tanh(self._dense(cfg.hidden_size, ("embed", "hidden"), "dense")(hidden[:, 0]))
 
 
 class BertModel(Base):

@@ -121,8 +121,7 @@ class DistilBertHead(heads.Head):
 
     def summary(self, out, deterministic):
         cfg = self.config
-        dense = self._dense(cfg.dim, ("embed", "hidden"), "pre_classifier")
-        x = dense(layers.pick(out.last_hidden_state, 0, axis=1))
+        x = self._dense(cfg.dim, ("embed", "hidden"), "pre_classifier")(out.last_hidden_state[:, 0])
         return layers.Dropout(cfg.seq_classif_dropout)(nn.relu(x), deterministic)
 
     @property

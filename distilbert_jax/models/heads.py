@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from distilbert_jax.config import ConfigError
-from distilbert_jax.models.layers import Base, Dropout, Packing, pick
+from distilbert_jax.models.layers import Base, Dropout, Packing
 from distilbert_jax.models.outputs import BaseModelOutput, LogitsOutput, QuestionAnsweringOutput
 
 Array = jax.Array
@@ -147,5 +147,5 @@ class QuestionAnswering(Head):
             # minimum, out of any softmax (the unpacked model, as transformers', scores its padding).
             logits = jnp.where((inputs.packing.token_index >= 0)[..., None], logits,
                                jnp.finfo(logits.dtype).min)
-        return QuestionAnsweringOutput(pick(logits, 0, axis=-1), pick(logits, 1, axis=-1),
-                                       out.hidden_states, out.attentions)
+        return QuestionAnsweringOutput(logits[..., 0], logits[..., 1], out.hidden_states,
+                                       out.attentions)

@@ -249,12 +249,6 @@ def unpack(x: jax.Array, token_index: jax.Array) -> jax.Array:
     return jnp.where(valid.reshape(*valid.shape, *([1] * (x.ndim - 2))), gathered, 0)
 
 
-def pick(x: jax.Array, index: int, axis: int) -> jax.Array:
-    """x[:, 0] or x[..., 1] (`index` along `axis`, the axis dropped) as a static slice: indexing
-    lowers to a gather that LiteRT's converter rejects at a symbolic batch or length."""
-    return jax.lax.index_in_dim(x, index, axis, keepdims=False)
-
-
 def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
     """Shards an activation by logical names when rules are in scope (a no-op otherwise)."""
     return nn.with_logical_constraint(x, axes)
@@ -305,9 +299,8 @@ class Rows:
         if packing is None:
             if attention_mask is None:
                 attention_mask = jnp.ones_like(input_ids)
-            # A 1-D iota then a new axis: LiteRT's converter rejects a 2-D iota at a symbolic length.
-            positions = jnp.expand_dims(jax.lax.iota(jnp.int32, input_ids.shape[-1]), 0)
-            return cls(input_ids, token_type_ids, positions, attention_keep(attention_mask, None))
+            return cls(input_ids, token_type_ids, jax.lax.broadcasted_iota(jnp.int32, (1, input_ids.shape[-1]), 1),
+                       attention_keep(attention_mask, None))
         types = None if token_type_ids is None else packing.rows_of(token_type_ids)
         return cls(packing.rows_of(input_ids), types, packing.position_ids,
                    attention_keep(None, packing.segment_ids), packing)
