@@ -267,6 +267,7 @@ def quantize_int8(source: str, target: str) -> None:
 
 
 def per_token_outputs(task: str) -> tuple[str, ...]:
+    """The task's outputs with a length axis, which a runner that pads rows cuts back."""
     return tuple(n for n in TASKS[task][1]
                  if n in PER_TOKEN or (n == "logits" and task in PER_TOKEN_LOGITS))
 
@@ -282,9 +283,9 @@ def _write_litert(pure, params, task, names, outputs, path, quantize, lengths):
     """jax2tf wraps `pure(params, *arrays)` as one tf.function per length, each a static-shape
     signature `length_<n>` (batch 1; one choice for multiple choice) that TFLiteConverter writes
     with builtin ops only; the weights are TensorFlow variables all of them share, so they are held
-    (and written) once. Static, because a symbolic
-    batch or length leaves shape arithmetic in the graph and keeps LiteRT's XNNPACK delegate off
-    (MiniLM at 1x128: 400 ms against 22 ms, measured). int8 is LiteRT's dynamic-range
+    (and written) once. Static, because a symbolic batch or length leaves shape arithmetic in the
+    graph and keeps LiteRT's XNNPACK delegate off (MiniLM at 1x128: 400 ms against 22 ms,
+    measured). int8 is LiteRT's dynamic-range
     quantisation (int8 weights, activations quantised per call; the embedding tables stay
     float32, as in the ONNX recipe)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up banner
