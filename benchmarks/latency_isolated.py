@@ -39,6 +39,12 @@ SIDES = {
 EAGER = "transformers, PyTorch eager float32"
 
 
+def feed_1x128(names, dtype) -> dict[str, np.ndarray]:
+    """One row of 128 real tokens for the named inputs."""
+    fill = {"input_ids": 1000, "attention_mask": 1}
+    return {n: np.full((1, 128), fill.get(n, 0), dtype) for n in names}
+
+
 def child(kind: str, path: str, repeats: int) -> list[float]:
     """One process's life: load one model, warm it, time `repeats` calls at 1 x 128."""
     if kind.startswith("onnx"):
@@ -48,15 +54,12 @@ def child(kind: str, path: str, repeats: int) -> list[float]:
         else:
             import onnxruntime
             session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-        feed = {n: (np.full if n == "input_ids" else np.ones if n == "attention_mask" else np.zeros)(
-            (1, 128), *([1000] if n == "input_ids" else []), dtype=np.int64) for n in names}
+        feed = feed_1x128([i.name for i in session.get_inputs()], np.int64)
         call = lambda: session.run(None, feed)  # noqa: E731
     elif kind == "litert":
         from ai_edge_litert.interpreter import Interpreter
         runner = Interpreter(model_path=path, num_threads=os.cpu_count()).get_signature_runner("length_128")
-        feed = {n: np.full((1, 128), 1000 if n == "input_ids" else 1 if n == "attention_mask" else 0, np.int32)
-                for n in runner.get_input_details()}
+        feed = feed_1x128(runner.get_input_details(), np.int32)
         call = lambda: runner(**feed)  # noqa: E731
     else:
         import torch

@@ -54,9 +54,11 @@ TASKS = {
     "fill-mask": ("masked_lm", ("logits",)),
     "multiple-choice": ("multiple_choice", ("logits",)),
 }
-# The outputs with a length axis (one vector per token); the others are one per row.
-PER_TOKEN = {"last_hidden_state", "token_embeddings", "start_logits", "end_logits"}
-PER_TOKEN_LOGITS = ("token-classification", "fill-mask")
+# Each task's outputs with a length axis (the others are one per row): what a runner that pads
+# rows cuts back to each row's length.
+PER_TOKEN = {"feature-extraction": ("last_hidden_state",), "sentence-embeddings": ("token_embeddings",),
+             "token-classification": ("logits",), "question-answering": ("start_logits", "end_logits"),
+             "fill-mask": ("logits",)}
 # A checkpoint's head -> the task exported when --task is not given.
 DEFAULT_TASK = {head: task for task, (head, _) in TASKS.items() if task != "sentence-embeddings"}
 # sentence-transformers' files beside the weights (max_seq_length, pooling, Normalize).
@@ -266,12 +268,6 @@ def quantize_int8(source: str, target: str) -> None:
                          op_types_to_quantize=["MatMul", "Gemm"])
 
 
-def per_token_outputs(task: str) -> tuple[str, ...]:
-    """The task's outputs with a length axis, which a runner that pads rows cuts back."""
-    return tuple(n for n in TASKS[task][1]
-                 if n in PER_TOKEN or (n == "logits" and task in PER_TOKEN_LOGITS))
-
-
 def litert_lengths(config) -> tuple[int, ...]:
     """The lengths a LiteRT export holds a signature for: powers of two from 16, and the model's
     longest input."""
@@ -418,7 +414,7 @@ def _litert_runner(path: str, outputs, task):
     interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
     runners = {int(key.rsplit("_", 1)[1]): interpreter.get_signature_runner(key)
                for key in interpreter.get_signature_list()}
-    tokens = per_token_outputs(task)
+    tokens = PER_TOKEN.get(task, ())
 
     def run(feed):
         arrays = {k: a.astype(np.int32) for k, a in feed.items()}
