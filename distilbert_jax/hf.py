@@ -121,9 +121,10 @@ class LoadReport:
 # Reading checkpoint files
 # ------------------------------------------------------------------------------------------------
 
-def resolve(path_or_id: str | os.PathLike) -> str:
+def resolve(path_or_id: str | os.PathLike, weights: bool = True) -> str:
     """A local directory as is; `packaged:all-MiniLM-L6-v2` is the pip-installed checkpoint;
-    anything else is treated as a Hugging Face Hub model id."""
+    anything else is treated as a Hugging Face Hub model id (with `weights` False, only its
+    config and tokenizer files are fetched: what fixes a model's shapes)."""
     path = os.fspath(path_or_id)
     if path == PACKAGED_MINILM:
         return packaged_minilm()
@@ -133,8 +134,8 @@ def resolve(path_or_id: str | os.PathLike) -> str:
         raise CheckpointError(f"{path!r} is a file; from_pretrained expects a checkpoint directory.")
     try:
         import huggingface_hub
-        return huggingface_hub.snapshot_download(
-            path, allow_patterns=["*.json", "*.safetensors", "flax_model.msgpack", "vocab.txt"])
+        files = ["*.json", "vocab.txt"] + (["*.safetensors", "flax_model.msgpack"] if weights else [])
+        return huggingface_hub.snapshot_download(path, allow_patterns=files)
     except Exception as e:  # offline, unknown repo, no huggingface_hub: one message for all
         raise CheckpointError(
             f"{path!r} is not a local directory and could not be fetched from the Hugging Face Hub "
@@ -282,15 +283,9 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
     where each param goes (e.g. `sharding.Layout.params`); by default the default device.
     """
     directory = resolve(path_or_id)
-    config, architectures = read_config(directory, num_labels, **config_overrides)
-    family = config.model_type
-    head = head or head_from_architectures(family, architectures)
-    if head not in models.MODEL_CLASSES[family]:
-        raise CheckpointError(
-            f"head={head!r} is not available for {family} checkpoints; choose one of "
-            f"{sorted(models.MODEL_CLASSES[family])}.")
-    model = models.MODEL_CLASSES[family][head](config, dtype=dtype, param_dtype=param_dtype,
-                                                 matmul_precision=matmul_precision)
+    model = build_model(directory, head, num_labels, dtype=dtype, param_dtype=param_dtype,
+                        matmul_precision=matmul_precision, **config_overrides)
+    family, config = model.config.model_type, model.config
     abstract = models.abstract_params(model)
     loaded, report = from_pytorch_state_dict(read_state_dict(directory, allow_pickle), abstract, family)
 
@@ -320,6 +315,22 @@ def from_pretrained(path_or_id: str | os.PathLike, head: str | None = None,
     if messages:
         log.warning("Loading %s into %s: %s.", directory, type(model).__name__, "; ".join(messages))
     return model, flax.traverse_util.unflatten_dict(flat)
+
+
+def build_model(directory: str, head: str | None = None, num_labels: int | None = None, *,
+                dtype=jnp.float32, param_dtype=jnp.float32, matmul_precision: str = "auto",
+                **config_overrides) -> nn.Module:
+    """The module a checkpoint directory's config.json describes, with `head` (default: its
+    `architectures`), built without reading its weights (see from_pretrained for the arguments)."""
+    config, architectures = read_config(directory, num_labels, **config_overrides)
+    family = config.model_type
+    head = head or head_from_architectures(family, architectures)
+    if head not in models.MODEL_CLASSES[family]:
+        raise CheckpointError(
+            f"head={head!r} is not available for {family} checkpoints; choose one of "
+            f"{sorted(models.MODEL_CLASSES[family])}.")
+    return models.MODEL_CLASSES[family][head](config, dtype=dtype, param_dtype=param_dtype,
+                                               matmul_precision=matmul_precision)
 
 
 def load_quietly(directory: str, head: str, dtype=jnp.float32):

@@ -17,6 +17,10 @@ from distilbert_jax.train.loop import TrainingError
 JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_only,
         "distill": distill.distill, "fit_teacher_head": distill.fit_teacher_head,
         "miniature": miniature.run}
+# What each job compiles: `(config, layout, runs=1) -> [Program]` (train/programs.py), from which the
+# plan (plan.py) compiles exactly what a run runs. The miniature is a sequence of these jobs.
+PROGRAMS = {"finetune": finetune.programs, "evaluate": finetune.programs,
+            "distill": distill.programs, "fit_teacher_head": distill.programs}
 # Raised for bad input, a run that cannot go on, or a file the disk refuses: shown as one
 # sentence, never a traceback.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, TrainingError, WriteError)

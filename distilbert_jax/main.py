@@ -20,100 +20,19 @@ functions (see `jobs.JOBS`) that tests and notebooks call directly.
 import json
 import logging
 import os
-import re
 import sys
 import threading
 
 from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
-from distilbert_jax import configs, distributed, jobs, settings
+from distilbert_jax import cli, distributed, jobs, settings
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, e.g. configs/glue.py:sst2.",
-                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-host job through jax.distributed "
                                "(TPU VMs find their peers; elsewhere give the three flags below).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes the job has.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
-
-def parse_flags(argv):
-    """absl's flag parsing, with --config resolved (`configs.resolve`) and an unknown or ill-typed
-    --config.field as one sentence, not a trace."""
-    argv = _resolve_config(argv)
-    try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as e:  # ml_collections: no such field
-        print(f"error: {_no_such_field(e)}", file=sys.stderr)
-    except (flags.Error, TypeError, ValueError) as e:  # e.g. a bad type, or get_config(arg) refusing arg
-        print(f"error: {_last_line(e)}", file=sys.stderr)
-    except Exception as e:  # the config file itself fails: a syntax error, a bad import, ...
-        print(f"error: {_config_file_error(e, _config_arg(argv))}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _config_slot(argv) -> tuple[int, str] | None:
-    """Where --config's value is in argv: (index, "--config=") inline, or (index, "") after it."""
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            return i, "--config="
-        if arg == "--config" and i + 1 < len(argv):
-            return i + 1, ""
-    return None
-
-
-def _resolve_config(argv: list[str]) -> list[str]:
-    """argv with the value of --config passed through configs.resolve."""
-    argv, slot = list(argv), _config_slot(argv)
-    if slot is not None:
-        i, prefix = slot
-        argv[i] = prefix + configs.resolve(argv[i][len(prefix):])
-    return argv
-
-
-def _no_such_field(error: Exception) -> str:
-    """ml_collections' KeyError("'lrr'\\nDid you mean \"lr\" instead of \"lrr\"?") as one sentence."""
-    while error.args and isinstance(error.args[0], BaseException):  # a KeyError holding a KeyError
-        error = error.args[0]
-    text = str(error.args[0]) if error.args else str(error)
-    lines = [x.strip() for x in text.splitlines() if x.strip()] or [""]
-    field = lines[0].strip("\"'")
-    match = re.search(r'Did you mean "([^"]+)"', text)
-    if match:
-        return f"the config has no field {field!r} (did you mean {match.group(1)!r}?)"
-    return f"the config has no field {field!r}; see the config file for the fields it has."
-
-
-def _config_arg(argv) -> str:
-    """The value of --config in argv (the file, with its :arg)."""
-    slot = _config_slot(argv)
-    return argv[slot[0]][len(slot[1]):] if slot else "?"
-
-
-def _config_file_error(error: BaseException, config_arg: str) -> str:
-    """'cannot load --config=F: <what> at line N.' for an exception raised loading the config file."""
-    path = config_arg.split(":", 1)[0]
-    if isinstance(error, SyntaxError):
-        where = f" at line {error.lineno}" if error.lineno else ""
-        return f"cannot load --config={config_arg}: {error.msg}{where}."
-    line = None
-    tb = error.__traceback__
-    while tb is not None:  # the deepest frame in the config file itself
-        if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    where = f" at line {line}" if line else ""
-    message = _last_line(error) if str(error) else ""
-    return f"cannot load --config={config_arg}: {type(error).__name__}: {message}{where}."
-
-
-def _last_line(error: Exception) -> str:
-    """The informative line of an ml_collections error, which embeds a whole traceback."""
-    line = [x.strip() for x in str(error).splitlines() if x.strip()][-1]
-    return re.sub(r"^\w+(Error|Exception): ", "", line)
-
 
 # Libraries whose background threads write files (orbax's checkpoint threads and asyncio tasks,
 # tensorboardX's event writer): a write they fail is reported by the job as one sentence
@@ -159,25 +78,9 @@ def _quiet_background_writers() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save INFO lines drown the progress
+    cli.setup_logging()
     _quiet_background_writers()
-    ours = logging.getLogger("distilbert_jax")  # our notices as plain lines, not log records
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    ours.handlers, ours.propagate = [handler], False
-    ours.setLevel(logging.INFO)
-    try:
-        config = _CONFIG.value
-        config.job  # the file is loaded lazily: a missing one fails here
-    except OSError as e:
-        print(f"error: cannot load --config={config_flags.get_config_filename(flags.FLAGS['config'])}: "
-              f"{_last_line(e)} (the packaged configs are {', '.join(configs.packaged())}).",
-              file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:  # a syntax error or a failing get_config in the config file
-        print(f"error: {_config_file_error(e, flags.FLAGS['config'].serialize().split('=', 1)[-1])}",
-              file=sys.stderr)
-        sys.exit(2)
+    config = cli.load_config()
     # The process-wide settings, once, before anything touches a device (settings.py).
     settings.configure(deterministic_ops=config.deterministic, compilation_cache_dir=(
         os.path.join(os.path.abspath(_WORKDIR.value), "xla_cache") if config.compilation_cache else None))
@@ -208,7 +111,7 @@ def cli():
     """The `distilbert-jax` console script: `distilbert-jax --config=... --workdir=...`."""
     sys.modules["__main__"].__doc__ = __doc__  # absl prints it for --help
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from distilbert_jax import models
@@ -72,7 +73,11 @@ def make_mesh(shape: str | Sequence[tuple[str, int]] = "dp", devices=None) -> Me
     if int(np.prod(sizes)) != devices.size:
         raise ConfigError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, "
                          f"{devices.size} are available.")
-    return Mesh(devices.reshape(sizes), names)
+    if devices.flat[0].platform == "tpu":  # neighbours on the torus stay neighbours on the mesh
+        grid = mesh_utils.create_device_mesh(sizes, list(devices.flat), allow_split_physical_axes=True)
+    else:
+        grid = devices.reshape(sizes)
+    return Mesh(grid, names)
 
 
 def _parse_mesh(shape) -> tuple[tuple[str, int], ...]:

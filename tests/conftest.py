@@ -52,6 +52,20 @@ def compared_after_training(state_dict: dict) -> dict:
     return {k: v for k, v in state_dict.items() if not k.endswith(("k_lin.bias", "key.bias"))}
 
 
+def adam_rounding_bound(peak_lr: float, steps: int) -> float:
+    """How far apart two float32 runs of one Adam trajectory may end when only the order of their
+    float32 sums differs (another mesh, stacked runs, another CPU's kernels or thread count).
+
+    Adam moves a coordinate by lr * m / (sqrt(v) + eps), at most about lr a step whatever the
+    gradient's size, so peak_lr * steps is the furthest a coordinate can travel. Rounding noise r in
+    a gradient g changes that step by about r / |g| of itself: ~1e-7 where g stands well above the
+    noise, growing as g nears it. The bound allows 1e-3 of the travel (coordinates down to 1000x the
+    noise floor); a run on other data or with another step differs by O(lr) a step, 1000x more.
+    The one bias whose true gradient is exactly 0 is left out (compared_after_training).
+    """
+    return 1e-3 * peak_lr * steps
+
+
 def load_reference(path):
     with np.load(path) as data:
         return {k: data[k] for k in data.files}

@@ -17,7 +17,7 @@ from distilbert_jax.data.task import batch_rows
 from distilbert_jax.experiments import sweep
 from distilbert_jax.train import finetune, loop
 import sharded_run
-from conftest import read_results, step_metrics, tiny_config, write_sst2
+from conftest import adam_rounding_bound, read_results, step_metrics, tiny_config, write_sst2
 from test_resume import assert_same_weights, final_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +87,10 @@ def test_stacked_runs_equal_the_runs_alone(tiny_model, data, tmp_path, monkeypat
               f"dev metric {metric:.2e} params {params:.2e}")
         np.testing.assert_allclose(step_metrics(dirs[i], "train/loss"),
                                    step_metrics(str(tmp_path / f"alone{i}"), "train/loss"), rtol=1e-5)
-        assert metric <= 1e-5 and params <= 1e-5, (i, metric, params)
+        # The stacked program sums in another order than the run alone (a runs axis in every
+        # reduction); Adam amplifies that rounding as adam_rounding_bound says.
+        bound = adam_rounding_bound(c.lr, c.max_steps)
+        assert metric <= 1e-5 and params <= bound, (i, metric, params, bound)
         stopped.append("stopped_early_at" in alone)
     assert any(stopped) and not all(stopped), stopped  # one stops early while the others go on
 

@@ -30,6 +30,7 @@ class ChoiceExample:
 class SwagTask(Task):
     head = "multiple_choice"
     metric_for_best = "accuracy"
+    choices = len(ENDINGS)
 
     def __init__(self, data_dir: str | None, name: str = "swag"):
         if not data_dir:

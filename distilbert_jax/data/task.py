@@ -59,6 +59,7 @@ class Task(abc.ABC):
     head: str  # a key of models.MODEL_CLASSES[family]
     problem_type: str | None = None
     metric_for_best: str  # the key of evaluate()'s dict that picks the best checkpoint
+    choices: int = 0  # multiple choice: the rows [choices, length] each example becomes
 
     @property
     @abc.abstractmethod
@@ -89,6 +90,20 @@ class Task(abc.ABC):
     @property
     def per_token_outputs(self) -> bool:
         return self.head in ("token_classification", "question_answering")
+
+    def example_features(self, rows: int, length: int) -> Features:
+        """`rows` placeholder rows of `length` tokens with this task's inputs and targets: the
+        shapes of its longest batches, which the plan compiles for (no file is read)."""
+        shape = (self.choices, length) if self.choices else (length,)
+        inputs = {"input_ids": [np.ones(shape, np.int32)] * rows,
+                  "token_type_ids": [np.zeros(shape, np.int32)] * rows}
+        if self.head == "question_answering":
+            targets = {"start_positions": [0] * rows, "end_positions": [0] * rows}
+        elif self.head == "token_classification":
+            targets = {"labels": [np.zeros(length, np.int32)] * rows}
+        else:
+            targets = {"labels": np.zeros(rows, np.float32 if self.problem_type == "regression" else np.int32)}
+        return Features(inputs, targets, [None] * rows, np.arange(rows))
 
 
 def check_file(path: str) -> str:

@@ -11,13 +11,16 @@ teacher-initialised (or random) student.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
+import flax.linen as nn
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 
 from distilbert_jax import hf, losses, models, sharding, student
@@ -26,10 +29,11 @@ from distilbert_jax.config import ConfigError
 from distilbert_jax.data import corpus
 from distilbert_jax.data.task import DataError, packer_for, prefetch
 from distilbert_jax.tokenizer import Tokenizer
-from distilbert_jax.train import checks, loop, workdir as workdirs
+from distilbert_jax.train import checks, loop, programs as programs_lib, workdir as workdirs
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.checkpoint import Checkpoints
 from distilbert_jax.train.logging import MetricWriter, Progress
+from distilbert_jax.train.programs import Program
 from distilbert_jax.train.step import computed_tokens, make_step
 
 log = logging.getLogger(__name__)
@@ -37,41 +41,52 @@ log = logging.getLogger(__name__)
 
 # The fields are defined (and commented) once, in configs/default.py.
 default_config = default.distill
-head_config = default.fit_teacher_head
 
 
-def load_teacher(config, layout: sharding.Layout):
-    """(teacher model, params, tokenizer): with its MLM head when the checkpoint has one."""
-    directory = hf.resolve(config.teacher)
+def teacher_head(config, directory: str, tokenizer) -> str:
+    """The head the teacher runs with (masked_lm where a term needs its logits, else base), after
+    refusing a teacher that cannot serve the recipe or hold its sequences."""
     saved, architectures = hf.read_config(directory)
-    tokenizer = Tokenizer.from_pretrained(directory)
     models.check_fits(saved, config.teacher, config.max_length, tokenizer.vocab_size)
     if saved.model_type != "bert":
         raise ConfigError(f"The teacher {config.teacher} is a {saved.model_type!r} model; "
                           "distillation needs a BERT teacher.")
-    head = hf.head_from_architectures("bert", architectures)
     needs_logits = config.alpha_ce > 0 or config.alpha_mse > 0
-    if head != "masked_lm" and needs_logits:
+    if hf.head_from_architectures("bert", architectures) != "masked_lm" and needs_logits:
         raise ConfigError(
             f"The teacher {config.teacher} has no masked-LM head ({architectures}), so it gives no "
             "soft targets: set --config.alpha_ce=0 --config.alpha_mse=0 (cosine + MLM only), or "
             "use a teacher with an MLM head.")
-    model, params = hf.from_pretrained(directory, head="masked_lm" if needs_logits else "base",
+    return "masked_lm" if needs_logits else "base"
+
+
+def load_teacher(config, layout: sharding.Layout):
+    """(teacher model, params, tokenizer): with its MLM head when the recipe needs its logits."""
+    directory = hf.resolve(config.teacher)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    model, params = hf.from_pretrained(directory, head=teacher_head(config, directory, tokenizer),
                                        dtype=checks.dtype(config, "teacher_dtype"),
                                        matmul_precision=config.matmul_precision,
                                        shardings=layout.params)
     return model, params, tokenizer
 
 
-def build_student(config, teacher, teacher_params, tokenizer, layout: sharding.Layout):
-    """The student model and its initial params (teacher layers, or random)."""
-    cfg = student.student_config(teacher.config, config.student_layers)
-    model = models.DistilBertForMaskedLM(cfg, dtype=checks.dtype(config),
-                                           matmul_precision=config.matmul_precision,
-                                           remat=config.remat)
+def student_model(config, teacher_config, tokenizer):
+    """The DistilBERT student of `teacher_config`'s width with `student_layers` layers (no params)."""
+    cfg = student.student_config(teacher_config, config.student_layers)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the student's "
                           f"vocab_size is {cfg.vocab_size}; teacher and student must share a vocabulary.")
+    if cfg.dim != teacher_config.hidden_size:
+        raise ConfigError(f"The student's dim ({cfg.dim}) differs from the teacher's hidden_size "
+                          f"({teacher_config.hidden_size}); the cosine loss needs them equal.")
+    return models.DistilBertForMaskedLM(cfg, dtype=checks.dtype(config),
+                                        matmul_precision=config.matmul_precision, remat=config.remat)
+
+
+def build_student(config, teacher, teacher_params, tokenizer, layout: sharding.Layout):
+    """The student model and its initial params (teacher layers, or random)."""
+    model = student_model(config, teacher.config, tokenizer)
     with jax.default_device(jax.local_devices(backend="cpu")[0]):  # built on the host, then placed
         params = jax.device_get(models.init_params(model, config.seed))
     if config.student_init == "teacher":
@@ -166,18 +181,46 @@ def hidden_states_mask(inputs):
     return inputs["attention_mask"]
 
 
+def frozen_positions(config):
+    """The distillation's frozen parameters: the position embeddings, as the reference trained."""
+    return frozen_where(lambda path: "position_embeddings" in path) if config.freeze_positions else None
+
+
 def frozen_where(predicate):
     """An optax mask builder: True for the parameters whose path satisfies `predicate`."""
     return lambda params: flax.traverse_util.unflatten_dict(
         {path: predicate(path) for path in flax.traverse_util.flatten_dict(params)})
 
 
+def head_fit_loss(model, config, mask):
+    """fit_teacher_head's loss: MLM at the targets, the encoder held fixed (only `cls` learns)."""
+    def loss_fn(params, _, batch, key):
+        params = {"bert": jax.lax.stop_gradient(params["bert"]), "cls": params["cls"]}
+        ids, labels = mask(key, batch["inputs"])
+        positions, labels = corpus.target_positions(labels, config.mlm_mask_prop,
+                                                    computed_tokens(batch["inputs"]))
+        out = model.apply({"params": params}, **models.model_inputs(
+            model, {**batch["inputs"], "input_ids": ids}), logit_positions=positions)
+        return losses.masked_lm_loss(out.logits, labels), {}
+    return loss_fn
+
+
+def corpus_step(config, model, loss_fn, layout: sharding.Layout, total_steps: int, frozen=None,
+                frozen_shardings=None, prefix: str = "train"):
+    """(the jitted step, its optimiser, the state's shardings) of a corpus job: AdamW with the
+    config's schedule, parameters `frozen` says held fixed. The run and the plan build it here."""
+    tx, schedule = train_state.optimizer(config, total_steps, frozen=frozen)
+    state_shardings = train_state.shardings(model, tx, layout)
+    step = make_step(loss_fn, tx, layout, state_shardings, config.grad_accum_steps,
+                     frozen_shardings, prefix, learning_rate=schedule)
+    return step, tx, state_shardings
+
+
 def train_on_corpus(config, workdir: str, model, params, data: corpus.Corpus, tokenizer, frozen,
                     loss_fn, layout: sharding.Layout, frozen_params=None, frozen_shardings=None,
                     prefix: str = "train"):
-    """The loop both corpus jobs share: AdamW with the config's schedule (parameters `frozen` says
-    stay fixed), resumed from this workdir's checkpoint, over length-grouped corpus batches, with
-    `loss_fn` (see step.make_step) reading `frozen_params`.
+    """The loop both corpus jobs share: `corpus_step`, resumed from this workdir's checkpoint, over
+    length-grouped corpus batches, with `loss_fn` (see step.make_step) reading `frozen_params`.
 
     Returns (final state, total steps, the step this run started at).
     """
@@ -186,16 +229,14 @@ def train_on_corpus(config, workdir: str, model, params, data: corpus.Corpus, to
         raise ConfigError(f"The corpus has {len(data.lengths)} sequences, fewer than one batch of "
                           f"batch_size={config.batch_size}.")
     total = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
-    tx, schedule = train_state.optimizer(config, total, frozen=frozen)
-    state, state_shardings = train_state.create(model, params, tx, config.seed, layout)
+    step, tx, _ = corpus_step(config, model, loss_fn, layout, total, frozen, frozen_shardings, prefix)
+    state, _ = train_state.create(model, params, tx, config.seed, layout)
     with Checkpoints(workdir, config.keep_checkpoints) as checkpoints:
         if checkpoints.latest_step() is not None:
             state = checkpoints.restore(state)
             log.info("Resumed from %s at step %d", workdir, int(state.step))
         workdirs.record(config, workdir)  # every check has passed: this start is on record
         start = int(state.step)
-        step = make_step(loss_fn, tx, layout, state_shardings, config.grad_accum_steps,
-                         frozen_shardings, prefix, learning_rate=schedule)
         batches = corpus_batches(data, config, tokenizer.pad_token_id, layout, start)
         with MetricWriter(workdir) as writer:
             state = loop.run(state, lambda state, batch: step(state, frozen_params, batch), batches,
@@ -205,6 +246,54 @@ def train_on_corpus(config, workdir: str, model, params, data: corpus.Corpus, to
     return state, total, start
 
 
+def programs(config, layout: sharding.Layout, runs: int = 1) -> list[Program]:
+    """The step a distillation (or a teacher-head fit) of `config` compiles on `layout`, for its
+    longest sequences: from the teacher's config.json and vocabulary alone."""
+    checks.validate(config, layout)
+    if runs > 1:
+        raise ConfigError(f"job={config.job!r} cannot be stacked; only job='finetune' can.")
+    directory = hf.resolve(config.teacher, weights=False)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    counts = np.ones(tokenizer.vocab_size, np.int64)  # the corpus's counts change values, not shapes
+    if config.job == "distill":
+        head = teacher_head(config, directory, tokenizer)
+        teacher = hf.build_model(directory, head, dtype=checks.dtype(config, "teacher_dtype"),
+                                 matmul_precision=config.matmul_precision)
+        model = student_model(config, teacher.config, tokenizer)
+        loss = distill_loss(model, teacher, config, masker(config, counts, tokenizer, model.config.vocab_size))
+        frozen, prefix = frozen_positions(config), "distill"
+    else:
+        models.check_fits(hf.read_config(directory)[0], config.teacher, config.max_length,
+                          tokenizer.vocab_size)
+        model = hf.build_model(directory, "masked_lm", dtype=checks.dtype(config),
+                               matmul_precision=config.matmul_precision)
+        teacher, frozen, prefix = None, frozen_encoder, "head"
+        loss = head_fit_loss(model, config, masker(config, counts, tokenizer, model.config.vocab_size))
+    teacher_shardings = None if teacher is None else layout.params(teacher)
+    step, tx, shardings = corpus_step(config, model, loss, layout, max(config.max_steps, 1), frozen,
+                                      teacher_shardings, prefix)
+    length = -(-config.max_length // config.length_multiple) * config.length_multiple
+    ones = np.ones((config.batch_size, length), np.int32)
+    batch = programs_lib.pack({"inputs": {"input_ids": ones, "attention_mask": ones}},
+                              packer_for(config, layout.data_ways, config.grad_accum_steps))
+    tokens = programs_lib.computed_tokens(batch)
+    at_targets = config.restrict_ce_to_mask or not isinstance(teacher, models.BertForMaskedLM)
+    logit_tokens = min(tokens, math.ceil(config.mlm_mask_prop * tokens) + 1) if at_targets else tokens
+    if teacher is None:  # the encoder runs forward only; the head also backward
+        flops = (programs_lib.encoder_flops(model.config, tokens, length, False, logit_tokens)
+                 + 2 * 2 * model.config.hidden_size * (model.config.hidden_size + model.config.vocab_size)
+                 * logit_tokens)
+    else:
+        flops = (programs_lib.encoder_flops(model.config, tokens, length, True, logit_tokens)
+                 + programs_lib.encoder_flops(teacher.config, tokens, length, False,
+                                              logit_tokens if head == "masked_lm" else 0))
+    frozen_params = None if teacher is None else programs_lib.abstract(
+        nn.meta.unbox(models.abstract_params(teacher)), teacher_shardings)
+    args = (programs_lib.abstract(train_state.abstract(model, tx), shardings), frozen_params,
+            programs_lib.abstract_batch(batch, layout))
+    return [Program("train_step", step, args, tokens, flops, calls=config.max_steps or None)]
+
+
 def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Distils a student from `config.teacher` on `config.corpus_*`; returns the run's summary."""
     workdirs.probe(workdir)
@@ -212,25 +301,26 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     checks.validate(config, layout)
     workdirs.check_resume(config, workdir)
     teacher, teacher_params, tokenizer = load_teacher(config, layout)
-    student_model, params = build_student(config, teacher, teacher_params, tokenizer, layout)
-    if student_model.config.dim != teacher.config.hidden_size:
-        raise ConfigError(f"The student's dim ({student_model.config.dim}) differs from the teacher's "
-                          f"hidden_size ({teacher.config.hidden_size}); the cosine loss needs them equal.")
+    model, params = build_student(config, teacher, teacher_params, tokenizer, layout)
     data = load_corpus(config, tokenizer, workdir)  # tokenised with the student's vocabulary
-    frozen = frozen_where(lambda path: "position_embeddings" in path) if config.freeze_positions else None
-    mask = masker(config, data.counts, tokenizer, student_model.config.vocab_size)
+    mask = masker(config, data.counts, tokenizer, model.config.vocab_size)
     state, total, start = train_on_corpus(
-        config, workdir, student_model, params, data, tokenizer, frozen,
-        distill_loss(student_model, teacher, config, mask), layout, teacher_params,
+        config, workdir, model, params, data, tokenizer, frozen_positions(config),
+        distill_loss(model, teacher, config, mask), layout, teacher_params,
         layout.params(teacher), prefix="distill")
     if config.save_model:
         params = layout.to_host(state.params)
         if jax.process_index() == 0:
-            hf.save_pretrained(os.path.join(workdir, "student"), student_model, params, tokenizer)
+            hf.save_pretrained(os.path.join(workdir, "student"), model, params, tokenizer)
     results = {"teacher": config.teacher, "student_layers": config.student_layers,
                "sequences": int(len(data.lengths)), "total_steps": total, "steps_this_run": total - start}
     workdirs.write_results(workdir, results)
     return results
+
+
+def frozen_encoder(params):
+    """fit_teacher_head's frozen parameters: everything but the MLM head (`cls`)."""
+    return frozen_where(lambda path: path[0] != "cls")(params)
 
 
 def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -250,19 +340,8 @@ def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[st
                                        matmul_precision=config.matmul_precision)
     data = load_corpus(config, tokenizer, workdir)
     mask = masker(config, data.counts, tokenizer, model.config.vocab_size)
-
-    def loss_fn(params, _, batch, key):
-        params = {"bert": jax.lax.stop_gradient(params["bert"]), "cls": params["cls"]}
-        ids, labels = mask(key, batch["inputs"])
-        positions, labels = corpus.target_positions(labels, config.mlm_mask_prop,
-                                                    computed_tokens(batch["inputs"]))
-        out = model.apply({"params": params}, **models.model_inputs(
-            model, {**batch["inputs"], "input_ids": ids}), logit_positions=positions)
-        return losses.masked_lm_loss(out.logits, labels), {}
-
-    state, total, _ = train_on_corpus(config, workdir, model, params, data, tokenizer,
-                                      frozen_where(lambda path: path[0] != "cls"), loss_fn, layout,
-                                      prefix="head")
+    state, total, _ = train_on_corpus(config, workdir, model, params, data, tokenizer, frozen_encoder,
+                                      head_fit_loss(model, config, mask), layout, prefix="head")
     params = layout.to_host(state.params)
     if jax.process_index() == 0:
         hf.save_pretrained(os.path.join(workdir, "teacher"), model, params, tokenizer)

@@ -8,6 +8,7 @@ resumed run ends with the same parameters as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -15,23 +16,26 @@ import time
 import types
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from distilbert_jax import hf, io, losses, models, sharding
 from distilbert_jax.configs import default
 from distilbert_jax.data import Features, Task, get_task
 from distilbert_jax.config import ConfigError
-from distilbert_jax.data.task import (DataError, collate, eval_batches, packer_for, prefetch,
-                                     stacked_train_batches, train_batches)
+from distilbert_jax.data.task import (DataError, bucket_for, collate, eval_batches, packer_for,
+                                     prefetch, stacked_train_batches, train_batches)
 from distilbert_jax.tokenizer import Tokenizer
-from distilbert_jax.train import checks, loop, workdir as workdirs
+from distilbert_jax.train import checks, loop, programs as programs_lib, workdir as workdirs
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.checkpoint import Checkpoints
 from distilbert_jax.train.logging import MetricWriter, Progress
 from distilbert_jax.train.loop import TrainingError
+from distilbert_jax.train.programs import Program
 from distilbert_jax.train.step import make_stacked_step, make_step
 
 log = logging.getLogger(__name__)
@@ -52,17 +56,34 @@ def build_task(config) -> Task:
                     **dict(config.task_options))
 
 
+def _model_overrides(config, task: Task) -> dict[str, Any]:
+    """The model config fields a run changes: the config's own, the task's labels and problem type."""
+    overrides = dict(config.model_overrides)
+    if task.label_names:
+        overrides["id2label"] = tuple(task.label_names)
+    if task.problem_type:
+        overrides["problem_type"] = task.problem_type
+    return overrides
+
+
+def abstract_model(config, task: Task, path: str | None = None):
+    """The model `load_model` returns, built from its config.json alone (no weights are read)."""
+    path = path or config.model
+    directory = hf.resolve(path, weights=False)
+    models.check_fits(hf.read_config(directory)[0], path, config.max_length)
+    model = hf.build_model(directory, head=task.head, num_labels=task.num_labels,
+                           dtype=checks.dtype(config), matmul_precision=config.matmul_precision,
+                           **_model_overrides(config, task))
+    return model.clone(remat=config.remat)
+
+
 def load_model(config, task: Task, layout: sharding.Layout, require_trained_head: bool = False,
                path: str | None = None):
     """(model, params, tokenizer) with the task's head and label space on `path` (default
     `config.model`), params placed by `layout`; refuses a max_length or a vocabulary the model
     cannot hold."""
     path = path or config.model
-    overrides = dict(config.model_overrides)
-    if task.label_names:
-        overrides["id2label"] = tuple(task.label_names)
-    if task.problem_type:
-        overrides["problem_type"] = task.problem_type
+    overrides = _model_overrides(config, task)
     directory = hf.resolve(path)
     saved, architectures = hf.read_config(directory)
     models.check_fits(saved, path, config.max_length)  # before the weights load
@@ -111,6 +132,80 @@ def loss_fn(model, head: str, teacher=None, distillation=None):
         total = distillation["task_alpha"] * loss + distillation["distill_alpha"] * soft
         return total, {"task": loss, "soft": soft}
     return compute
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """A fine-tuning run's jitted steps: `train` (K runs stacked when built stacked) and `eval`,
+    with where one run's train state and the teacher's params live, and the optimiser."""
+    train: Callable
+    eval: Callable
+    state: train_state.TrainState
+    teacher: Any
+    tx: optax.GradientTransformation
+
+
+def build_steps(config, model, teacher, head: str, layout: sharding.Layout, total_steps: int,
+                stacked: bool = False) -> Steps:
+    """The steps a fine-tuning run of `config` compiles: the run and the plan both build them here."""
+    distillation = {"task_alpha": config.task_alpha, "distill_alpha": config.distill_alpha,
+                    "temperature": config.distill_temperature}
+    loss = loss_fn(model, head, teacher, distillation)
+    tx, schedule = train_state.optimizer(config, total_steps)
+    state = train_state.shardings(model, tx, layout)
+    teacher_shardings = None if teacher is None else layout.params(teacher)
+    if stacked:
+        train = make_stacked_step(loss, lambda lr: train_state.optimizer(config, total_steps, lr=lr),
+                                  layout, state, config.grad_accum_steps, teacher_shardings)
+    else:
+        train = make_step(loss, tx, layout, state, config.grad_accum_steps, teacher_shardings,
+                          learning_rate=schedule)
+    return Steps(train, make_eval_step(model, state.params, layout), state, teacher_shardings, tx)
+
+
+def programs(config, layout: sharding.Layout, runs: int = 1) -> list[Program]:
+    """What a fine-tuning run of `config` (`runs` > 1: that many stacked) or an evaluation compiles on
+    `layout`, at its longest bucket: from the models' config.json and the task's labels alone."""
+    checks.validate(config, layout)
+    if runs > 1:
+        check_stackable([config] * runs, layout)
+    task = build_task(config)
+    model = abstract_model(config, task)
+    teacher = abstract_model(config, task, config.teacher) if config.teacher else None
+    steps = build_steps(config, model, teacher, task.head, layout, max(config.max_steps, 1), runs > 1)
+    length = bucket_for(config.max_length, tuple(config.buckets))
+    eval_batch = programs_lib.pack(
+        collate(task.example_features(config.eval_batch_size, length), range(config.eval_batch_size),
+                length, 0), packer_for(config, layout.data_ways))
+    params = programs_lib.abstract(nn.meta.unbox(models.abstract_params(model)), steps.state.params)
+    tokens = programs_lib.computed_tokens(eval_batch)
+    evaluate = programs_lib.Program(
+        "eval_step", steps.eval, (params, programs_lib.abstract_batch(eval_batch["inputs"], layout)),
+        tokens, programs_lib.encoder_flops(model.config, tokens, length, trained=False))
+    if config.job == "evaluate":
+        return [evaluate]
+    batch = programs_lib.pack(
+        collate(task.example_features(config.batch_size, length), range(config.batch_size), length, 0),
+        packer_for(config, layout.data_ways, config.grad_accum_steps))
+    state = train_state.abstract(model, steps.tx)
+    teacher_params = None if teacher is None else programs_lib.abstract(
+        nn.meta.unbox(models.abstract_params(teacher)), steps.teacher)
+    tokens = programs_lib.computed_tokens(batch)
+    flops = programs_lib.encoder_flops(model.config, tokens, length, trained=True)
+    if teacher is not None:
+        flops += programs_lib.encoder_flops(teacher.config, tokens, length, trained=False)
+    if runs > 1:
+        on_runs = layout.stacked(layout.replicated)
+        args = (programs_lib.stacked(state, runs, layout, steps.state), teacher_params,
+                programs_lib.abstract_batch(batch, layout, runs),
+                jax.ShapeDtypeStruct((runs,), jnp.float32, sharding=on_runs),
+                jax.ShapeDtypeStruct((runs,), jnp.bool_, sharding=on_runs))
+    else:
+        args = (programs_lib.abstract(state, steps.state), teacher_params,
+                programs_lib.abstract_batch(batch, layout))
+    train = programs_lib.Program("train_step", steps.train, args, tokens * runs, flops * runs,
+                                 calls=config.max_steps or None, runs=runs)
+    return [train, evaluate]
 
 
 def make_eval_step(model, param_shardings, layout: sharding.Layout) -> Callable:
@@ -247,14 +342,13 @@ def _fine_tune(configs: list, dirs: list[str], stacked: bool) -> list[dict[str, 
     task = build_task(config)
     loaded = [load_model(c, task, layout) for c in configs]  # each run's new head from its seed
     model, _, tokenizer = loaded[0]
-    teacher = teacher_params = teacher_shardings = None
+    teacher = teacher_params = None
     if config.teacher:
         teacher, teacher_params, teacher_tokenizer = load_model(
             config, task, layout, require_trained_head=True, path=config.teacher)
         if teacher_tokenizer.backend.get_vocab() != tokenizer.backend.get_vocab():
             raise TrainingError(f"The teacher {config.teacher} tokenizes differently from "
                                 f"{config.model}; task distillation needs one vocabulary.")
-        teacher_shardings = layout.params(teacher)
     train = encode_split(task, "train", tokenizer, config, train=True)
     evals = {s: encode_split(task, s, tokenizer, config, train=False) for s in config.eval_splits}
     tests = {s: encode_split(task, s, tokenizer, config, train=False) for s in config.predict_splits}
@@ -263,11 +357,11 @@ def _fine_tune(configs: list, dirs: list[str], stacked: bool) -> list[dict[str, 
         raise DataError(f"The {task.name} training split has {len(train)} rows, fewer than one "
                         f"batch of batch_size={config.batch_size}.")
     total_steps = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
-    tx, schedule = train_state.optimizer(config, total_steps)
-    created = [train_state.create(model, params, tx, c.seed, layout)
-               for (_, params, _), c in zip(loaded, configs)]
-    states, state_shardings = [state for state, _ in created], created[0][1]
-    del loaded, created
+    steps = build_steps(config, model, teacher, task.head, layout, total_steps, stacked)
+    state_shardings = steps.state
+    states = [train_state.create(model, params, steps.tx, c.seed, layout)[0]
+              for (_, params, _), c in zip(loaded, configs)]
+    del loaded
 
     with contextlib.ExitStack() as contexts:
         checkpoints = [contexts.enter_context(Checkpoints(d, config.keep_checkpoints, task.metric_for_best))
@@ -284,20 +378,14 @@ def _fine_tune(configs: list, dirs: list[str], stacked: bool) -> list[dict[str, 
                  total_steps, total_steps / steps_per_epoch, config.batch_size,
                  ",".join(map(str, starts)), f"{len(configs)} runs stacked" if stacked else "one run",
                  jax.device_count(), jax.devices()[0].platform, config.dtype)
-        distillation = {"task_alpha": config.task_alpha, "distill_alpha": config.distill_alpha,
-                        "temperature": config.distill_temperature}
-        loss = loss_fn(model, task.head, teacher, distillation)
-        eval_step = make_eval_step(model, state_shardings.params, layout)
+        eval_step = steps.eval
         process = (jax.process_index(), jax.process_count())
         first = min(starts)
         if stacked:
-            stacked_step = make_stacked_step(
-                loss, lambda lr: train_state.optimizer(config, total_steps, lr=lr), layout,
-                state_shardings, config.grad_accum_steps, teacher_shardings)
             lrs = jax.device_put(np.array([c.lr for c in configs], np.float32),
                                  layout.stacked(layout.replicated))
             on = layout.stacked(layout.replicated)
-            step_fn = lambda state, batch, active: stacked_step(
+            step_fn = lambda state, batch, active: steps.train(
                 state, teacher_params, batch, lrs, jax.device_put(active, on))
             batches = prefetch(layout.put_stacked_batch(batch) for batch in stacked_train_batches(
                 train, config.batch_size, [c.seed for c in configs], first, tokenizer.pad_token_id,
@@ -305,9 +393,7 @@ def _fine_tune(configs: list, dirs: list[str], stacked: bool) -> list[dict[str, 
             part = train_state.take(state_shardings, layout)
             state = train_state.stack(states, state_shardings, layout)
         else:
-            train_step = make_step(loss, tx, layout, state_shardings, config.grad_accum_steps,
-                                   teacher_shardings, learning_rate=schedule)
-            step_fn = lambda state, batch, active: train_step(state, teacher_params, batch)
+            step_fn = lambda state, batch, active: steps.train(state, teacher_params, batch)
             batches = prefetch(layout.put_batch(batch) for batch in train_batches(
                 train, config.batch_size, config.seed, first, tokenizer.pad_token_id,
                 tuple(config.buckets), process,

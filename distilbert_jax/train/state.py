@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import flax.traverse_util
 import jax
@@ -83,15 +84,24 @@ def shardings(model, tx: optax.GradientTransformation, layout: sharding.Layout) 
                       rng=layout.replicated)
 
 
+def initial(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """The state before the first step: step 0, fresh optimiser moments, the run's base key."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.PRNGKey(seed))
+
+
+def abstract(model, tx: optax.GradientTransformation) -> TrainState:
+    """The shapes and dtypes of `model`'s initial state (nothing is allocated)."""
+    params = nn.meta.unbox(models.abstract_params(model))
+    return jax.eval_shape(lambda p: initial(p, tx, 0), params)
+
+
 def create(model, params, tx: optax.GradientTransformation, seed: int,
            layout: sharding.Layout) -> tuple[TrainState, TrainState]:
     """(the initial state, its shardings): built directly in place, params moved to their shards."""
     placed = shardings(model, tx, layout)
-
-    def build(params):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=jax.random.PRNGKey(seed))
-    state = jax.jit(build, out_shardings=placed)(jax.device_put(params, placed.params))
+    state = jax.jit(lambda p: initial(p, tx, seed), out_shardings=placed)(
+        jax.device_put(params, placed.params))
     return state, placed
 
 
