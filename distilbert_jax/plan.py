@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Any
 
+import jax
+
 from distilbert_jax import jobs, sharding
 from distilbert_jax.config import ConfigError
 
@@ -70,7 +72,9 @@ def parse_topology(name: str) -> tuple[str, tuple[int, ...]]:
     ("v5litepod-16", "v4-8", "v5p-8", "v6e-16")."""
     match = re.fullmatch(r"(v\d+[a-z]*):(\d+(?:x\d+){1,2})", name.strip())
     if match and match.group(1) in JAX_NAMES:
-        return JAX_NAMES[match.group(1)], tuple(int(n) for n in match.group(2).split("x"))
+        generation, grid = JAX_NAMES[match.group(1)], tuple(int(n) for n in match.group(2).split("x"))
+        if len(grid) == (3 if CORES_PER_CHIP[generation] == 2 else 2):  # v4, v5p: a 3-D torus
+            return generation, grid
     match = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", name.strip())
     if match and match.group(1) in GCLOUD_NAMES:
         generation = GCLOUD_NAMES[match.group(1)]
@@ -95,9 +99,9 @@ def _grid(generation: str, chips: int) -> tuple[int, ...] | None:
     if chips < 4:
         return None
     grid = [2, 2, 1]
-    while math.prod(grid) < chips:  # grow z, then y, then x: 2x2x2, 2x2x4, 2x4x4, 4x4x4, ...
-        i = 2 if grid[2] <= grid[1] else 1 if grid[1] <= grid[0] else 0
-        grid[i] *= 2
+    while math.prod(grid) < chips:  # double the smallest side, the last of equals: 2x2x2, 2x2x4, 2x4x4, 4x4x4
+        smallest = min(grid)
+        grid[max(i for i, side in enumerate(grid) if side == smallest)] *= 2
     return tuple(grid)
 
 
@@ -176,6 +180,8 @@ def _first_line(error: BaseException) -> str:
 def measure(program, chip: Chip, devices: int) -> dict[str, Any]:
     """Compiles `program` and reads its executable: one plan.json record (without program/mesh)."""
     started = time.perf_counter()
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)  # no device here could load the program
     try:
         compiled = program.lower().compile()
     except Exception as e:  # XLA's refusal: out of HBM, or a program the TPU compiler rejects
@@ -184,6 +190,8 @@ def measure(program, chip: Chip, devices: int) -> dict[str, Any]:
             raise PlanError(f"XLA refused to compile {program.name} for {chip.name}: {text}") from None
         return {"fits": False, "error": text, "compile_s": time.perf_counter() - started,
                 "hbm_bytes_per_chip": _bytes_in(text), "hbm_capacity_bytes": chip.hbm_bytes}
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
     compile_s = time.perf_counter() - started
     memory = compiled.memory_analysis()
     hbm = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
@@ -279,18 +287,23 @@ def plan(config, topology: str, mesh: str = "all", runs: int = 1, log=print) -> 
     result = {"topology": name, "chip": dataclasses.asdict(chip), "job": config.job,
               "records": records, "recommended": best}
     if best is None and records and main == "train_step":
-        result["suggestion"] = fitting_change(config, topology, mesh, log)
+        result["suggestion"] = fitting_change(config, records, topology, log)
     return result
 
 
-def fitting_change(config, topology: str, mesh: str, log=print) -> dict[str, Any] | None:
-    """The least accumulation (then remat) under which the train step fits, found by compiling on the
-    mesh that needs the least memory per chip; None if none fits."""
+def fitting_change(config, records: list[dict], topology: str, log=print) -> dict[str, Any] | None:
+    """The least accumulation (then remat) under which the train step fits, found by compiling on
+    the mesh whose step needed the least memory per chip, starting from the accumulation that
+    divides that need by the chip's HBM; None if none fits."""
     chip, _, devices = topology_devices(topology)
-    mesh_name = "fsdp" if mesh == "all" else mesh
+    tried = [r for r in records if r["program"] == "train_step"]
+    least = min(tried, key=lambda r: r["hbm_bytes_per_chip"] or math.inf)
+    mesh_name, need = least["mesh"], least["hbm_bytes_per_chip"] or 0
     layout = sharding.Layout(sharding.make_mesh(mesh_name, devices), tuple(tuple(r) for r in config.rules))
+    first = max(config.grad_accum_steps, int(config.grad_accum_steps * need / chip.hbm_bytes))
     for remat in dict.fromkeys([config.remat, "dots", "full"]):
-        for accum in range(config.grad_accum_steps, config.batch_size + 1):
+        for accum in range(first if remat == config.remat else config.grad_accum_steps,
+                           config.batch_size + 1):
             if config.batch_size % accum or (config.batch_size // accum) % layout.data_ways:
                 continue
             if accum == config.grad_accum_steps and remat == config.remat:
@@ -329,7 +342,11 @@ def row(r: dict[str, Any]) -> str:
 
 
 def summary(result: dict[str, Any]) -> str:
-    lines = [f"recommended mesh: {result['recommended'] or 'none fits'}"]
+    """What the table means and what to do: the recommended mesh, or the change that fits."""
+    lines = ["step >= and tokens/s <= are lower and upper bounds, not measurements: the roofline "
+             "max(FLOPs / peak, HBM bytes / bandwidth, ICI bytes / bandwidth) at the chip's "
+             "published figures (plan.CHIPS)",
+             f"recommended mesh: {result['recommended'] or 'none fits'}"]
     suggestion = result.get("suggestion")
     if suggestion:
         lines.append(f"fits with --config.grad_accum_steps={suggestion['grad_accum_steps']} "
@@ -352,8 +369,10 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise PlanError(f"unexpected arguments: {argv[1:]}")
     cli.setup_logging()
-    import jax
     jax.config.update("jax_platforms", "cpu")  # the host compiles; no device here is used
+    for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_ID", "0"),
+                        ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
+        os.environ.setdefault(name, value)  # libtpu only describes topologies here: no VM to ask
     config = cli.load_config()
     values = flags.FLAGS
     print(HEADER, flush=True)
