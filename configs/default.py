@@ -31,7 +31,7 @@ def get_config() -> config_dict.ConfigDict:
 
     # mesh
     c.mesh = "dp"  # a sharding.PRESETS name, or "data:2,fsdp:-1,tensor:2" (-1: the remaining devices)
-    c.rules = sharding.RULES  # logical axis name -> mesh axes (about eight rules)
+    c.rules = sharding.RULES  # logical axis name -> mesh axes (sharding.RULES says each)
 
     # batch
     c.max_length = 128  # tokens per sequence, [CLS] and [SEP] included
@@ -122,6 +122,9 @@ def distill() -> config_dict.ConfigDict:
     c.alpha_cos = 1.0
     c.alpha_mse = 0.0
     c.restrict_ce_to_mask = False  # True: the soft-target loss at the masked positions only
+    # soft targets at every token of a micro-batch longer than this: the vocabulary logits made this
+    # many tokens at a time (and again in the backward), never [tokens, vocabulary] at once; 0: at once
+    c.logit_chunk = 8192
 
     # masking: mlm_mask_prop of the tokens are targets; of those word_mask become [MASK],
     # word_keep stay, word_rand become a random token; sampling smoothed by counts^-mlm_smoothing

@@ -124,22 +124,52 @@ def logit_mse_sums(student_logits, teacher_logits, mask):
     return jnp.sum(jnp.where(mask[..., None], diff * diff, 0.0)), jnp.sum(mask)
 
 
+def chunked_soft_target_sums(student_logits, teacher_logits, student_hidden, teacher_hidden, mask,
+                             temperature: float, chunk: int, mse: bool = False) -> dict:
+    """{"ce": (Σ soft_target_kl, count)[, "mse": (Σ logit_mse, count)]} over the tokens `mask`
+    selects, the vocabulary logits (`student_logits(hidden)`, `teacher_logits(hidden)`) made
+    `chunk` tokens at a time and made again in the backward pass (jax.checkpoint), so no
+    [tokens, vocabulary] array is ever whole: what bounds a distillation step's memory otherwise.
+    The same sums as soft_target_kl_sums and logit_mse_sums on whole logits, in another order."""
+    width = student_hidden.shape[-1]
+    flat = [student_hidden.reshape(-1, width), teacher_hidden.reshape(-1, teacher_hidden.shape[-1]),
+            mask.reshape(-1).astype(bool)]
+    spare = -flat[0].shape[0] % chunk  # padding tokens, out of the mask
+    flat = [jnp.pad(x, [(0, spare)] + [(0, 0)] * (x.ndim - 1)) for x in flat]
+    chunks = [x.reshape(-1, chunk, *x.shape[1:]) for x in flat]
+
+    @jax.checkpoint
+    def one_chunk(sums, xs):
+        s_hidden, t_hidden, selected = xs
+        s, t = student_logits(s_hidden), teacher_logits(t_hidden)
+        kl = soft_target_kl_sums(s, t, selected, temperature)[0]
+        squared = logit_mse_sums(s, t, selected)[0] if mse else 0.0
+        return (sums[0] + kl, sums[1] + squared), None
+
+    (kl, squared), _ = jax.lax.scan(one_chunk, (jnp.float32(0), jnp.float32(0)), chunks)
+    count = jnp.sum(mask.astype(bool))
+    return {"ce": (kl, count), **({"mse": (squared, count)} if mse else {})}
+
+
 def distillation_loss(student_logits, teacher_logits, student_hidden, teacher_hidden,
                       attention_mask, mlm_labels, *, temperature: float, alpha_ce: float,
                       alpha_mlm: float, alpha_cos: float, alpha_mse: float = 0.0,
-                      restrict_ce_to_mask: bool = False, hidden_mask=None):
+                      restrict_ce_to_mask: bool = False, hidden_mask=None, soft_sums=None):
     """α_ce·L_ce + α_mlm·L_mlm + α_cos·L_cos (+ α_mse·L_mse), each a mean over its tokens.
 
     L_ce and L_mse cover every real token (or only the MLM targets with restrict_ce_to_mask), L_cos
     every real token, L_mlm the MLM targets. `hidden_mask` marks the real tokens of the hidden
-    states when they are laid out differently from `attention_mask` (packed rows).
+    states when they are laid out differently from `attention_mask` (packed rows). `soft_sums`
+    (from chunked_soft_target_sums) gives L_ce's and L_mse's sums ready made; the logits are then
+    the student's at the MLM targets only, `mlm_labels` theirs.
     Returns (loss, {term name: value}).
     """
     real = attention_mask.astype(bool)
     ce_mask = (mlm_labels != IGNORE_INDEX) if restrict_ce_to_mask else real
     terms = {}
     if alpha_ce:
-        total, count = soft_target_kl_sums(student_logits, teacher_logits, ce_mask, temperature)
+        total, count = (soft_sums["ce"] if soft_sums else
+                        soft_target_kl_sums(student_logits, teacher_logits, ce_mask, temperature))
         terms["ce"] = total / jnp.maximum(count, 1)
     if alpha_mlm:
         total, count = cross_entropy_sums(student_logits, mlm_labels)
@@ -149,7 +179,8 @@ def distillation_loss(student_logits, teacher_logits, student_hidden, teacher_hi
                                    real if hidden_mask is None else hidden_mask)
         terms["cos"] = total / jnp.maximum(count, 1)
     if alpha_mse:
-        total, count = logit_mse_sums(student_logits, teacher_logits, ce_mask)
+        total, count = (soft_sums["mse"] if soft_sums else
+                        logit_mse_sums(student_logits, teacher_logits, ce_mask))
         terms["mse"] = total / jnp.maximum(count, 1)
     weights = {"ce": alpha_ce, "mlm": alpha_mlm, "cos": alpha_cos, "mse": alpha_mse}
     loss = sum(weights[name] * value for name, value in terms.items())

@@ -25,7 +25,7 @@ import threading
 
 from absl import app, flags
 
-from distilbert_jax import cli, distributed, jobs, settings
+from distilbert_jax import distributed, jobs, settings, startup
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-host job through jax.distributed "
@@ -78,9 +78,9 @@ def _quiet_background_writers() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    cli.setup_logging()
+    startup.setup_logging()
     _quiet_background_writers()
-    config = cli.load_config()
+    config = startup.load_config()
     # The process-wide settings, once, before anything touches a device (settings.py).
     settings.configure(deterministic_ops=config.deterministic, compilation_cache_dir=(
         os.path.join(os.path.abspath(_WORKDIR.value), "xla_cache") if config.compilation_cache else None))
@@ -111,7 +111,7 @@ def cli():
     """The `distilbert-jax` console script: `distilbert-jax --config=... --workdir=...`."""
     sys.modules["__main__"].__doc__ = __doc__  # absl prints it for --help
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=startup.parse_flags)
 
 
 if __name__ == "__main__":

@@ -365,15 +365,15 @@ def summary(result: dict[str, Any]) -> str:
 def main(argv) -> None:
     from absl import flags
 
-    from distilbert_jax import cli
+    from distilbert_jax import startup
     if len(argv) > 1:
         raise PlanError(f"unexpected arguments: {argv[1:]}")
-    cli.setup_logging()
+    startup.setup_logging()
     jax.config.update("jax_platforms", "cpu")  # the host compiles; no device here is used
     for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_ID", "0"),
                         ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
         os.environ.setdefault(name, value)  # libtpu only describes topologies here: no VM to ask
-    config = cli.load_config()
+    config = startup.load_config()
     values = flags.FLAGS
     print(HEADER, flush=True)
     try:
@@ -395,7 +395,7 @@ def main(argv) -> None:
 def cli_main() -> None:
     from absl import app, flags
 
-    from distilbert_jax import cli
+    from distilbert_jax import startup
     flags.DEFINE_string("topology", None, f"A TPU topology: {TOPOLOGY_FORMS}.")
     flags.DEFINE_string("mesh", "all", "all (every preset the topology holds), a preset "
                         f"({', '.join(MESH_PRESETS)}), or data:N,fsdp:N,tensor:N.")
@@ -403,7 +403,7 @@ def cli_main() -> None:
     flags.DEFINE_string("output", None, "A folder for plan.json (never a run's workdir).")
     flags.mark_flags_as_required(["config", "topology"])
     sys.modules["__main__"].__doc__ = __doc__
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=startup.parse_flags)
 
 
 if __name__ == "__main__":

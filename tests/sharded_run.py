@@ -8,6 +8,7 @@ import sys
 
 import flax.traverse_util
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -136,3 +137,5 @@ def main():
 
 if __name__ == "__main__":
     main()
+    if jax.process_count() > 1:  # process 0 has written the results: every process shuts down together
+        multihost_utils.sync_global_devices("results written")

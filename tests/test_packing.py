@@ -11,8 +11,8 @@ import distilbert_jax as dj
 from distilbert_jax import models
 from distilbert_jax.data import packing
 from distilbert_jax.train import distill, finetune
-from conftest import (assert_same_training, relative_error, step_metrics, tiny_config,
-                      write_sst2, write_stsb)
+from conftest import (assert_same_training, compared_after_training, relative_error, step_metrics,
+                      tiny_config, write_sst2, write_stsb)
 
 TOL = 1e-5
 DISTILBERT = dj.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
@@ -188,6 +188,46 @@ def test_the_distillation_loss_packed_equals_unpacked():
         for name in plain_terms:
             assert relative_error(packed_terms[name], plain_terms[name]) <= TOL, name
         assert relative_error(packed_loss, plain) <= TOL
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_soft_targets_made_a_chunk_at_a_time_equal_them_made_at_once(layout):
+    """The triple loss with the logit MSE, its terms and its gradient, with the vocabulary logits made
+    7 tokens at a time (chunks that cut rows, the last one padded) against made at once: the same
+    sums in another order, so equal to float32 rounding over the batch's tokens."""
+    teacher = dj.BertForMaskedLM(BERT.replace(hidden_dropout_prob=0.0,
+                                              attention_probs_dropout_prob=0.0))
+    student = dj.DistilBertForMaskedLM(DISTILBERT.replace(dropout=0.0, attention_dropout=0.0))
+    teacher_params = models.init_params(teacher, seed=4)
+    params = models.init_params(student, seed=5)
+    inputs = example_batch(LENGTHS)
+    del inputs["token_type_ids"]
+    batch = {"inputs": packed(inputs) if layout == "packed" else inputs}
+    config = distill.default_config()
+    config.alpha_mse = 0.5
+    mask = distill.masker(config, np.ones(99), types.SimpleNamespace(
+        all_special_ids=[0, 1, 2], mask_token_id=4), 99)
+    out = {}
+    for chunk in (0, 7):
+        config.logit_chunk = chunk
+        loss_fn = jax.value_and_grad(distill.distill_loss(student, teacher, config, mask), has_aux=True)
+        out[chunk] = jax.jit(loss_fn)(params, teacher_params, batch, jax.random.key(7))
+    ((whole, whole_terms), whole_grads), ((chunked, chunked_terms), chunked_grads) = out[0], out[7]
+    assert set(whole_terms) == {"ce", "mlm", "cos", "mse"}
+    # The KL of each token is a vocabulary sum of p_t·(log p_t - log p_s), small differences of
+    # log-softmax values that each carry float32 rounding of about eps·ln(vocab): so it is bound
+    # absolutely (T² scales it), not relative to its own small size.
+    kl_rounding = 2 * np.finfo(np.float32).eps * np.log(99) * config.temperature ** 2
+    assert abs(float(chunked_terms["ce"] - whole_terms["ce"])) <= kl_rounding
+    for name in ("mlm", "cos", "mse"):
+        assert relative_error(chunked_terms[name], whole_terms[name]) <= TOL, name
+    assert abs(float(chunked - whole)) <= config.alpha_ce * kl_rounding + TOL * abs(float(whole))
+    flat = lambda tree: {jax.tree_util.keystr(path).replace("']['", ".").strip("[']"): leaf
+                         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    want = compared_after_training(flat(whole_grads))  # the key biases' gradients are rounding noise
+    for name, got in flat(chunked_grads).items():
+        if name in want:
+            assert relative_error(got, want[name]) <= TOL, name
 
 
 @pytest.mark.parametrize("processes,micro_batches", [(2, 1), (1, 2), (2, 4), (4, 2)])

@@ -189,16 +189,16 @@ class BertHead(heads.Head):
 
 class BertForMaskedLM(heads.MaskedLM, BertHead):
     """BERT with its MLM head (no pooler, as HF's BertForMaskedLM); also takes `logit_positions`
-    (see heads.MaskedLM)."""
+    and `final_hidden` (see heads.MaskedLM)."""
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
                  output_attentions: bool = False, logit_positions=None,
-                 packing: Packing | None = None):
+                 packing: Packing | None = None, final_hidden=None):
         return self.head(heads.Inputs(input_ids, attention_mask, token_type_ids, packing,
                                       deterministic, output_hidden_states, output_attentions),
-                         logit_positions)
+                         logit_positions, final_hidden)
 
 
 class BertForSequenceClassification(heads.SequenceClassification, BertHead):

@@ -148,14 +148,16 @@ class DistilBertHead(heads.Head):
 # --- the heads, bound to DistilBERT ------------------------------------------------------------------
 
 class DistilBertForMaskedLM(heads.MaskedLM, DistilBertHead):
-    """DistilBERT with its MLM head; also takes `logit_positions` (see heads.MaskedLM)."""
+    """DistilBERT with its MLM head; also takes `logit_positions` and `final_hidden` (see
+    heads.MaskedLM)."""
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic: bool = True,
                  output_hidden_states: bool = False, output_attentions: bool = False,
-                 logit_positions=None, packing: Packing | None = None):
+                 logit_positions=None, packing: Packing | None = None, final_hidden=None):
         return self.head(heads.Inputs(input_ids, attention_mask, None, packing, deterministic,
-                                      output_hidden_states, output_attentions), logit_positions)
+                                      output_hidden_states, output_attentions), logit_positions,
+                         final_hidden)
 
 
 class DistilBertForSequenceClassification(heads.SequenceClassification, DistilBertHead):

@@ -86,9 +86,12 @@ class Head(Base):
 class MaskedLM(Head):
     """Vocabulary logits at every token, or only at `logit_positions` (flat token indices, beyond
     HF's signature): the vocabulary projection dominates a small model's cost, and the MLM loss
-    needs logits only at its targets."""
+    needs logits only at its targets. Given `final_hidden` (final hidden states [..., dim]) instead
+    of inputs, the head alone makes their logits, so a loss can make them a chunk at a time."""
 
-    def head(self, inputs: Inputs, logit_positions=None) -> LogitsOutput:
+    def head(self, inputs: Inputs, logit_positions=None, final_hidden=None) -> LogitsOutput:
+        if final_hidden is not None:
+            return LogitsOutput(self.lm_logits(final_hidden), None, None)
         out = self.encode(inputs)
         hidden = out.last_hidden_state
         if logit_positions is not None:

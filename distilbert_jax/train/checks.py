@@ -44,6 +44,7 @@ def validate(config, layout=None) -> None:
     sizes = {"batch_size / grad_accum_steps": config.batch_size // config.grad_accum_steps}
     if config.job in DISTILL_JOBS:
         dtype(config, "teacher_dtype")
+        _check_ints(config, non_negative=("logit_chunk",))
         _check_recipe(config)
     else:
         _check_ints(config, positive=("eval_batch_size",),

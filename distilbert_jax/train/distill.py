@@ -143,8 +143,10 @@ def distill_loss(student_model, teacher_model, config, mask):
     """The triple loss `(params, teacher_params, batch, key) -> (loss, terms)`: mask on device,
     teacher forward (frozen), student forward.
 
-    Vocabulary logits cost most of a small model's step; when no term needs them at every token
-    (restrict_ce_to_mask, or no soft targets), both models compute them at the MLM targets only.
+    Vocabulary logits cost most of a small model's step and most of a big batch's memory. When no
+    term needs them at every token (restrict_ce_to_mask, or no soft targets), both models make them
+    at the MLM targets only; when the soft targets cover every token of a micro-batch longer than
+    `logit_chunk` tokens, they are made that many tokens at a time (losses.chunked_soft_target_sums).
     """
     terms_weights = dict(temperature=config.temperature, alpha_ce=config.alpha_ce,
                          alpha_mlm=config.alpha_mlm, alpha_cos=config.alpha_cos,
@@ -155,21 +157,31 @@ def distill_loss(student_model, teacher_model, config, mask):
     def loss_fn(params, teacher_params, batch, key):
         mask_key, dropout_key = jax.random.split(key)
         ids, labels = mask(mask_key, batch["inputs"])
-        positions = None
-        if at_targets:
-            positions, labels = corpus.target_positions(labels, config.mlm_mask_prop,
-                                                        computed_tokens(batch["inputs"]))
+        tokens = computed_tokens(batch["inputs"])
+        chunked = not at_targets and 0 < config.logit_chunk < tokens
+        positions = teacher_positions = None
+        if at_targets or chunked:
+            positions, labels = corpus.target_positions(labels, config.mlm_mask_prop, tokens)
+            teacher_positions = jnp.zeros((0,), jnp.int32) if chunked else positions
         inputs = {**batch["inputs"], "input_ids": ids}
         teacher_out = teacher_model.apply(
             {"params": teacher_params}, **models.model_inputs(teacher_model, inputs),
-            output_hidden_states=True, **({"logit_positions": positions} if teacher_logits else {}))
+            output_hidden_states=True, **({"logit_positions": teacher_positions} if teacher_logits else {}))
         t_logits = jax.lax.stop_gradient(teacher_out.logits) if teacher_logits else None
         t_hidden = jax.lax.stop_gradient(teacher_out.hidden_states[-1])
         out = student_model.apply({"params": params}, **models.model_inputs(student_model, inputs),
                                   deterministic=False, rngs={"dropout": dropout_key},
                                   output_hidden_states=True, logit_positions=positions)
+        soft_sums = None
+        if chunked:
+            soft_sums = losses.chunked_soft_target_sums(
+                lambda h: student_model.apply({"params": params}, None, final_hidden=h).logits,
+                lambda h: jax.lax.stop_gradient(
+                    teacher_model.apply({"params": teacher_params}, None, final_hidden=h).logits),
+                out.hidden_states[-1], t_hidden, hidden_states_mask(inputs), config.temperature,
+                config.logit_chunk, mse=config.alpha_mse > 0)
         return losses.distillation_loss(out.logits, t_logits, out.hidden_states[-1], t_hidden,
-                                        inputs["attention_mask"], labels,
+                                        inputs["attention_mask"], labels, soft_sums=soft_sums,
                                         hidden_mask=hidden_states_mask(inputs), **terms_weights)
     return loss_fn
 
