@@ -20,12 +20,14 @@ functions (see `jobs.JOBS`) that tests and notebooks call directly.
 import json
 import logging
 import os
+import shlex
 import sys
 import threading
 
 from absl import app, flags
 
 from distilbert_jax import distributed, jobs, settings, startup
+from distilbert_jax.train import preemption
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-host job through jax.distributed "
@@ -91,6 +93,10 @@ def main(argv):
     except jobs.USER_ERRORS as e:  # one clear sentence, a non-zero exit
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except preemption.Preempted as e:  # the state is saved: the same command resumes it
+        print(f"{e}; run the same command to resume: "
+              f"{shlex.join(['python', '-m', 'distilbert_jax.main', *sys.argv[1:]])}", file=sys.stderr)
+        sys.exit(preemption.EXIT_STATUS)
     print(results_table(results))
 
 

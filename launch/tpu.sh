@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# TPU VM (or pod slice) lifecycle for distilbert-jax: create, set up every worker, run a config on all
-# workers, tail the logs, tear down. Every step is one gcloud command; --dry-run prints them instead.
+# TPU VM (or pod slice) lifecycle for distilbert-jax: plan, create, set up every worker, run a config
+# on all workers, tail the logs, tear down. Every step is one command; --dry-run prints them instead.
 #
-#   launch/tpu.sh [--dry-run] create
+#   launch/tpu.sh [--dry-run] plan configs/glue.py:sst2 [--config.batch_size=64 ...]   # here, no TPU
+#   launch/tpu.sh [--dry-run] create                     # SPOT=1: a spot VM; QUEUED=1: queued resources
 #   launch/tpu.sh [--dry-run] setup                      # copy this checkout to every worker, install
 #   launch/tpu.sh [--dry-run] run configs/glue.py:sst2 runs/sst2 [--config.lr=3e-5 ...]
 #   launch/tpu.sh [--dry-run] tail runs/sst2
@@ -11,7 +12,10 @@
 # Settings (environment): TPU_NAME, ZONE, ACCELERATOR (v4-8, v5litepod-16, ...), RUNTIME (TPU software
 # version), PROJECT (optional), BUCKET (a GCS bucket mounted with gcsfuse at /mnt/$BUCKET on every
 # worker, so the workdir is shared: every process writes its checkpoint shards there, process 0 the
-# metrics and results).
+# metrics and results). `plan` compiles the config for $ACCELERATOR on this machine first
+# (distilbert_jax.plan: memory per chip, the mesh that fits, a lower bound on the step time).
+# `run` runs the job again whenever it exits with status 75 (a preemption notice: its state was
+# saved, and the same command resumes it), and stops at any other status.
 set -euo pipefail
 
 TPU_NAME=${TPU_NAME:-distilbert-jax}
@@ -19,6 +23,8 @@ ZONE=${ZONE:-us-central2-b}
 ACCELERATOR=${ACCELERATOR:-v4-8}
 RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
 BUCKET=${BUCKET:-}
+SPOT=${SPOT:-0}
+QUEUED=${QUEUED:-0}
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
 REMOTE_DIR=distilbert-jax
 
@@ -40,8 +46,21 @@ workdir_for() {  # runs/x -> /mnt/$BUCKET/runs/x when a bucket is mounted
 cmd=${1:-}
 shift || true
 case "$cmd" in
+  plan)
+    config=${1:?usage: plan CONFIG [--config.field=value ...]}
+    shift
+    run python -m distilbert_jax.plan --config="$config" --topology="$ACCELERATOR" "$@"
+    ;;
   create)
-    tpu create "$TPU_NAME" --accelerator-type="$ACCELERATOR" --version="$RUNTIME"
+    spot=()
+    if [[ "$SPOT" == 1 ]]; then spot=(--spot); fi
+    if [[ "$QUEUED" == 1 ]]; then  # waits in Cloud TPU's queue until the capacity is there
+      run gcloud compute tpus queued-resources create "$TPU_NAME" --node-id="$TPU_NAME" \
+        --accelerator-type="$ACCELERATOR" --runtime-version="$RUNTIME" "${spot[@]}" \
+        --zone="$ZONE" ${PROJECT_FLAG:+"$PROJECT_FLAG"}
+    else
+      tpu create "$TPU_NAME" --accelerator-type="$ACCELERATOR" --version="$RUNTIME" "${spot[@]}"
+    fi
     ;;
   setup)
     here=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,7 +68,7 @@ case "$cmd" in
     run tar -czf "$archive" -C "$here" --exclude=.git --exclude='.venv*' --exclude=runs .
     tpu scp "$archive" "$TPU_NAME:/tmp/" --worker=all
     install="mkdir -p $REMOTE_DIR && tar -xzf /tmp/distilbert-jax.tar.gz -C $REMOTE_DIR"
-    install+=" && pip install -U 'jax[tpu]' && pip install -e './$REMOTE_DIR'"
+    install+=" && pip install -e './$REMOTE_DIR[tpu]'"  # jax[tpu] at the version the package pins
     if [[ -n "$BUCKET" ]]; then
       install+=" && sudo mkdir -p /mnt/$BUCKET && sudo chown \$USER /mnt/$BUCKET"
       install+=" && (mountpoint -q /mnt/$BUCKET || gcsfuse --implicit-dirs $BUCKET /mnt/$BUCKET)"
@@ -60,9 +79,13 @@ case "$cmd" in
     config=${1:?usage: run CONFIG WORKDIR [--config.field=value ...]}
     workdir=$(workdir_for "${2:?usage: run CONFIG WORKDIR [--config.field=value ...]}")
     shift 2
-    extra=$(printf '%q ' "$@")
-    on_all "cd $REMOTE_DIR && mkdir -p $workdir && nohup python -m distilbert_jax.main --multihost \
---config=$config --workdir=$workdir $extra > $workdir/log.\$(hostname).txt 2>&1 &"
+    extra=""
+    if (( $# )); then extra=$(printf '%q ' "$@"); fi
+    job="python -m distilbert_jax.main --multihost --config=$config --workdir=$workdir $extra"
+    # again while it exits 75 (preempted, state saved); any other status ends the loop
+    on_all "cd $REMOTE_DIR && mkdir -p $workdir && nohup bash -c 'while true; do $job; \
+status=\$?; [ \$status -eq 75 ] || exit \$status; echo restarting after a preemption; done' \
+> $workdir/log.\$(hostname).txt 2>&1 &"
     ;;
   tail)
     workdir=$(workdir_for "${1:?usage: tail WORKDIR}")
@@ -72,7 +95,7 @@ case "$cmd" in
     tpu delete "$TPU_NAME" --quiet
     ;;
   *)
-    sed -n '2,16p' "$0"
+    sed -n '2,22p' "$0"
     exit 2
     ;;
 esac

@@ -14,9 +14,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from conftest import make_tiny_model_dir, tiny_config, write_sst2  # noqa: E402
+from test_preemption import terminated_at  # noqa: E402
 
 from distilbert_jax import distributed, hf, sharding  # noqa: E402
-from distilbert_jax.train import checkpoint, distill, finetune  # noqa: E402
+from distilbert_jax.train import checkpoint, distill, finetune, preemption  # noqa: E402
 from distilbert_jax.train import state as train_state  # noqa: E402
 
 
@@ -92,6 +93,8 @@ def main():
     parser.add_argument("--runs", type=int, default=0, help="> 0: this many runs stacked (seeds 42..)")
     parser.add_argument("--layout", default="", choices=("", "padded", "packed"),
                         help="fine-tuning with dropout off in this layout, so both layouts agree")
+    parser.add_argument("--sigterm_after", type=int, default=-1,
+                        help=">= 0: process 0 gets a SIGTERM while it runs the step after this one")
     args = parser.parse_args()
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -111,8 +114,14 @@ def main():
             with open(args.out + ".json", "w") as f:
                 json.dump({"devices": jax.device_count(), "losses": losses}, f)
         return
-    model_dir = make_tiny_model_dir(os.path.join(inputs, "model_in"))
-    data = write_sst2(os.path.join(inputs, "SST-2"))
+    # One copy of the inputs, written by process 0 (every process's config names the same paths,
+    # as a real multi-host run's do, so the workdir's config check holds on resume).
+    inputs = os.path.join(args.workdir, "inputs")
+    model_dir, data = os.path.join(inputs, "model_in"), os.path.join(inputs, "SST-2")
+    if jax.process_index() == 0:
+        make_tiny_model_dir(model_dir)
+        write_sst2(data)
+    multihost_utils.sync_global_devices("inputs written")
     config = tiny_config(model_dir, data, "sst2", mesh=args.mesh, max_steps=4, batch_size=16,
                          eval_batch_size=16, log_every=1, save_model=False)
     if args.layout:
@@ -120,8 +129,14 @@ def main():
         config.model_overrides = {f: 0.0 for f in hf.read_config(model_dir)[0].dropout_fields()}
     layout = sharding.Layout.from_config(config)
     losses = []
+    if args.sigterm_after >= 0 and jax.process_index() == 0:
+        finetune.make_step = terminated_at(args.sigterm_after, finetune.make_step)
     if not args.restore_from:
-        finetune.train_and_evaluate(config, run_dir)
+        try:
+            finetune.train_and_evaluate(config, run_dir)
+        except preemption.Preempted as e:
+            print(f"preempted at step {e.step}", file=sys.stderr)
+            sys.exit(preemption.EXIT_STATUS)
         losses = read_losses(run_dir, "train/loss")
     params = restore_params(config, run_dir, layout)
     params = flax.traverse_util.flatten_dict(params, sep="/")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from distilbert_jax import sharding
+from distilbert_jax.train import preemption
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -93,8 +94,9 @@ def test_mesh_from_config():
         sharding.make_mesh("data=2")
 
 
-def two_processes(tmp_path, job, layout=None):
-    """2 processes x 4 CPU devices on localhost through jax.distributed, FSDP over all 8."""
+def two_processes(tmp_path, job, layout=None, extra=(), status=0):
+    """2 processes x 4 CPU devices on localhost through jax.distributed, FSDP over all 8; each
+    must exit with `status`. Returns (params, info) of a finished run, else their stderr."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -103,11 +105,15 @@ def two_processes(tmp_path, job, layout=None):
     processes = [subprocess.Popen(
         [sys.executable, os.path.join(HERE, "sharded_run.py"), "--mesh=fsdp", f"--job={job}",
          f"--workdir={tmp_path / 'w'}", f"--out={out}", f"--coordinator=localhost:{port}",
-         "--num_processes=2", f"--process_id={i}", *([f"--layout={layout}"] if layout else [])],
+         "--num_processes=2", f"--process_id={i}", *([f"--layout={layout}"] if layout else []), *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    errors = []
     for p in processes:
         _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
+        assert p.returncode == status, err[-3000:]
+        errors.append(err)
+    if status:
+        return errors
     with np.load(out) as data:
         params = {k: data[k] for k in data.files}
     return params, json.load(open(str(out) + ".json"))
@@ -118,6 +124,20 @@ def test_two_processes_equal_one_device(single_device, tmp_path):
     params, info = two_processes(tmp_path, "finetune")
     reference, reference_info = single_device
     assert info["devices"] == 8
+    np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
+    assert_close_params(params, reference)
+
+
+@pytest.mark.xdist_group("processes")  # one multi-process job at a time
+def test_two_processes_preempted_save_one_step_and_resume_to_one_device(single_device, tmp_path):
+    """Process 0 alone gets the SIGTERM; JAX's preemption service has both processes save the same
+    step and exit 75; run again, they end where the single-device run ends."""
+    errors = two_processes(tmp_path, "finetune", extra=["--sigterm_after=0"],
+                           status=preemption.EXIT_STATUS)
+    saved = {err.strip().splitlines()[-1] for err in errors}
+    assert len(saved) == 1 and saved.pop().startswith("preempted at step "), errors[0][-2000:]
+    params, info = two_processes(tmp_path, "finetune")
+    reference, reference_info = single_device
     np.testing.assert_allclose(info["losses"], reference_info["losses"], rtol=1e-5)
     assert_close_params(params, reference)
 

@@ -60,9 +60,17 @@ def test_launch_script_dry_run():
                                      "--version=tpu-ubuntu2204-base --zone=z1")
     setup = run("setup")
     assert "tpu-vm scp /tmp/distilbert-jax.tar.gz t1:/tmp/ --worker=all --zone=z1" in setup
-    assert "gcsfuse" in setup and "jax\\[tpu\\]" in setup
+    assert "gcsfuse" in setup and "distilbert-jax\\[tpu\\]" in setup
     started = run("run", "configs/glue.py:sst2", "runs/sst2", "--config.lr=3e-5")
     assert "--worker=all" in started and "--multihost" in started
     assert "--workdir=/mnt/b1/runs/sst2" in started and "--config.lr=3e-5" in started
+    assert "-eq\\ 75" in started  # runs again after a preemption, stops on anything else
     assert "--worker=0" in run("tail", "runs/sst2")
+    assert run("plan", "configs/glue.py:sst2", "--config.batch_size=64").strip() == (
+        "python -m distilbert_jax.plan --config=configs/glue.py:sst2 --topology=v4-16 "
+        "--config.batch_size=64")
+    spot = subprocess.run(["bash", "launch/tpu.sh", "--dry-run", "create"], cwd=REPO, check=True,
+                          env={**env, "SPOT": "1", "QUEUED": "1"}, capture_output=True, text=True).stdout
+    assert spot.strip() == ("gcloud compute tpus queued-resources create t1 --node-id=t1 "
+                            "--accelerator-type=v4-16 --runtime-version=tpu-ubuntu2204-base --spot --zone=z1")
     assert run("delete").strip() == "gcloud compute tpus tpu-vm delete t1 --quiet --zone=z1"

@@ -30,7 +30,7 @@ from typing import Any
 from distilbert_jax import configs, io, jobs
 from distilbert_jax.config import did_you_mean
 from distilbert_jax.metrics import glue_score
-from distilbert_jax.train import finetune, workdir as workdirs
+from distilbert_jax.train import finetune, preemption, workdir as workdirs
 
 # The split whose scores the table reports.
 MAIN_SPLIT = "dev"
@@ -255,6 +255,9 @@ def main(argv=None):
     except (*jobs.USER_ERRORS, KeyError, ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except preemption.Preempted as e:  # every point's state is saved: the same command resumes
+        print(f"{e}; run the same command to resume the sweep.", file=sys.stderr)
+        sys.exit(preemption.EXIT_STATUS)
 
 
 if __name__ == "__main__":

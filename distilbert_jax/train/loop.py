@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from distilbert_jax.train import preemption
 from distilbert_jax.train.checkpoint import Checkpoints
 from distilbert_jax.train.logging import MetricWriter, Progress
 
@@ -82,34 +83,52 @@ def run_stacked(state, step_fn: Callable, batches: Iterator, schedule: Schedule,
             _report(step, [(s, metrics_of(m, i)) for s, active, m in fetched if active[i]], r)
 
     first = min((s for s, done in zip(steps, stopped) if not done), default=schedule.total_steps)
-    for step in range(first + 1, schedule.total_steps + 1):
-        active = np.array([not done and s == step - 1 for s, done in zip(steps, stopped)])
-        state, metrics = step_fn(state, next(batches), active)
-        pending.append((step, active, metrics))
-        last = step == schedule.total_steps
-        if step % schedule.log_every == 0 or last:
-            flush(step)
-        for i in np.flatnonzero(active):
-            r = runs[i]
-            steps[i] = step
-            evaluated = False
-            if r.evaluate is not None and (
-                    (schedule.evaluate_every and step % schedule.evaluate_every == 0) or last):
+    with preemption.watch() as notice:
+        for step in range(first + 1, schedule.total_steps + 1):
+            active = np.array([not done and s == step - 1 for s, done in zip(steps, stopped)])
+            state, metrics = step_fn(state, next(batches), active)
+            pending.append((step, active, metrics))
+            last = step == schedule.total_steps
+            if step % schedule.log_every == 0 or last:
                 flush(step)
-                scores = r.evaluate(own(state, i), step)
-                r.writer.write(step, {f"eval/{s}/{k}": v for s, m in scores.items() for k, v in m.items()})
-                log.info("step %d eval %s", step, scores)
-                evaluated = True
-            stopped[i] = evaluated and r.stop is not None and r.stop(step)
-            if step % schedule.checkpoint_every == 0 or last or stopped[i]:
-                flush(step)
-                r.checkpoints.save(step, own(state, i))
-            if stopped[i]:
-                log.info("step %d: no better evaluation for the patience given; stopping %s early",
-                         step, r.workdir)
-        if all(stopped):
-            break
+            saved = set()
+            for i in np.flatnonzero(active):
+                r = runs[i]
+                steps[i] = step
+                evaluated = False
+                if r.evaluate is not None and (
+                        (schedule.evaluate_every and step % schedule.evaluate_every == 0) or last):
+                    flush(step)
+                    scores = r.evaluate(own(state, i), step)
+                    r.writer.write(step, {f"eval/{s}/{k}": v for s, m in scores.items() for k, v in m.items()})
+                    log.info("step %d eval %s", step, scores)
+                    evaluated = True
+                stopped[i] = evaluated and r.stop is not None and r.stop(step)
+                if step % schedule.checkpoint_every == 0 or last or stopped[i]:
+                    flush(step)
+                    r.checkpoints.save(step, own(state, i))
+                    saved.add(i)
+                if stopped[i]:
+                    log.info("step %d: no better evaluation for the patience given; stopping %s early",
+                             step, r.workdir)
+            if all(stopped) or last:
+                break
+            if notice.reached(step):
+                _save_and_stop(step, state, runs, [i for i in np.flatnonzero(active) if i not in saved],
+                               own, flush)
     return state
+
+
+def _save_and_stop(step: int, state, runs: list[Run], unsaved: list[int], own, flush) -> None:
+    """Preempted after `step`: the metrics so far written, every run that took this step saved at
+    it (the others' checkpoints already hold where they are), every save finished; then Preempted."""
+    flush(step)
+    for i in unsaved:
+        runs[i].checkpoints.save(step, own(state, i))
+    for r in runs:
+        r.checkpoints.wait()
+    log.info("step %d: preempted; every run's state is saved", step)
+    raise preemption.Preempted(step, [r.workdir for r in runs])
 
 
 def _report(step: int, fetched: list[tuple[int, dict]], r: Run) -> None:
