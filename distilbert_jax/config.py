@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, ClassVar, Mapping
 
+from distilbert_jax.errors import UserError
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
@@ -33,7 +35,7 @@ HF_GENERIC_KEYS = frozenset({
 })
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration field is unknown or has a value the model cannot use."""
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from distilbert_jax import hf, io, models
 from distilbert_jax.config import BertConfig, ConfigError
+from distilbert_jax.errors import EXIT_STATUS, UserError
 from distilbert_jax.hf import CheckpointError
 from distilbert_jax.pipelines.loading import sentence_transformers_settings
 from distilbert_jax.pipelines.sentence_embeddings import l2_normalize, mean_pool
@@ -72,7 +73,7 @@ LITERT_EXTRA = "pip install 'distilbert-jax[litert]'"
 LITERT_LENGTHS = (16, 32, 64, 128, 256, 512)
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export cannot be made or loaded as asked: one sentence for the user."""
 
 
@@ -507,12 +508,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export(args.model, args.output, format=args.format, quantize=args.quantize, task=args.task)
-    except ExportError as e:
+    except UserError as e:  # one sentence (errors.py); a refused write leaves nothing of OUT
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except io.WriteError as e:  # a full disk, a read-only folder: nothing of OUT is left
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_STATUS
     with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
         manifest = json.load(f)
     errors = manifest["agreement"]["max_relative_error"]

@@ -26,6 +26,7 @@ import safetensors.numpy
 
 from distilbert_jax import io, models
 from distilbert_jax.config import ConfigError, config_from_dict
+from distilbert_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ _LEGACY_LEAVES = {"gamma": "weight", "beta": "bias"}
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be loaded into the requested model."""
 
 

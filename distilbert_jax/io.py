@@ -16,8 +16,10 @@ import shutil
 import tempfile
 from typing import IO, Iterator
 
+from distilbert_jax.errors import UserError
 
-class WriteError(OSError):
+
+class WriteError(UserError, OSError):
     """A file could not be written: one sentence naming it and the reason."""
 
     def __str__(self) -> str:  # the sentence, without OSError's "[Errno 28] " prefix

@@ -1,4 +1,4 @@
-"""Every job a config can name (`config.job`), and the errors that are the user's to fix.
+"""Every job a config can name (`config.job`) and the programs each compiles.
 
 `run(config, workdir)` is the one dispatch: the command line, sweeps and the miniature call it.
 """
@@ -6,13 +6,8 @@
 from __future__ import annotations
 
 from distilbert_jax.config import ConfigError
-from distilbert_jax.io import WriteError
-from distilbert_jax.data.task import DataError
 from distilbert_jax.experiments import miniature
-from distilbert_jax.hf import CheckpointError
-from distilbert_jax.tokenizer import TokenizerError
 from distilbert_jax.train import distill, finetune
-from distilbert_jax.train.loop import TrainingError
 
 JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_only,
         "distill": distill.distill, "fit_teacher_head": distill.fit_teacher_head,
@@ -21,9 +16,6 @@ JOBS = {"finetune": finetune.train_and_evaluate, "evaluate": finetune.evaluate_o
 # plan (plan.py) compiles exactly what a run runs. The miniature is a sequence of these jobs.
 PROGRAMS = {"finetune": finetune.programs, "evaluate": finetune.programs,
             "distill": distill.programs, "fit_teacher_head": distill.programs}
-# Raised for bad input, a run that cannot go on, or a file the disk refuses: shown as one
-# sentence, never a traceback.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, TrainingError, WriteError)
 
 
 def run(config, workdir: str):

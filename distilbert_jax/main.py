@@ -26,7 +26,7 @@ import threading
 
 from absl import app, flags
 
-from distilbert_jax import distributed, jobs, settings, startup
+from distilbert_jax import distributed, errors, jobs, settings, startup
 from distilbert_jax.train import preemption
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -90,9 +90,9 @@ def main(argv):
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         results = jobs.run(config, _WORKDIR.value)
-    except jobs.USER_ERRORS as e:  # one clear sentence, a non-zero exit
+    except errors.UserError as e:  # one clear sentence (errors.py)
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(errors.EXIT_STATUS)
     except preemption.Preempted as e:  # the state is saved: the same command resumes it
         print(f"{e}; run the same command to resume: "
               f"{shlex.join(['python', '-m', 'distilbert_jax.main', *sys.argv[1:]])}", file=sys.stderr)

@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 
-from distilbert_jax import jobs, sharding
+from distilbert_jax import errors, jobs, sharding
 from distilbert_jax.config import ConfigError
 
 
@@ -382,9 +382,9 @@ def main(argv) -> None:
     try:
         result = plan(config, values.topology, values.mesh, values.runs,
                       log=lambda line: print(line, flush=True))
-    except ConfigError as e:
+    except errors.UserError as e:  # one sentence (errors.py)
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(errors.EXIT_STATUS)
     print(summary(result))
     if values.output:
         os.makedirs(values.output, exist_ok=True)

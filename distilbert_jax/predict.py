@@ -25,18 +25,14 @@ import time
 
 import distilbert_jax as dj
 from distilbert_jax import io, settings
-from distilbert_jax.config import ConfigError
 from distilbert_jax.data.custom import KINDS, MissingColumn, parse_records, read_text
-from distilbert_jax.data.task import DataError
-from distilbert_jax.hf import CheckpointError
-from distilbert_jax.pipelines import PipelineError
-from distilbert_jax.tokenizer import TokenizerError
+from distilbert_jax.errors import EXIT_STATUS, UserError
 
 OUTPUT_FIELD = {"token-classification": "entities", "ner": "entities",
                 "feature-extraction": "features", "sentence-embeddings": "embedding"}
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     """Bad input or arguments for the predict command: one sentence for the user."""
 
 
@@ -217,10 +213,9 @@ def main(argv=None) -> int:
     settings.configure()  # the process-wide defaults (settings.py), before any device
     try:
         predict(args)
-    except (PredictError, DataError, PipelineError, CheckpointError, ConfigError, TokenizerError,
-            io.WriteError) as e:
+    except UserError as e:  # one sentence (errors.py)
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_STATUS
     return 0
 
 

@@ -37,12 +37,8 @@ class Settings:
     cpu_collectives: str | None = "gloo"
 
 
-_applied: Settings | None = None
-
-
 def configure(**overrides) -> Settings:
     """Applies `Settings(**overrides)` to this process and returns it; an unknown name is refused."""
-    global _applied
     known = {f.name for f in dataclasses.fields(Settings)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -57,10 +53,4 @@ def configure(**overrides) -> Settings:
                           settings.compilation_cache_min_seconds)
     if settings.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", settings.cpu_collectives)
-    _applied = settings
     return settings
-
-
-def current() -> Settings | None:
-    """The settings `configure` last applied in this process (None: never called)."""
-    return _applied

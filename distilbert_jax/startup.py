@@ -10,7 +10,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from distilbert_jax import configs
+from distilbert_jax import configs, errors
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, e.g. configs/glue.py:sst2.",
                                          lock_config=True)
@@ -28,7 +28,7 @@ def parse_flags(argv):
         print(f"error: {_last_line(e)}", file=sys.stderr)
     except Exception as e:  # the config file itself fails: a syntax error, a bad import, ...
         print(f"error: {_config_file_error(e, _config_arg(argv))}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(errors.EXIT_STATUS)
 
 
 def _config_slot(argv) -> tuple[int, str] | None:
@@ -105,7 +105,7 @@ def load_config():
     except Exception as e:  # a syntax error or a failing get_config in the config file
         print(f"error: {_config_file_error(e, flags.FLAGS['config'].serialize().split('=', 1)[-1])}",
               file=sys.stderr)
-    sys.exit(2)
+    sys.exit(errors.EXIT_STATUS)
 
 
 def setup_logging() -> None:

@@ -16,6 +16,7 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from distilbert_jax import io
+from distilbert_jax.errors import UserError
 
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                   "cls_token": "[CLS]", "mask_token": "[MASK]"}
@@ -24,7 +25,7 @@ _TRUNCATION = {True: "longest_first", "longest_first": "longest_first", "only_fi
 _PADDING = {True: "longest", "longest": "longest", "max_length": "max_length"}
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer file is missing or an argument combination is invalid."""
 
 

@@ -69,7 +69,7 @@ def test_header_only_train_tsv_is_refused_with_exit_1(tiny_model, tmp_path):
         glue.GlueTask("sst2", str(data)).load("train")
     result = run_cli("distilbert_jax.main", "--config=configs/smoke.py", f"--workdir={tmp_path / 'w'}",
                      f"--config.model={tiny_model}", f"--config.data_dir={data}")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert last_line(result) == f"error: {data / 'train.tsv'} has no examples, only a header."
     assert not (tmp_path / "w").exists()
 
@@ -162,7 +162,7 @@ def test_corpus_folder_input_is_named_a_folder(tok, tmp_path):
     assert not (tmp_path / "c").exists()
     result = run_cli("distilbert_jax.data.corpus", str(tmp_path / "texts"),
                      f"--tokenizer={make_tiny_model_dir(tmp_path / 'm')}", f"--out={tmp_path / 'c'}")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert last_line(result) == (f"error: Corpus file '{tmp_path / 'texts'}' is a folder, not a file; "
                                  "pass the text files in it.")
 

@@ -25,14 +25,14 @@ def run_main(*args, cwd=REPO):
 
 def test_unknown_task_and_missing_file_are_one_sentence(tmp_path):
     result = run_main("--config=configs/smoke.py", f"--workdir={tmp_path / 'w'}", "--config.task=sst3")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: Unknown task 'sst3'; choose one of ['cola', 'conll2003', 'mnli', 'mrpc', 'qnli', "
         "'qqp', 'rte', 'squad', 'squad_v2', 'sst2', 'stsb', 'swag', 'text_classification', "
         "'token_classification', 'wnli'].")
     result = run_main("--config=configs/smoke.py", f"--workdir={tmp_path / 'w'}",
                       f"--config.data_dir={tmp_path / 'nowhere'}")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"error: Data file '{tmp_path / 'nowhere' / 'train.tsv'}' does not exist.")
     assert not (tmp_path / "w").exists()

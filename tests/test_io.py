@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from distilbert_jax import hf, io, jobs
+from distilbert_jax import errors, hf, io
 from distilbert_jax.train.checkpoint import Checkpoints
 
 
@@ -68,4 +68,4 @@ def test_a_refused_checkpoint_is_one_sentence_and_the_earlier_ones_stay(tmp_path
         assert str(e.value) == (f"cannot write a checkpoint in {tmp_path / 'checkpoints'}: no space "
                                 "left on the device; the checkpoints written before it are intact")
         assert checkpoints.latest_step() == 1
-    assert io.WriteError in jobs.USER_ERRORS  # main prints it as one line and exits 1
+    assert issubclass(io.WriteError, errors.UserError)  # main prints it as one line and exits 2

@@ -15,7 +15,7 @@ import pytest
 from distilbert_jax import plan, sharding
 from distilbert_jax.configs import default
 from distilbert_jax.config import ConfigError
-from distilbert_jax.train import distill, finetune
+from distilbert_jax.train import finetune
 from conftest import make_tiny_model_dir, tiny_config, write_sst2
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

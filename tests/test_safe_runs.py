@@ -222,7 +222,7 @@ def test_the_command_line_stops_a_non_finite_run_in_one_sentence(tiny_model, tmp
     result = subprocess.run([sys.executable, "-m", "distilbert_jax.main", f"--config={tmp_path / 'cfg.py'}",
                              f"--workdir={tmp_path / 'run'}"], cwd=repo, capture_output=True, text=True,
                             timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = [l for l in result.stderr.splitlines() if l.strip()]
     assert lines[-1].startswith("error: train/") and "the run stopped before saving that state" in lines[-1]
     assert "Event loop is closed" not in result.stderr and "Traceback" not in result.stderr

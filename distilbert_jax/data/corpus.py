@@ -397,7 +397,8 @@ def main(argv=None):
     import argparse
 
     from distilbert_jax import hf
-    from distilbert_jax.tokenizer import Tokenizer, TokenizerError
+    from distilbert_jax.errors import EXIT_STATUS, UserError
+    from distilbert_jax.tokenizer import Tokenizer
 
     parser = argparse.ArgumentParser(description="Tokenise text files (one sequence per line) "
                                                  "into a distillation corpus.")
@@ -410,9 +411,9 @@ def main(argv=None):
     try:
         tokenizer = Tokenizer.from_pretrained(hf.resolve(args.tokenizer))
         meta = prepare(args.files, tokenizer, args.out, args.max_length)
-    except (DataError, hf.CheckpointError, TokenizerError) as e:
+    except UserError as e:  # one sentence (errors.py)
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_STATUS)
     print(json.dumps(meta, indent=2))
 
 

@@ -19,12 +19,13 @@ import jax
 import numpy as np
 
 from distilbert_jax.data.packing import Packer
+from distilbert_jax.errors import UserError
 from distilbert_jax.losses import IGNORE_INDEX
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 384, 512)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file is missing or malformed; the message names the file (and line)."""
 
 

@@ -27,7 +27,7 @@ import statistics
 import sys
 from typing import Any
 
-from distilbert_jax import configs, io, jobs
+from distilbert_jax import configs, errors, io, jobs, settings
 from distilbert_jax.config import did_you_mean
 from distilbert_jax.metrics import glue_score
 from distilbert_jax.train import finetune, preemption, workdir as workdirs
@@ -245,6 +245,7 @@ def main(argv=None):
     t = sub.add_parser("table")
     t.add_argument("--root", required=True)
     args = parser.parse_args(argv)
+    settings.configure()  # main's process-wide settings (deterministic GPU reductions: exact resume)
     try:
         if args.command == "run":
             run_sweep(args)
@@ -252,9 +253,9 @@ def main(argv=None):
                 print(write_table(args.root))
         else:
             print(write_table(args.root))
-    except (*jobs.USER_ERRORS, KeyError, ValueError, TypeError, OSError) as e:
+    except errors.UserError as e:  # one sentence (errors.py); anything else is a bug: a traceback
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(errors.EXIT_STATUS)
     except preemption.Preempted as e:  # every point's state is saved: the same command resumes
         print(f"{e}; run the same command to resume the sweep.", file=sys.stderr)
         sys.exit(preemption.EXIT_STATUS)

@@ -13,12 +13,13 @@ from distilbert_jax import models
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import packing as packing_lib
 from distilbert_jax.data.task import bucket_for
+from distilbert_jax.errors import UserError
 from distilbert_jax.tokenizer import Tokenizer, TokenizerError
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
-class PipelineError(ValueError):
+class PipelineError(UserError, ValueError):
     """A pipeline cannot be built for this task and model, or was called with bad input."""
 
 

@@ -66,10 +66,6 @@ def validate(config, layout=None) -> None:
                 f"over (mesh {dict(layout.mesh.shape)}) and of {jax.process_count()} processes.")
 
 
-# The name the trainers called it by.
-check_training = validate
-
-
 def _check_ints(config, positive=(), non_negative=()) -> None:
     for field in positive:
         if not isinstance(config[field], int) or config[field] < 1:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from distilbert_jax.errors import UserError
 from distilbert_jax.train import preemption
 from distilbert_jax.train.checkpoint import Checkpoints
 from distilbert_jax.train.logging import MetricWriter, Progress
@@ -18,7 +19,7 @@ from distilbert_jax.train.logging import MetricWriter, Progress
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (a non-finite loss, a head that does not fit the task)."""
 
 
