@@ -360,7 +360,7 @@ def save_pretrained(out_dir: str | os.PathLike, model: nn.Module, params: Params
     transformers loads the directory with its class of the same name (e.g. DistilBertForMaskedLM).
     """
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    io.makedirs(out_dir)
     state = to_pytorch_state_dict(params)
     # The weights are in place before the config.json that makes the folder a checkpoint.
     with io.atomic(os.path.join(out_dir, "config.json")) as config_tmp:

@@ -1,15 +1,22 @@
-"""Every file the project writes goes through here.
+"""Every file the project writes goes through here, on a local disk or an object store.
 
 `atomic(path)` is the one atomic writer: the caller writes a temporary file beside `path`, which is
 renamed onto `path` only when the block finishes, so a reader (or a run killed mid-write) sees the
 old content or the new, never part of either. A write the disk refuses (full, read-only, the folder
 gone) is one `WriteError` naming the path, the temporary file removed and `path` untouched.
+
+A path with a scheme (`gs://bucket/run/...`, any `etils.epath` opens) is written without renames,
+which object stores do not have: the temporary file is local and is uploaded as one object when the
+block finishes (an object appears whole or not at all), and an appended log is the object rewritten
+whole with the new lines. Reading such paths needs the `gcs` extra (gcsfs).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
+import io as stdlib_io
 import json
 import os
 import shutil
@@ -17,6 +24,52 @@ import tempfile
 from typing import IO, Iterator
 
 from distilbert_jax.errors import UserError
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """True for a path with a scheme (gs://, s3://, ...), which etils.epath opens."""
+    return "://" in os.fspath(path)
+
+
+def remote(path: str | os.PathLike):
+    """The etils.epath.Path of a remote path; without gcsfs, one sentence naming the extra."""
+    path = os.fspath(path)
+    if path.startswith("gs://") and importlib.util.find_spec("gcsfs") is None:
+        raise WriteError(errno.ENOPROTOOPT, f"{path} is on Google Cloud Storage, which needs the gcs "
+                         "extra: pip install 'distilbert-jax[gcs]'.")
+    from etils import epath
+    return epath.Path(path)
+
+
+def resolve(path: str | os.PathLike) -> str:
+    """An absolute local path, or a remote one as it is."""
+    return os.fspath(path) if is_remote(path) else os.path.abspath(path)
+
+
+def join(path: str | os.PathLike, *parts: str) -> str:
+    """os.path.join, for remote paths too."""
+    return os.path.join(os.fspath(path), *parts)
+
+
+def exists(path: str | os.PathLike) -> bool:
+    return remote(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A text file's content (UTF-8), local or remote."""
+    if is_remote(path):
+        return remote(path).read_text()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def makedirs(path: str | os.PathLike) -> None:
+    """The folder and its parents (on an object store, where folders are name prefixes, nothing)."""
+    if not is_remote(path):
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise write_error(path, e) from None
 
 
 class WriteError(UserError, OSError):
@@ -43,6 +96,10 @@ def atomic(path: str | os.PathLike) -> Iterator[str]:
     """Yields the temporary path to write; on success it replaces `path`, on any failure it is
     removed and `path` keeps its previous content. OSErrors become one WriteError naming `path`."""
     path = os.fspath(path)
+    if is_remote(path):
+        with _uploaded(path) as tmp:
+            yield tmp
+        return
     tmp = path + ".tmp"
     try:
         yield tmp
@@ -56,9 +113,48 @@ def atomic(path: str | os.PathLike) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def _uploaded(path: str) -> Iterator[str]:
+    """A local temporary file, uploaded to the remote `path` as one object when the block ends
+    well; on any failure nothing is uploaded and the object keeps its previous content."""
+    fd, tmp = tempfile.mkstemp(prefix=".upload-")
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            data = f.read()
+        try:
+            remote(path).write_bytes(data)
+        except WriteError:
+            raise
+        except Exception as e:  # gcsfs/aiohttp/tensorstore errors: one sentence naming the object
+            raise WriteError(errno.EIO, f"cannot write {path}: {_first_line(e)}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
+@contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike) -> Iterator[str]:
     """`atomic` for a folder: yields a staging folder beside `path` (which must not exist, or be
-    empty) to fill; on success it is renamed to `path`, on any failure removed with its contents."""
+    empty) to fill; on success it is renamed to `path`, on any failure removed with its contents.
+    A remote folder is staged locally and uploaded file by file, each file one whole object."""
+    if is_remote(path):
+        staging = tempfile.mkdtemp(prefix=".upload-")
+        try:
+            yield staging
+            for root, _, files in os.walk(staging):
+                for name in sorted(files):
+                    local = os.path.join(root, name)
+                    with atomic(join(path, os.path.relpath(local, staging))) as tmp:
+                        shutil.copyfile(local, tmp)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return
     path = os.path.abspath(os.fspath(path))
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -105,7 +201,14 @@ def write_json(path: str, value) -> None:
 @contextlib.contextmanager
 def appending(path: str | os.PathLike) -> Iterator[IO]:
     """A log appended to line by line (metrics.jsonl, config_history.jsonl): not atomic, since
-    every line already written stays, but a refused write is still one WriteError naming `path`."""
+    every line already written stays, but a refused write is still one WriteError naming `path`.
+    A remote log is rewritten whole, the earlier lines and the new ones, as one object."""
+    if is_remote(path):
+        lines = stdlib_io.StringIO()
+        yield lines
+        earlier = read_text(path) if exists(path) else ""
+        write_text(os.fspath(path), earlier + lines.getvalue())
+        return
     try:
         with open(path, "a", encoding="utf-8") as f:
             yield f

@@ -142,7 +142,7 @@ class Tokenizer:
     def save_pretrained(self, directory: str | os.PathLike):
         """tokenizer.json, vocab.txt, tokenizer_config.json, special_tokens_map.json (HF layout)."""
         directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
+        io.makedirs(directory)
         vocab = sorted(self.backend.get_vocab().items(), key=lambda kv: kv[1])
         config = {"tokenizer_class": "DistilBertTokenizer", "do_lower_case": self.do_lower_case,
                   "model_max_length": self.model_max_length,

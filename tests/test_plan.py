@@ -131,6 +131,7 @@ def test_every_jobs_programs_compile_for_tpu(inputs, topology, job, mesh, overri
     assert result["recommended"] == mesh
 
 
+@pytest.mark.slow  # the default run compiles every job once; this adds the runs axis
 @needs_libtpu
 def test_stacked_runs_compile_over_the_runs_axis_beside_one_run(inputs):
     result = plan.plan(finetune_config(inputs), "v6e:2x2", "runs", runs=4, log=lambda line: None)
@@ -200,6 +201,7 @@ def test_flops_scale_with_the_tokens(inputs):
     assert flops[16] == pytest.approx(2 * flops[8], rel=1e-3)
 
 
+@pytest.mark.slow  # three compiles and more of the search
 @needs_libtpu
 def test_a_batch_that_fits_no_chip_is_told_the_accumulation_that_fits(inputs, monkeypatch):
     """On a chip with 80% of the HBM the step needs (a smaller chip, so the compiles stay those of a

@@ -128,6 +128,7 @@ def test_two_processes_equal_one_device(single_device, tmp_path):
     assert_close_params(params, reference)
 
 
+@pytest.mark.slow  # tests/test_preemption.py covers one process by default
 @pytest.mark.xdist_group("processes")  # one multi-process job at a time
 def test_two_processes_preempted_save_one_step_and_resume_to_one_device(single_device, tmp_path):
     """Process 0 alone gets the SIGTERM; JAX's preemption service has both processes save the same

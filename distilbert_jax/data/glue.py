@@ -189,7 +189,7 @@ class GlueTask(Task):
         preds = self.predictions(outputs)
         stem = _SUBMISSION_NAMES.get(os.path.basename(self.split_file(split)), self.spec.directory)
         path = os.path.join(directory, f"{stem}.tsv")
-        os.makedirs(directory, exist_ok=True)
+        io.makedirs(directory)
         values = (f"{pred:.3f}" if self.spec.labels is None else self.spec.labels[int(pred)]
                   for pred in preds)
         io.write_text(path, "index\tprediction\n" + "".join(

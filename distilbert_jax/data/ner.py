@@ -116,7 +116,7 @@ class ConllTask(Task):
 
     def write_predictions(self, features, outputs, directory, split):
         """CoNLL format: `word gold predicted` per line, blank line between sentences (conlleval's input)."""
-        os.makedirs(directory, exist_ok=True)
+        io.makedirs(directory)
         path = os.path.join(directory, f"{self.name}_{split}.txt")
         io.write_text(path, "".join(
             "".join(f"{word} {gold} {pred}\n" for word, gold, pred in zip(s.words, s.tags, tags)) + "\n"

@@ -183,7 +183,7 @@ class SquadTask(Task):
     def write_predictions(self, features, outputs, directory, split):
         """predictions.json ({id: answer}, the official format) and, for v2, null_odds.json."""
         predictions, null_odds = self.postprocess(features, outputs)
-        os.makedirs(directory, exist_ok=True)
+        io.makedirs(directory)
         files = {f"{self.name}_{split}_predictions.json": predictions}
         if self.version_2:
             files[f"{self.name}_{split}_null_odds.json"] = null_odds

@@ -24,10 +24,11 @@ class MetricWriter:
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter
-        os.makedirs(workdir, exist_ok=True)
-        self.tb = SummaryWriter(os.path.join(workdir, "tb"))
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.jsonl = self._guarded(open, self.path, "a", encoding="utf-8")
+        io.makedirs(workdir)
+        self.tb = SummaryWriter(io.join(workdir, "tb"))
+        self.path = io.join(workdir, "metrics.jsonl")
+        # a local log stays open and is flushed line by line; a remote one is rewritten per write
+        self.jsonl = None if io.is_remote(self.path) else self._guarded(open, self.path, "a", encoding="utf-8")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -35,8 +36,13 @@ class MetricWriter:
         scalars = {k: float(v) for k, v in scalars.items()}
         for key, value in scalars.items():
             self._guarded(self.tb.add_scalar, key, value, step, path=self.tb.logdir)
-        self._guarded(self.jsonl.write, json.dumps({"step": step, **scalars}) + "\n")
-        self._guarded(self.jsonl.flush)
+        line = json.dumps({"step": step, **scalars}) + "\n"
+        if self.jsonl is None:
+            with io.appending(self.path) as f:
+                f.write(line)
+        else:
+            self._guarded(self.jsonl.write, line)
+            self._guarded(self.jsonl.flush)
 
     def _guarded(self, call, *args, path: str | None = None, **kwargs):
         """`call(...)`, a refused write (full disk, folder gone) as one io.WriteError naming
@@ -45,11 +51,17 @@ class MetricWriter:
             return call(*args, **kwargs)
         except OSError as e:
             raise io.write_error(path or self.path, e) from None
+        except Exception as e:  # a remote store's client error (gcsfs, google-cloud-storage)
+            if not io.is_remote(path or self.path):
+                raise
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            raise io.WriteError(None, f"cannot write {path or self.path}: {lines[0][:200]}") from None
 
     def close(self) -> None:
         if self.enabled:
             self._guarded(self.tb.close, path=self.tb.logdir)
-            self._guarded(self.jsonl.close)
+            if self.jsonl is not None:
+                self._guarded(self.jsonl.close)
 
     def __enter__(self) -> "MetricWriter":
         return self

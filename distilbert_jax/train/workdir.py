@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import tempfile
+import uuid
 
 import jax
 
@@ -32,9 +33,11 @@ ADDED_FIELDS = {"packing": False, "matmul_precision": "auto", "warmup_steps": 0}
 
 def probe(workdir: str) -> str:
     """Refuses, in one sentence, a workdir this process cannot create or write; leaves nothing
-    behind. Returns its absolute path."""
+    behind. Returns its absolute path (a remote one as it is)."""
     if not workdir:
         raise ConfigError("--workdir is empty; give the directory for the run's checkpoints and results.")
+    if io.is_remote(workdir):
+        return _probe_remote(workdir)
     if os.path.islink(workdir) and not os.path.exists(workdir):
         raise ConfigError(f"The workdir {workdir!r} is a link to {os.readlink(workdir)!r}, which does not exist.")
     path = os.path.abspath(workdir)
@@ -55,14 +58,27 @@ def probe(workdir: str) -> str:
     return path
 
 
+def _probe_remote(workdir: str) -> str:
+    """probe for an object-store workdir: an object written and removed under it."""
+    probe_file = io.join(workdir, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        io.write_text(probe_file, "")
+        io.remote(probe_file).unlink()
+    except io.WriteError as e:
+        raise ConfigError(f"The workdir {workdir!r} cannot be written: {e}") from None
+    except Exception as e:  # the store's own error: no bucket, no credentials, no network
+        raise ConfigError(f"The workdir {workdir!r} cannot be written: "
+                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}.") from None
+    return workdir
+
+
 def saved_config(workdir: str) -> dict | None:
     """The config.json of the run this workdir holds (None for a fresh workdir)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = io.join(workdir, "config.json")
+    if not io.exists(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = json.loads(io.read_text(path))
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not the JSON config a run writes ({e}); use a new workdir.") from None
     if not isinstance(saved, dict):
@@ -117,27 +133,26 @@ def record(config, workdir: str) -> None:
     so the config of every earlier start stays on record. Call it once every check has passed."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
+    io.makedirs(workdir)
     fields = json.loads(json.dumps(config.to_dict(), default=str))
-    io.write_json(os.path.join(workdir, "config.json"), fields)
+    io.write_json(io.join(workdir, "config.json"), fields)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with io.appending(os.path.join(workdir, "config_history.jsonl")) as f:
+    with io.appending(io.join(workdir, "config_history.jsonl")) as f:
         f.write(json.dumps({"started": started, "config": fields}) + "\n")
 
 
 def run_once(job, config, workdir: str) -> dict:
     """The results of `job(config, workdir)`: read back when the job already finished there under
     this config (another config is refused, as every start refuses it), else from running it now."""
-    path = os.path.join(workdir, "results.json")
-    if os.path.exists(path):
+    path = io.join(workdir, "results.json")
+    if io.exists(path):
         check_resume(config, workdir)
     else:
         job(config, workdir)
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(io.read_text(path))
 
 
 def write_results(workdir: str, results: dict, name: str = "results.json") -> None:
     """A job's summary (process 0 writes it)."""
     if jax.process_index() == 0:
-        io.write_json(os.path.join(workdir, name), results)
+        io.write_json(io.join(workdir, name), results)
