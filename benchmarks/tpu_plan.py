@@ -65,12 +65,14 @@ def recipes(root: str) -> dict:
     return {"glue_sst2": glue, "distill_paper": paper}
 
 
-def largest_micro_batch(config, topology: str = "v5litepod-1", low: int = 8, high: int = 512) -> dict:
-    """The most 512-token sequences one chip's distillation step fits (a micro-batch: accumulation 1),
-    by bisection over compiles, each one recorded."""
+def largest_micro_batch(config, topology: str = "v5litepod-1", low: int = 128, high: int = 256,
+                        step: int = 16) -> dict:
+    """The most 512-token sequences one chip's distillation step fits (a micro-batch: accumulation 1)
+    between `low` (known to fit) and `high` (known not to), to `step`, by bisection over compiles,
+    each one recorded."""
     tried = {}
-    while high - low > 8:
-        middle = (low + high) // 16 * 8
+    while high - low > step:
+        middle = (low + high) // (2 * step) * step
         trial = config.copy_and_resolve_references()
         trial.update(batch_size=middle, grad_accum_steps=1)
         record = plan.plan(trial, topology, "dp", log=lambda line: None)["records"][0]

@@ -10,9 +10,9 @@
 #   launch/tpu.sh [--dry-run] delete
 #
 # Settings (environment): TPU_NAME, ZONE, ACCELERATOR (v4-8, v5litepod-16, ...), RUNTIME (TPU software
-# version), PROJECT (optional), BUCKET (a GCS bucket mounted with gcsfuse at /mnt/$BUCKET on every
-# worker, so the workdir is shared: every process writes its checkpoint shards there, process 0 the
-# metrics and results). `plan` compiles the config for $ACCELERATOR on this machine first
+# version), PROJECT (optional), BUCKET (a GCS bucket: the workdir is gs://$BUCKET/WORKDIR, shared by
+# every worker; orbax writes each process's checkpoint shards there itself, process 0 the metrics
+# and results; no gcsfuse). Each worker's log stays on the worker (~/distilbert-jax-logs). `plan` compiles the config for $ACCELERATOR on this machine first
 # (distilbert_jax.plan: memory per chip, the mesh that fits, a lower bound on the step time).
 # `run` runs the job again whenever it exits with status 75 (a preemption notice: its state was
 # saved, and the same command resumes it), and stops at any other status.
@@ -39,8 +39,11 @@ run() {  # prints the command; runs it unless --dry-run
 tpu() { run gcloud compute tpus tpu-vm "$@" --zone="$ZONE" ${PROJECT_FLAG:+"$PROJECT_FLAG"}; }
 on_all() { tpu ssh "$TPU_NAME" --worker=all --command="$1"; }
 
-workdir_for() {  # runs/x -> /mnt/$BUCKET/runs/x when a bucket is mounted
-  if [[ -n "$BUCKET" ]]; then echo "/mnt/$BUCKET/$1"; else echo "$1"; fi
+workdir_for() {  # runs/x -> gs://$BUCKET/runs/x when a bucket is set
+  if [[ -n "$BUCKET" ]]; then echo "gs://$BUCKET/$1"; else echo "$1"; fi
+}
+log_for() {  # each worker's log of run runs/x, on that worker
+  echo "\$HOME/distilbert-jax-logs/${1//\//_}.\$(hostname).txt"
 }
 
 cmd=${1:-}
@@ -68,28 +71,25 @@ case "$cmd" in
     run tar -czf "$archive" -C "$here" --exclude=.git --exclude='.venv*' --exclude=runs .
     tpu scp "$archive" "$TPU_NAME:/tmp/" --worker=all
     install="mkdir -p $REMOTE_DIR && tar -xzf /tmp/distilbert-jax.tar.gz -C $REMOTE_DIR"
-    install+=" && pip install -e './$REMOTE_DIR[tpu]'"  # jax[tpu] at the version the package pins
-    if [[ -n "$BUCKET" ]]; then
-      install+=" && sudo mkdir -p /mnt/$BUCKET && sudo chown \$USER /mnt/$BUCKET"
-      install+=" && (mountpoint -q /mnt/$BUCKET || gcsfuse --implicit-dirs $BUCKET /mnt/$BUCKET)"
-    fi
+    install+=" && pip install -e './$REMOTE_DIR[tpu,gcs]'"  # jax[tpu] at the pinned version; gs://
     on_all "$install"
     ;;
   run)
     config=${1:?usage: run CONFIG WORKDIR [--config.field=value ...]}
-    workdir=$(workdir_for "${2:?usage: run CONFIG WORKDIR [--config.field=value ...]}")
+    log=$(log_for "${2:?usage: run CONFIG WORKDIR [--config.field=value ...]}")
+    workdir=$(workdir_for "$2")
     shift 2
     extra=""
     if (( $# )); then extra=$(printf '%q ' "$@"); fi
     job="python -m distilbert_jax.main --multihost --config=$config --workdir=$workdir $extra"
     # again while it exits 75 (preempted, state saved); any other status ends the loop
-    on_all "cd $REMOTE_DIR && mkdir -p $workdir && nohup bash -c 'while true; do $job; \
+    on_all "cd $REMOTE_DIR && mkdir -p \$HOME/distilbert-jax-logs && nohup bash -c 'while true; do $job; \
 status=\$?; [ \$status -eq 75 ] || exit \$status; echo restarting after a preemption; done' \
-> $workdir/log.\$(hostname).txt 2>&1 &"
+> $log 2>&1 &"
     ;;
   tail)
-    workdir=$(workdir_for "${1:?usage: tail WORKDIR}")
-    tpu ssh "$TPU_NAME" --worker=0 --command="tail -n 50 -f $workdir/log.*.txt"
+    log=$(log_for "${1:?usage: tail WORKDIR}")
+    tpu ssh "$TPU_NAME" --worker=0 --command="tail -n 50 -f $log"
     ;;
   delete)
     tpu delete "$TPU_NAME" --quiet

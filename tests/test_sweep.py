@@ -60,10 +60,10 @@ def test_launch_script_dry_run():
                                      "--version=tpu-ubuntu2204-base --zone=z1")
     setup = run("setup")
     assert "tpu-vm scp /tmp/distilbert-jax.tar.gz t1:/tmp/ --worker=all --zone=z1" in setup
-    assert "gcsfuse" in setup and "distilbert-jax\\[tpu\\]" in setup
+    assert "gcsfuse" not in setup and "distilbert-jax\\[tpu\\,gcs\\]" in setup
     started = run("run", "configs/glue.py:sst2", "runs/sst2", "--config.lr=3e-5")
     assert "--worker=all" in started and "--multihost" in started
-    assert "--workdir=/mnt/b1/runs/sst2" in started and "--config.lr=3e-5" in started
+    assert "--workdir=gs://b1/runs/sst2" in started and "--config.lr=3e-5" in started
     assert "-eq\\ 75" in started  # runs again after a preemption, stops on anything else
     assert "--worker=0" in run("tail", "runs/sst2")
     assert run("plan", "configs/glue.py:sst2", "--config.batch_size=64").strip() == (

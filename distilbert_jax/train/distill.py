@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from distilbert_jax import hf, losses, models, sharding, student
+from distilbert_jax import hf, io, losses, models, sharding, student
 from distilbert_jax.configs import default
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import corpus
@@ -102,6 +102,10 @@ def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
     others waiting, so no two processes write the same files), or the one in `corpus_dir`; either
     way made with this tokenizer and no longer than `max_length`."""
     corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
+    if io.is_remote(corpus_dir):
+        raise ConfigError(f"The prepared corpus is memory-mapped from a local folder, and {corpus_dir} "
+                          "is not one: give --config.corpus_dir a local path (the workdir may stay "
+                          "where it is).")
     if not config.corpus_files and not os.path.exists(os.path.join(corpus_dir, "meta.json")):
         raise ConfigError(f"No prepared corpus in {corpus_dir} and no corpus_files to prepare one.")
     if config.corpus_files and jax.process_index() == 0:  # a corpus there must be of these files
