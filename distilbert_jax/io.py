@@ -206,7 +206,10 @@ def appending(path: str | os.PathLike) -> Iterator[IO]:
     if is_remote(path):
         lines = stdlib_io.StringIO()
         yield lines
-        earlier = read_text(path) if exists(path) else ""
+        try:
+            earlier = read_text(path) if exists(path) else ""
+        except Exception as e:  # the store's client error: one sentence naming the log
+            raise WriteError(errno.EIO, f"cannot write {os.fspath(path)}: {_first_line(e)}") from None
         write_text(os.fspath(path), earlier + lines.getvalue())
         return
     try:

@@ -5,7 +5,6 @@ workdir: exact resume, the config guard, results, metrics and the exported model
 import importlib.util
 import json
 
-import numpy as np
 import pytest
 import safetensors.numpy
 from etils import epath
@@ -54,38 +53,6 @@ def test_the_guard_refuses_another_config_on_gs(gcs, tiny_model, tmp_path):
     config.lr = 1e-2
     with pytest.raises(ConfigError, match=r"gs://bkt/run holds a run with other values of \['lr'\]"):
         finetune.train_and_evaluate(config, "gs://bkt/run")
-
-
-@pytest.mark.slow  # the storage clients retry for two minutes before they give up
-def test_a_failed_upload_is_one_sentence_and_the_last_checkpoint_restores(gcs, tiny_model, tmp_path,
-                                                                          monkeypatch):
-    """The store goes away mid-run (the emulator stopped after the step-4 checkpoint): the run
-    stops with one sentence naming what it could not write; with the store back, it resumes."""
-    data = write_sst2(tmp_path / "SST-2")
-    config = tiny_config(tiny_model, data, "sst2", max_steps=8, checkpoint_every=4, log_every=4)
-    real = finetune.make_step
-
-    def stopping_the_store_at(step):
-        def make(*args, **kwargs):
-            run = real(*args, **kwargs)
-
-            def step_fn(state, *rest):
-                if int(state.step) == step:
-                    gcs.stop()
-                return run(state, *rest)
-            return step_fn
-        return make
-
-    monkeypatch.setattr(finetune, "make_step", stopping_the_store_at(5))
-    with pytest.raises(io.WriteError) as error:
-        finetune.train_and_evaluate(config, "gs://bkt/run")
-    assert str(error.value).startswith("cannot write ") and "\n" not in str(error.value)
-    monkeypatch.setattr(finetune, "make_step", real)
-    gcs.start()
-    results = finetune.train_and_evaluate(config, "gs://bkt/run")
-    assert results["steps_this_run"] == 4  # resumed from the step-4 checkpoint
-    finetune.train_and_evaluate(config, str(tmp_path / "local"))
-    assert_same_weights(final_weights(tmp_path / "local"), bucket_weights("gs://bkt/run"))
 
 
 def test_a_gs_path_without_gcsfs_names_the_extra(monkeypatch):
