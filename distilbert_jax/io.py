@@ -5,7 +5,7 @@ renamed onto `path` only when the block finishes, so a reader (or a run killed m
 old content or the new, never part of either. A write the disk refuses (full, read-only, the folder
 gone) is one `WriteError` naming the path, the temporary file removed and `path` untouched.
 
-A path with a scheme (`gs://bucket/run/...`, any `etils.epath` opens) is written without renames,
+A path with a scheme (`gs://bucket/run/...`, any fsspec opens) is written without renames,
 which object stores do not have: the temporary file is local and is uploaded as one object when the
 block finishes (an object appears whole or not at all), and an appended log is the object rewritten
 whole with the new lines. Reading such paths needs the `gcs` extra (gcsfs).
@@ -27,18 +27,19 @@ from distilbert_jax.errors import UserError
 
 
 def is_remote(path: str | os.PathLike) -> bool:
-    """True for a path with a scheme (gs://, s3://, ...), which etils.epath opens."""
+    """True for a path with a scheme (gs://, s3://, ...), which fsspec opens."""
     return "://" in os.fspath(path)
 
 
-def remote(path: str | os.PathLike):
-    """The etils.epath.Path of a remote path; without gcsfs, one sentence naming the extra."""
+def filesystem(path: str | os.PathLike):
+    """The fsspec filesystem of a remote path (gcsfs for gs://); without it, one sentence naming
+    the extra."""
     path = os.fspath(path)
     if path.startswith("gs://") and importlib.util.find_spec("gcsfs") is None:
         raise WriteError(errno.ENOPROTOOPT, f"{path} is on Google Cloud Storage, which needs the gcs "
                          "extra: pip install 'distilbert-jax[gcs]'.")
-    from etils import epath
-    return epath.Path(path)
+    import fsspec
+    return fsspec.core.url_to_fs(path)[0]
 
 
 def resolve(path: str | os.PathLike) -> str:
@@ -52,13 +53,13 @@ def join(path: str | os.PathLike, *parts: str) -> str:
 
 
 def exists(path: str | os.PathLike) -> bool:
-    return remote(path).exists() if is_remote(path) else os.path.exists(path)
+    return filesystem(path).exists(os.fspath(path)) if is_remote(path) else os.path.exists(path)
 
 
 def read_text(path: str | os.PathLike) -> str:
     """A text file's content (UTF-8), local or remote."""
     if is_remote(path):
-        return remote(path).read_text()
+        return filesystem(path).cat_file(os.fspath(path)).decode("utf-8")
     with open(path, encoding="utf-8") as f:
         return f.read()
 
@@ -123,7 +124,7 @@ def _uploaded(path: str) -> Iterator[str]:
         with open(tmp, "rb") as f:
             data = f.read()
         try:
-            remote(path).write_bytes(data)
+            filesystem(path).pipe_file(path, data)
         except WriteError:
             raise
         except Exception as e:  # gcsfs/aiohttp/tensorstore errors: one sentence naming the object

@@ -4,55 +4,85 @@ workdir: exact resume, the config guard, results, metrics and the exported model
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import safetensors.numpy
-from etils import epath
 
 from distilbert_jax import io
-from distilbert_jax.config import ConfigError
-from distilbert_jax.train import finetune
-from conftest import crashing_at, tiny_config, write_sst2
-from test_resume import assert_same_weights, final_weights
+from distilbert_jax.train import preemption
+from conftest import write_sst2
+from test_resume import assert_same_weights, final_weights, write_config_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(path):
+    return io.filesystem(path).cat_file(path)
 
 
 def bucket_weights(workdir):
-    return safetensors.numpy.load(epath.Path(workdir, "model", "model.safetensors").read_bytes())
+    return safetensors.numpy.load(read(f"{workdir}/model/model.safetensors"))
 
 
-def test_a_run_on_gs_resumes_exactly_and_keeps_its_files_there(gcs, tiny_model, tmp_path, monkeypatch):
-    data = write_sst2(tmp_path / "SST-2")
-    config = tiny_config(tiny_model, data, "sst2", max_steps=6, eval_every=6, log_every=2,
-                         checkpoint_every=3)
-    finetune.train_and_evaluate(config, str(tmp_path / "local"))
+def main_on_gs(gcs, tmp_path, workdir, *overrides, wait_for_step=None):
+    """The command line on a gs:// workdir, in a process of its own (a process that imported
+    TensorFlow, as the export tests do, sends etils.epath's gs:// through TensorFlow's client, which
+    the emulator cannot serve); with `wait_for_step`, SIGTERM once metrics.jsonl reaches that step."""
+    env = {**os.environ, **gcs.environment, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # checkpoint.USE_OCDBT off, as the gcs fixture turns it off in this process (conftest.gcs)
+    command = [sys.executable, "-c", "from distilbert_jax.train import checkpoint; checkpoint.USE_OCDBT = "
+               "False; from distilbert_jax import main; main.cli()", f"--config={tmp_path / 'cfg.py'}",
+               f"--workdir={workdir}", *overrides]
+    if wait_for_step is None:
+        return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    while process.poll() is None:
+        if io.exists(f"{workdir}/metrics.jsonl") and any(
+                json.loads(line)["step"] >= wait_for_step
+                for line in read(f"{workdir}/metrics.jsonl").decode().splitlines()):
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(command, process.returncode, "", err)
+
+
+@pytest.mark.slow  # a minute or more: every object goes through the emulator (200 steps: 301 s here)
+def test_a_run_on_gs_preempted_resumes_exactly_and_keeps_its_files_there(gcs, tiny_model, tmp_path):
+    data = write_sst2(tmp_path / "SST-2", n_train=64)
+    write_config_file(tmp_path / "cfg.py", tiny_model, data, 40)
+    local = subprocess.run([sys.executable, "-m", "distilbert_jax.main", f"--config={tmp_path / 'cfg.py'}",
+                            f"--workdir={tmp_path / 'local'}", "--config.log_every=5"],
+                           env={**os.environ, "PYTHONPATH": REPO}, cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+    assert local.returncode == 0, local.stderr[-2000:]
     workdir = "gs://bkt/runs/sst2"
-    real = finetune.make_step
-    monkeypatch.setattr(finetune, "make_step", crashing_at(4, real))  # dies running step 5
-    with pytest.raises(KeyboardInterrupt):
-        finetune.train_and_evaluate(config, workdir)
-    monkeypatch.setattr(finetune, "make_step", real)
-    results = finetune.train_and_evaluate(config, workdir)
-    assert results["steps_this_run"] == 3  # from the step-3 checkpoint
-    assert_same_weights(final_weights(tmp_path / "local"), bucket_weights(workdir))
-    names = {p.name for p in epath.Path(workdir).iterdir()}
-    assert {"config.json", "config_history.jsonl", "metrics.jsonl", "results.json", "model",
-            "checkpoints", "best", "tb"} <= names, names
-    assert json.loads(epath.Path(workdir, "results.json").read_text())["total_steps"] == 6
-    starts = epath.Path(workdir, "config_history.jsonl").read_text().splitlines()
-    assert len(starts) == 2  # both starts on record
-    steps = [json.loads(line)["step"] for line in epath.Path(workdir, "metrics.jsonl").read_text().splitlines()
-             if "train/loss" in line]
-    assert steps[-1] == 6
-    assert not [p for p in epath.Path(workdir).iterdir() if p.name.startswith(".")]  # no probes, no temporaries
-
-
-def test_the_guard_refuses_another_config_on_gs(gcs, tiny_model, tmp_path):
-    data = write_sst2(tmp_path / "SST-2")
-    config = tiny_config(tiny_model, data, "sst2", max_steps=2)
-    finetune.train_and_evaluate(config, "gs://bkt/run")
-    config.lr = 1e-2
-    with pytest.raises(ConfigError, match=r"gs://bkt/run holds a run with other values of \['lr'\]"):
-        finetune.train_and_evaluate(config, "gs://bkt/run")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in gcs.environment.items():
+            patch.setenv(name, value)
+        stopped = main_on_gs(gcs, tmp_path, workdir, "--config.log_every=5", wait_for_step=10)
+        assert stopped.returncode == preemption.EXIT_STATUS, stopped.stderr[-2000:]
+        resumed = main_on_gs(gcs, tmp_path, workdir, "--config.log_every=5")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert_same_weights(final_weights(tmp_path / "local"), bucket_weights(workdir))
+        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in io.filesystem(workdir).ls(workdir, detail=False)}
+        assert {"config.json", "config_history.jsonl", "metrics.jsonl", "results.json", "model",
+                "checkpoints", "tb"} <= names, names
+        assert not [n for n in names if n.startswith(".")]  # no probes, no temporaries
+        assert json.loads(read(f"{workdir}/results.json"))["total_steps"] == 40
+        assert len(read(f"{workdir}/config_history.jsonl").decode().splitlines()) == 2  # both starts
+        steps = [json.loads(line)["step"] for line in read(f"{workdir}/metrics.jsonl").decode().splitlines()
+                 if "train/loss" in line]
+        assert steps == sorted(set(steps)) and steps[-1] == 40
+        other = main_on_gs(gcs, tmp_path, workdir, "--config.lr=0.01")  # the guard, on gs://
+        assert other.returncode == 2
+        assert other.stderr.strip().splitlines()[-1].startswith(f"error: {workdir} holds a run with other values of ['lr']")
 
 
 def test_a_gs_path_without_gcsfs_names_the_extra(monkeypatch):

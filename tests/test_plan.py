@@ -102,7 +102,8 @@ CASES = [
     ("v4-8", "finetune", "fsdp", dict(packing=True)),
     ("v5p:2x2x1", "distill", "fsdp_tp", dict(dtype="bfloat16", teacher_dtype="bfloat16", grad_accum_steps=2)),
     ("v6e-4", "fit_teacher_head", "tp", dict(dtype="bfloat16")),
-    ("v5litepod-1", "evaluate", "dp", dict()),  # Colab's TPU: one v5e chip
+    ("v5litepod-1", "finetune", "dp", dict(dtype="bfloat16")),  # Colab's TPU: one v5e chip (v5e:1x1)
+    ("v6e-1", "evaluate", "dp", dict()),  # or one v6e chip (v6e:1x1)
 ]
 SLOW_CASES = [
     pytest.param(topology, job, mesh, dict(dtype=dtype, packing=packing, grad_accum_steps=accum),

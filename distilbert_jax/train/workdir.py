@@ -63,7 +63,7 @@ def _probe_remote(workdir: str) -> str:
     probe_file = io.join(workdir, f".write-probe-{uuid.uuid4().hex}")
     try:
         io.write_text(probe_file, "")
-        io.remote(probe_file).unlink()
+        io.filesystem(probe_file).rm_file(probe_file)
     except io.WriteError as e:
         raise ConfigError(f"The workdir {workdir!r} cannot be written: {e}") from None
     except Exception as e:  # the store's own error: no bucket, no credentials, no network
