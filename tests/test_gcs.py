@@ -53,7 +53,6 @@ def main_on_gs(gcs, tmp_path, workdir, *overrides, wait_for_step=None):
     return subprocess.CompletedProcess(command, process.returncode, "", err)
 
 
-@pytest.mark.slow  # a minute or more: every object goes through the emulator (200 steps: 301 s here)
 def test_a_run_on_gs_preempted_resumes_exactly_and_keeps_its_files_there(gcs, tiny_model, tmp_path):
     data = write_sst2(tmp_path / "SST-2", n_train=64)
     write_config_file(tmp_path / "cfg.py", tiny_model, data, 40)
