@@ -128,13 +128,14 @@ def _uploaded(path: str) -> Iterator[str]:
         except WriteError:
             raise
         except Exception as e:  # gcsfs/aiohttp/tensorstore errors: one sentence naming the object
-            raise WriteError(errno.EIO, f"cannot write {path}: {_first_line(e)}") from None
+            raise WriteError(errno.EIO, f"cannot write {path}: {first_line(e)}") from None
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An error's first non-empty line (at most 200 characters): the sentence a message leads with."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return (lines[0] if lines else type(error).__name__)[:200]
 
@@ -210,7 +211,7 @@ def appending(path: str | os.PathLike) -> Iterator[IO]:
         try:
             earlier = read_text(path) if exists(path) else ""
         except Exception as e:  # the store's client error: one sentence naming the log
-            raise WriteError(errno.EIO, f"cannot write {os.fspath(path)}: {_first_line(e)}") from None
+            raise WriteError(errno.EIO, f"cannot write {os.fspath(path)}: {first_line(e)}") from None
         write_text(os.fspath(path), earlier + lines.getvalue())
         return
     try:

@@ -31,12 +31,13 @@ import ml_collections
 import numpy as np
 
 from distilbert_jax import hf, io
+from distilbert_jax.config import ConfigError
 from distilbert_jax.configs import miniature as miniature_config
 from distilbert_jax.data import glue
 from distilbert_jax.data.task import DataError
 from distilbert_jax.metrics import glue_score
 from distilbert_jax.tokenizer import Tokenizer
-from distilbert_jax.train import checks, distill, finetune, workdir as workdirs
+from distilbert_jax.train import distill, finetune, workdir as workdirs
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,20 @@ TEXT_SPLITS = ("train", "test")  # never dev: the students are scored on it
 default_config = miniature_config.get_config
 
 
+def check(config) -> None:
+    """The miniature's own fields; each stage's config is checked when that stage starts."""
+    for field, chosen, known in (("variants", config.variants, VARIANTS), ("tasks", config.tasks, glue.SPECS)):
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            raise ConfigError(f"Unknown {field} {unknown}; choose from {list(known)}.")
+    if not config.glue_dir or not config.corpus_files:
+        raise ConfigError("Set glue_dir (the GLUE download) and corpus_files (text, e.g. WikiText-2), "
+                          "or pass a data root: --config=configs/miniature.py:<root>.")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Every stage in order (finished ones skipped); returns and writes the tables' numbers."""
-    checks.validate(config)
+    check(config)
     workdirs.probe(workdir)
     workdirs.check_resume(config, workdir)
     workdirs.record(config, workdir)

@@ -28,11 +28,9 @@ DISTILL_JOBS = ("distill", "fit_teacher_head")
 def validate(config, layout=None) -> None:
     """The one check of a job's config, before it loads or writes anything: each refusal one
     sentence naming the field. Every job's config holds default.get_config()'s fields; those of
-    its own job (configs/default.py: finetune, distill) are checked by `config.job`. `layout`
+    its own job (configs/default.py: finetune, distill) are checked by `config.job` (the miniature
+    checks its own fields: experiments/miniature.py). `layout`
     (the mesh the job runs on) checks that batches split over it."""
-    if config.job == "miniature":
-        _check_miniature(config)
-        return
     dtype(config)
     check_matmul_precision(config.matmul_precision)
     check_remat(config.remat)
@@ -89,16 +87,3 @@ def _check_recipe(config) -> None:
         raise ConfigError(f"student_init={config.student_init!r} must be 'teacher' or 'random'.")
     if config.temperature <= 0:
         raise ConfigError(f"temperature={config.temperature} must be positive.")
-
-
-def _check_miniature(config) -> None:
-    """The miniature's own fields; each stage's config is checked when that stage starts."""
-    from distilbert_jax.data import glue  # here: the data modules import the trainers' helpers
-    from distilbert_jax.experiments.miniature import VARIANTS
-    for field, chosen, known in (("variants", config.variants, VARIANTS), ("tasks", config.tasks, glue.SPECS)):
-        unknown = sorted(set(chosen) - set(known))
-        if unknown:
-            raise ConfigError(f"Unknown {field} {unknown}; choose from {list(known)}.")
-    if not config.glue_dir or not config.corpus_files:
-        raise ConfigError("Set glue_dir (the GLUE download) and corpus_files (text, e.g. WikiText-2), "
-                          "or pass a data root: --config=configs/miniature.py:<root>.")

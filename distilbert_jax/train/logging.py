@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 
@@ -54,8 +53,7 @@ class MetricWriter:
         except Exception as e:  # a remote store's client error (gcsfs, google-cloud-storage)
             if not io.is_remote(path or self.path):
                 raise
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-            raise io.WriteError(None, f"cannot write {path or self.path}: {lines[0][:200]}") from None
+            raise io.WriteError(None, f"cannot write {path or self.path}: {io.first_line(e)}") from None
 
     def close(self) -> None:
         if self.enabled:

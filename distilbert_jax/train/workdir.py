@@ -67,8 +67,7 @@ def _probe_remote(workdir: str) -> str:
     except io.WriteError as e:
         raise ConfigError(f"The workdir {workdir!r} cannot be written: {e}") from None
     except Exception as e:  # the store's own error: no bucket, no credentials, no network
-        raise ConfigError(f"The workdir {workdir!r} cannot be written: "
-                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}.") from None
+        raise ConfigError(f"The workdir {workdir!r} cannot be written: {io.first_line(e)}.") from None
     return workdir
 
 
