@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax import hf, io, models
+from distilbert_jax import hf, models, storage
 from distilbert_jax.config import BertConfig, ConfigError
 from distilbert_jax.errors import EXIT_STATUS, UserError
 from distilbert_jax.hf import CheckpointError
@@ -147,7 +147,7 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
     settings = sentence_transformers_settings(directory)
     fn = graph_function(module, params, task, normalize=settings.get("normalize", False))
 
-    with io.atomic_folder(output) as staging:
+    with storage.atomic_folder(output) as staging:
         names = input_names(config)
         outputs = TASKS[task][1]
         model_path = os.path.join(staging, FORMATS[format])
@@ -169,11 +169,11 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
         manifest = {"format": format, "file": FORMATS[format], "quantize": quantize, "task": task,
                     "head": head, "family": config.model_type, "inputs": list(names),
                     "outputs": list(outputs), "source": os.fspath(model), "jax_version": jax.__version__}
-        io.write_json(os.path.join(staging, MANIFEST), manifest)
+        storage.write_json(os.path.join(staging, MANIFEST), manifest)
         exported = ExportedModel(staging)
         manifest["agreement"] = agreement(fn, exported, task, config)
-        io.write_json(os.path.join(staging, MANIFEST), manifest)
-        io.write_text(os.path.join(staging, "README.md"), _card(manifest))
+        storage.write_json(os.path.join(staging, MANIFEST), manifest)
+        storage.write_text(os.path.join(staging, "README.md"), _card(manifest))
     return output
 
 

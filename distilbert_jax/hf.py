@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from distilbert_jax import io, models
+from distilbert_jax import models, storage
 from distilbert_jax.config import ConfigError, config_from_dict
 from distilbert_jax.errors import UserError
 
@@ -360,12 +360,12 @@ def save_pretrained(out_dir: str | os.PathLike, model: nn.Module, params: Params
     transformers loads the directory with its class of the same name (e.g. DistilBertForMaskedLM).
     """
     out_dir = os.fspath(out_dir)
-    io.makedirs(out_dir)
+    storage.makedirs(out_dir)
     state = to_pytorch_state_dict(params)
     # The weights are in place before the config.json that makes the folder a checkpoint.
-    with io.atomic(os.path.join(out_dir, "config.json")) as config_tmp:
+    with storage.atomic(os.path.join(out_dir, "config.json")) as config_tmp:
         model.config.to_json_file(config_tmp, architectures=[type(model).__name__])
-        with io.atomic(os.path.join(out_dir, "model.safetensors")) as weights_tmp:
+        with storage.atomic(os.path.join(out_dir, "model.safetensors")) as weights_tmp:
             safetensors.numpy.save_file(state, weights_tmp, metadata={"format": "pt"})
             # safetensors writes 0600, which others could not read: give it the mode (the
             # umask's) of the config file just written, without touching the process-wide umask

@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 
-from distilbert_jax import errors, io, jobs, sharding
+from distilbert_jax import errors, jobs, sharding, storage
 from distilbert_jax.config import ConfigError
 
 
@@ -124,7 +124,7 @@ def topology_devices(name: str):
     try:
         devices = topologies.get_topology_desc(topology_name=topology, platform="tpu", **options).devices
     except Exception as e:
-        raise PlanError(f"libtpu refused the topology {topology}: {io.first_line(e)}") from None
+        raise PlanError(f"libtpu refused the topology {topology}: {storage.first_line(e)}") from None
     return CHIPS[generation], topology, devices
 
 
@@ -180,7 +180,7 @@ def measure(program, chip: Chip, devices: int) -> dict[str, Any]:
     try:
         compiled = program.lower().compile()
     except Exception as e:  # XLA's refusal: out of HBM, or a program the TPU compiler rejects
-        text = io.first_line(e)
+        text = storage.first_line(e)
         if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
             raise PlanError(f"XLA refused to compile {program.name} for {chip.name}: {text}") from None
         return {"fits": False, "error": text, "compile_s": time.perf_counter() - started,

@@ -24,7 +24,7 @@ import sys
 import time
 
 import distilbert_jax as dj
-from distilbert_jax import io, settings
+from distilbert_jax import settings, storage
 from distilbert_jax.data.custom import KINDS, MissingColumn, parse_records, read_text
 from distilbert_jax.errors import EXIT_STATUS, UserError
 
@@ -120,14 +120,14 @@ def record(task: str, row: dict, result) -> dict:
 
 
 class Writer:
-    """JSON lines or CSV to a temporary file renamed at the end (io.atomic_open), or JSON lines
+    """JSON lines or CSV to a temporary file renamed at the end (storage.atomic_open), or JSON lines
     straight to stdout.
     CSV rows are written at the end, under a header of every field any row has."""
 
     def __init__(self, path: str | None):
         self.path = path
         self.csv_rows = [] if path is not None and path.lower().endswith(".csv") else None
-        self.atomic = io.atomic_open(path, "w", newline="") if path else None
+        self.atomic = storage.atomic_open(path, "w", newline="") if path else None
         self.file = self.atomic.__enter__() if path else sys.stdout
 
     def write(self, rec: dict):

@@ -15,7 +15,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from distilbert_jax import io
+from distilbert_jax import storage
 from distilbert_jax.errors import UserError
 
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
@@ -142,7 +142,7 @@ class Tokenizer:
     def save_pretrained(self, directory: str | os.PathLike):
         """tokenizer.json, vocab.txt, tokenizer_config.json, special_tokens_map.json (HF layout)."""
         directory = os.fspath(directory)
-        io.makedirs(directory)
+        storage.makedirs(directory)
         vocab = sorted(self.backend.get_vocab().items(), key=lambda kv: kv[1])
         config = {"tokenizer_class": "DistilBertTokenizer", "do_lower_case": self.do_lower_case,
                   "model_max_length": self.model_max_length,
@@ -154,7 +154,7 @@ class Tokenizer:
             "special_tokens_map.json": json.dumps(SPECIAL_TOKENS, indent=2),
         }
         for name, text in files.items():
-            io.write_text(os.path.join(directory, name), text)
+            storage.write_text(os.path.join(directory, name), text)
 
     # --- vocabulary ----------------------------------------------------------------------------------
     @property

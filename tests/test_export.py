@@ -16,7 +16,7 @@ import pytest
 
 import distilbert_jax as dj
 from conftest import FIXTURES, make_tiny_model_dir, relative_error
-from distilbert_jax import export, io, predict
+from distilbert_jax import export, predict, storage
 
 TOL = 1e-5
 HEADS = {  # fixture -> the task its head is exported for by default
@@ -350,7 +350,7 @@ def test_a_failure_midway_leaves_no_folder(tmp_path, monkeypatch):
     def fail(*args):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(export, "_write_onnx", fail)
-    with pytest.raises(io.WriteError, match=f"cannot write {tmp_path / 'out'}: no space left"):
+    with pytest.raises(storage.WriteError, match=f"cannot write {tmp_path / 'out'}: no space left"):
         export.export(SENTIMENT, tmp_path / "out", format="onnx")
     assert os.listdir(tmp_path) == []  # neither the folder nor its staging copy
 

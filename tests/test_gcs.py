@@ -13,7 +13,7 @@ import time
 import pytest
 import safetensors.numpy
 
-from distilbert_jax import io
+from distilbert_jax import storage
 from distilbert_jax.train import preemption
 from conftest import write_sst2
 from test_resume import assert_same_weights, final_weights, write_config_file
@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def read(path):
-    return io.filesystem(path).cat_file(path)
+    return storage.filesystem(path).cat_file(path)
 
 
 def bucket_weights(workdir):
@@ -43,7 +43,7 @@ def main_on_gs(gcs, tmp_path, workdir, *overrides, wait_for_step=None):
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     while process.poll() is None:
-        if io.exists(f"{workdir}/metrics.jsonl") and any(
+        if storage.exists(f"{workdir}/metrics.jsonl") and any(
                 json.loads(line)["step"] >= wait_for_step
                 for line in read(f"{workdir}/metrics.jsonl").decode().splitlines()):
             break
@@ -70,7 +70,7 @@ def test_a_run_on_gs_preempted_resumes_exactly_and_keeps_its_files_there(gcs, ti
         resumed = main_on_gs(gcs, tmp_path, workdir, "--config.log_every=5")
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert_same_weights(final_weights(tmp_path / "local"), bucket_weights(workdir))
-        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in io.filesystem(workdir).ls(workdir, detail=False)}
+        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in storage.filesystem(workdir).ls(workdir, detail=False)}
         assert {"config.json", "config_history.jsonl", "metrics.jsonl", "results.json", "model",
                 "checkpoints", "tb"} <= names, names
         assert not [n for n in names if n.startswith(".")]  # no probes, no temporaries
@@ -87,5 +87,5 @@ def test_a_run_on_gs_preempted_resumes_exactly_and_keeps_its_files_there(gcs, ti
 def test_a_gs_path_without_gcsfs_names_the_extra(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gcsfs" else real(name, *a))
-    with pytest.raises(io.WriteError, match=r"needs the gcs extra: pip install 'distilbert-jax\[gcs\]'"):
-        io.write_text("gs://bkt/x.txt", "x")
+    with pytest.raises(storage.WriteError, match=r"needs the gcs extra: pip install 'distilbert-jax\[gcs\]'"):
+        storage.write_text("gs://bkt/x.txt", "x")

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax import io
+from distilbert_jax import storage
 from distilbert_jax.data.packing import Packer, share
 from distilbert_jax.data.task import DataError
 from distilbert_jax.losses import IGNORE_INDEX
@@ -222,7 +222,7 @@ def _start_or_resume(out_dir: str, recipe: dict) -> None:
                   "preparation of other files or with another tokenizer", file=sys.stderr, flush=True)
         for part in stale:
             os.remove(part)
-        io.write_json(recipe_path, recipe)
+        storage.write_json(recipe_path, recipe)
 
 
 def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512,
@@ -274,13 +274,13 @@ def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512
         raise DataError(f"No sequence of {MIN_LENGTH} tokens or more in {list(files)}.")
     counts = np.bincount(tokens, minlength=tokenizer.vocab_size).astype(np.int64)
     for name, array in (("tokens", tokens), ("lengths", lengths), ("token_counts", counts)):
-        with io.atomic_open(os.path.join(out_dir, name + ".npy"), "wb") as f:
+        with storage.atomic_open(os.path.join(out_dir, name + ".npy"), "wb") as f:
             np.save(f, array)
     meta = {"files": list(files), "sequences": int(len(lengths)), "tokens": int(len(tokens)),
             "max_length": max_length, "vocab_size": tokenizer.vocab_size,
             "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
             "seconds": round(time.perf_counter() - start, 1), "bytes": total_bytes}
-    io.write_json(meta_path, meta)
+    storage.write_json(meta_path, meta)
     for part in parts:
         os.remove(part)
     os.remove(os.path.join(out_dir, RECIPE))
@@ -313,7 +313,7 @@ def _write_chunk(out_dir, chunk, lines, tokenizer, max_length, dtype):
     sequences = clean(sequences, tokenizer.unk_token_id)
     tokens = np.concatenate(sequences) if sequences else np.zeros((0,), dtype)
     lengths = np.array([len(s) for s in sequences], np.int32)
-    with io.atomic_open(path, "wb") as f:
+    with storage.atomic_open(path, "wb") as f:
         np.savez(f, tokens=tokens, lengths=lengths)
 
 

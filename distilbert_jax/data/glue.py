@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from distilbert_jax import io, metrics
+from distilbert_jax import metrics, storage
 from distilbert_jax.data.task import DataError, Features, Task, check_file
 
 csv.field_size_limit(1 << 24)
@@ -189,10 +189,10 @@ class GlueTask(Task):
         preds = self.predictions(outputs)
         stem = _SUBMISSION_NAMES.get(os.path.basename(self.split_file(split)), self.spec.directory)
         path = os.path.join(directory, f"{stem}.tsv")
-        io.makedirs(directory)
+        storage.makedirs(directory)
         values = (f"{pred:.3f}" if self.spec.labels is None else self.spec.labels[int(pred)]
                   for pred in preds)
-        io.write_text(path, "index\tprediction\n" + "".join(
+        storage.write_text(path, "index\tprediction\n" + "".join(
             f"{example.index}\t{value}\n" for example, value in zip(features.examples, values)))
         return path
 

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from distilbert_jax import io, metrics
+from distilbert_jax import metrics, storage
 from distilbert_jax.data.task import DataError, Features, Task, check_file
 from distilbert_jax.losses import IGNORE_INDEX
 
@@ -116,9 +116,9 @@ class ConllTask(Task):
 
     def write_predictions(self, features, outputs, directory, split):
         """CoNLL format: `word gold predicted` per line, blank line between sentences (conlleval's input)."""
-        io.makedirs(directory)
+        storage.makedirs(directory)
         path = os.path.join(directory, f"{self.name}_{split}.txt")
-        io.write_text(path, "".join(
+        storage.write_text(path, "".join(
             "".join(f"{word} {gold} {pred}\n" for word, gold, pred in zip(s.words, s.tags, tags)) + "\n"
             for s, tags in zip(features.examples, self.word_predictions(features, outputs))))
         return path

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from distilbert_jax import io, metrics
+from distilbert_jax import metrics, storage
 from distilbert_jax.data.task import DataError, Features, Task, check_file
 
 
@@ -183,10 +183,10 @@ class SquadTask(Task):
     def write_predictions(self, features, outputs, directory, split):
         """predictions.json ({id: answer}, the official format) and, for v2, null_odds.json."""
         predictions, null_odds = self.postprocess(features, outputs)
-        io.makedirs(directory)
+        storage.makedirs(directory)
         files = {f"{self.name}_{split}_predictions.json": predictions}
         if self.version_2:
             files[f"{self.name}_{split}_null_odds.json"] = null_odds
         for name, value in files.items():
-            io.write_text(os.path.join(directory, name), json.dumps(value, ensure_ascii=False))
+            storage.write_text(os.path.join(directory, name), json.dumps(value, ensure_ascii=False))
         return os.path.join(directory, f"{self.name}_{split}_predictions.json")

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distilbert_jax import hf, io
+from distilbert_jax import hf, storage
 from distilbert_jax.config import ConfigError
 from distilbert_jax.configs import miniature as miniature_config
 from distilbert_jax.data import glue
@@ -102,14 +102,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                    v: distill_throughput(os.path.join(workdir, "distill", v)) for v in config.variants}}
     workdirs.write_results(workdir, summary)
     markdown = tables(summary, config)
-    io.write_text(os.path.join(workdir, "tables.md"), markdown)
+    storage.write_text(os.path.join(workdir, "tables.md"), markdown)
     print(markdown)
     return summary
 
 
 def _cached(path: str, compute) -> dict:
     if not os.path.exists(path):
-        io.write_json(path, compute())
+        storage.write_json(path, compute())
     with open(path) as f:
         return json.load(f)
 
@@ -129,7 +129,7 @@ def write_glue_text(glue_dir: str, path: str) -> str:
     if not lines:
         raise DataError(f"No GLUE training or test split under {glue_dir}.")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    io.write_text(path, "\n".join(lines) + "\n")
+    storage.write_text(path, "\n".join(lines) + "\n")
     return path
 
 

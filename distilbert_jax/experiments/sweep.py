@@ -27,7 +27,7 @@ import statistics
 import sys
 from typing import Any
 
-from distilbert_jax import configs, errors, io, jobs, settings
+from distilbert_jax import configs, errors, jobs, settings, storage
 from distilbert_jax.config import did_you_mean
 from distilbert_jax.metrics import glue_score
 from distilbert_jax.train import finetune, preemption, workdir as workdirs
@@ -204,11 +204,11 @@ def write_table(root: str) -> str:
                 "Best learning rate (seeds): " + ", ".join(
                     f"{s['task']} {s['lr']:g} ({s['seeds']})" for s in summary)]
     text = "\n".join(markdown) + "\n"
-    io.write_text(os.path.join(root, "table.md"), text)
+    storage.write_text(os.path.join(root, "table.md"), text)
     table_csv = [["task", "score", "best_lr", "seeds"]] + [
         [s["task"], f"{s['score']:.2f}", s["lr"], s["seeds"]] for s in summary] + [
         ["macro", f"{macro:.2f}", "", ""]]
-    io.write_text(os.path.join(root, "table.csv"), "".join(",".join(map(str, r)) + "\n" for r in table_csv))
+    storage.write_text(os.path.join(root, "table.csv"), "".join(",".join(map(str, r)) + "\n" for r in table_csv))
     plot(summary, macro, os.path.join(root, "table.png"))
     return text
 
@@ -223,7 +223,7 @@ def plot(summary: list[dict], macro: float, path: str) -> None:
     ax.set_ylabel("dev score (median over seeds)")
     ax.legend()
     fig.tight_layout()
-    with io.atomic_open(path, "wb") as f:
+    with storage.atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 

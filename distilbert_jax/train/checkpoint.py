@@ -3,7 +3,7 @@
 Orbax writes each step to a temporary directory and renames it when complete (on gs://, where a
 rename is not atomic, it writes in place and commits with a marker file), so a run killed at any
 moment leaves the previous checkpoints intact. Saves are asynchronous: a save the disk refuses
-(full, read-only, the folder gone) surfaces at the next save or wait as one io.WriteError naming the
+(full, read-only, the folder gone) surfaces at the next save or wait as one storage.WriteError naming the
 directory, and leaving the `with` block waits for every background write, so no orbax thread is
 still writing when the process exits. States are saved as plain nested dicts
 (`flax.serialization.to_state_dict`) and restored onto the structure of a freshly built state.
@@ -18,7 +18,7 @@ import flax.serialization
 import jax
 import orbax.checkpoint as ocp
 
-from distilbert_jax import io
+from distilbert_jax import storage
 from distilbert_jax.hf import CheckpointError
 
 
@@ -35,13 +35,13 @@ class Checkpoints:
     def __init__(self, workdir: str, keep: int = 2, best_metric: str | None = None,
                  best_mode: str = "max"):
         self.latest = ocp.CheckpointManager(
-            io.resolve(io.join(workdir, "checkpoints")),
+            storage.resolve(storage.join(workdir, "checkpoints")),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
             item_handlers=ocp.StandardCheckpointHandler(use_ocdbt=USE_OCDBT))
         self.best = None
         if best_metric:
             self.best = ocp.CheckpointManager(
-                io.resolve(io.join(workdir, "best")),
+                storage.resolve(storage.join(workdir, "best")),
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode=best_mode),
                 item_handlers=ocp.StandardCheckpointHandler(use_ocdbt=USE_OCDBT))
@@ -56,11 +56,11 @@ class Checkpoints:
     @contextlib.contextmanager
     def _writing(self, manager, step: int | None = None):
         """Orbax's errors from writing (this save, or an earlier asynchronous one) as one
-        io.WriteError naming the directory."""
+        storage.WriteError naming the directory."""
         try:
             yield
         except Exception as e:  # orbax re-raises tensorstore's ValueError or an OSError
-            if isinstance(e, io.WriteError):
+            if isinstance(e, storage.WriteError):
                 raise
             raise _write_error(manager.directory, e, step) from None
 
@@ -109,7 +109,7 @@ class Checkpoints:
                 with self._writing(manager):
                     manager.wait_until_finished()
                     manager.close()
-            except io.WriteError:
+            except storage.WriteError:
                 if not quietly:
                     raise
                 # Not closed: closing orbax's event loop under tensorstore writes still failing
@@ -122,7 +122,7 @@ class Checkpoints:
         self.close(quietly=exc_type is not None)
 
 
-def _write_error(directory, error: Exception, step: int | None) -> io.WriteError:
+def _write_error(directory, error: Exception, step: int | None) -> storage.WriteError:
     """Orbax's failure (a tensorstore ValueError such as 'RESOURCE_EXHAUSTED ... No space left on
     device [os_error_code='28']', or an OSError) as one sentence naming the directory."""
     what = f"a checkpoint in {directory}"  # this save's, or an earlier asynchronous one's
@@ -139,4 +139,4 @@ def _write_error(directory, error: Exception, step: int | None) -> io.WriteError
               errno.ENOENT: "its folder does not exist (or was removed)"}.get(code)
     if reason is None:
         reason = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)[:200]
-    return io.WriteError(code, f"cannot write {what}: {reason}; the checkpoints written before it are intact")
+    return storage.WriteError(code, f"cannot write {what}: {reason}; the checkpoints written before it are intact")

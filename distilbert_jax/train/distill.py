@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from distilbert_jax import hf, io, losses, models, sharding, student
+from distilbert_jax import hf, losses, models, sharding, storage, student
 from distilbert_jax.configs import default
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import corpus
@@ -32,7 +32,7 @@ from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import checks, loop, programs as programs_lib, workdir as workdirs
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.checkpoint import Checkpoints
-from distilbert_jax.train.logging import MetricWriter, Progress
+from distilbert_jax.train.reporting import MetricWriter, Progress
 from distilbert_jax.train.programs import Program
 from distilbert_jax.train.step import computed_tokens, make_step
 
@@ -102,7 +102,7 @@ def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
     others waiting, so no two processes write the same files), or the one in `corpus_dir`; either
     way made with this tokenizer and no longer than `max_length`."""
     corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
-    if io.is_remote(corpus_dir):
+    if storage.is_remote(corpus_dir):
         raise ConfigError(f"The prepared corpus is memory-mapped from a local folder, and {corpus_dir} "
                           "is not one: give --config.corpus_dir a local path (the workdir may stay "
                           "where it is).")

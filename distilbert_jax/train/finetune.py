@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from distilbert_jax import hf, io, losses, models, sharding
+from distilbert_jax import hf, losses, models, sharding, storage
 from distilbert_jax.configs import default
 from distilbert_jax.data import Features, Task, get_task
 from distilbert_jax.config import ConfigError
@@ -33,7 +33,7 @@ from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import checks, loop, programs as programs_lib, workdir as workdirs
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.checkpoint import Checkpoints
-from distilbert_jax.train.logging import MetricWriter, Progress
+from distilbert_jax.train.reporting import MetricWriter, Progress
 from distilbert_jax.train.loop import TrainingError
 from distilbert_jax.train.programs import Program
 from distilbert_jax.train.step import make_stacked_step, make_step
@@ -440,7 +440,7 @@ def _fine_tune(configs: list, dirs: list[str], stacked: bool) -> list[dict[str, 
             params = layout.to_host(params)
             if jax.process_index() == 0:
                 hf.save_pretrained(os.path.join(directory, "model"), model, params, tokenizer)
-                io.write_text(os.path.join(directory, "model", "README.md"), model_card(c, result))
+                storage.write_text(os.path.join(directory, "model", "README.md"), model_card(c, result))
         workdirs.write_results(directory, result)
     return results
 

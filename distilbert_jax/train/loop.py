@@ -14,7 +14,7 @@ import numpy as np
 from distilbert_jax.errors import UserError
 from distilbert_jax.train import preemption
 from distilbert_jax.train.checkpoint import Checkpoints
-from distilbert_jax.train.logging import MetricWriter, Progress
+from distilbert_jax.train.reporting import MetricWriter, Progress
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import uuid
 
 import jax
 
-from distilbert_jax import io
+from distilbert_jax import storage
 from distilbert_jax.config import ConfigError
 
 # Fields that change nothing a run computes (when and where it logs, evaluates, checkpoints and
@@ -36,7 +36,7 @@ def probe(workdir: str) -> str:
     behind. Returns its absolute path (a remote one as it is)."""
     if not workdir:
         raise ConfigError("--workdir is empty; give the directory for the run's checkpoints and results.")
-    if io.is_remote(workdir):
+    if storage.is_remote(workdir):
         return _probe_remote(workdir)
     if os.path.islink(workdir) and not os.path.exists(workdir):
         raise ConfigError(f"The workdir {workdir!r} is a link to {os.readlink(workdir)!r}, which does not exist.")
@@ -60,24 +60,24 @@ def probe(workdir: str) -> str:
 
 def _probe_remote(workdir: str) -> str:
     """probe for an object-store workdir: an object written and removed under it."""
-    probe_file = io.join(workdir, f".write-probe-{uuid.uuid4().hex}")
+    probe_file = storage.join(workdir, f".write-probe-{uuid.uuid4().hex}")
     try:
-        io.write_text(probe_file, "")
-        io.filesystem(probe_file).rm_file(probe_file)
-    except io.WriteError as e:
+        storage.write_text(probe_file, "")
+        storage.filesystem(probe_file).rm_file(probe_file)
+    except storage.WriteError as e:
         raise ConfigError(f"The workdir {workdir!r} cannot be written: {e}") from None
     except Exception as e:  # the store's own error: no bucket, no credentials, no network
-        raise ConfigError(f"The workdir {workdir!r} cannot be written: {io.first_line(e)}.") from None
+        raise ConfigError(f"The workdir {workdir!r} cannot be written: {storage.first_line(e)}.") from None
     return workdir
 
 
 def saved_config(workdir: str) -> dict | None:
     """The config.json of the run this workdir holds (None for a fresh workdir)."""
-    path = io.join(workdir, "config.json")
-    if not io.exists(path):
+    path = storage.join(workdir, "config.json")
+    if not storage.exists(path):
         return None
     try:
-        saved = json.loads(io.read_text(path))
+        saved = json.loads(storage.read_text(path))
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not the JSON config a run writes ({e}); use a new workdir.") from None
     if not isinstance(saved, dict):
@@ -132,26 +132,26 @@ def record(config, workdir: str) -> None:
     so the config of every earlier start stays on record. Call it once every check has passed."""
     if jax.process_index() != 0:
         return
-    io.makedirs(workdir)
+    storage.makedirs(workdir)
     fields = json.loads(json.dumps(config.to_dict(), default=str))
-    io.write_json(io.join(workdir, "config.json"), fields)
+    storage.write_json(storage.join(workdir, "config.json"), fields)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with io.appending(io.join(workdir, "config_history.jsonl")) as f:
+    with storage.appending(storage.join(workdir, "config_history.jsonl")) as f:
         f.write(json.dumps({"started": started, "config": fields}) + "\n")
 
 
 def run_once(job, config, workdir: str) -> dict:
     """The results of `job(config, workdir)`: read back when the job already finished there under
     this config (another config is refused, as every start refuses it), else from running it now."""
-    path = io.join(workdir, "results.json")
-    if io.exists(path):
+    path = storage.join(workdir, "results.json")
+    if storage.exists(path):
         check_resume(config, workdir)
     else:
         job(config, workdir)
-    return json.loads(io.read_text(path))
+    return json.loads(storage.read_text(path))
 
 
 def write_results(workdir: str, results: dict, name: str = "results.json") -> None:
     """A job's summary (process 0 writes it)."""
     if jax.process_index() == 0:
-        io.write_json(io.join(workdir, name), results)
+        storage.write_json(storage.join(workdir, name), results)

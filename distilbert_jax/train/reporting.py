@@ -12,7 +12,7 @@ import time
 
 import jax
 
-from distilbert_jax import io
+from distilbert_jax import storage
 
 
 class MetricWriter:
@@ -23,11 +23,11 @@ class MetricWriter:
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter
-        io.makedirs(workdir)
-        self.tb = SummaryWriter(io.join(workdir, "tb"))
-        self.path = io.join(workdir, "metrics.jsonl")
+        storage.makedirs(workdir)
+        self.tb = SummaryWriter(storage.join(workdir, "tb"))
+        self.path = storage.join(workdir, "metrics.jsonl")
         # a local log stays open and is flushed line by line; a remote one is rewritten per write
-        self.jsonl = None if io.is_remote(self.path) else self._guarded(open, self.path, "a", encoding="utf-8")
+        self.jsonl = None if storage.is_remote(self.path) else self._guarded(open, self.path, "a", encoding="utf-8")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -37,23 +37,23 @@ class MetricWriter:
             self._guarded(self.tb.add_scalar, key, value, step, path=self.tb.logdir)
         line = json.dumps({"step": step, **scalars}) + "\n"
         if self.jsonl is None:
-            with io.appending(self.path) as f:
+            with storage.appending(self.path) as f:
                 f.write(line)
         else:
             self._guarded(self.jsonl.write, line)
             self._guarded(self.jsonl.flush)
 
     def _guarded(self, call, *args, path: str | None = None, **kwargs):
-        """`call(...)`, a refused write (full disk, folder gone) as one io.WriteError naming
+        """`call(...)`, a refused write (full disk, folder gone) as one storage.WriteError naming
         `path` (default metrics.jsonl)."""
         try:
             return call(*args, **kwargs)
         except OSError as e:
-            raise io.write_error(path or self.path, e) from None
+            raise storage.write_error(path or self.path, e) from None
         except Exception as e:  # a remote store's client error (gcsfs, google-cloud-storage)
-            if not io.is_remote(path or self.path):
+            if not storage.is_remote(path or self.path):
                 raise
-            raise io.WriteError(None, f"cannot write {path or self.path}: {io.first_line(e)}") from None
+            raise storage.WriteError(None, f"cannot write {path or self.path}: {storage.first_line(e)}") from None
 
     def close(self) -> None:
         if self.enabled:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib.util
-import io as stdlib_io
+import io
 import json
 import os
 import shutil
@@ -206,7 +206,7 @@ def appending(path: str | os.PathLike) -> Iterator[IO]:
     every line already written stays, but a refused write is still one WriteError naming `path`.
     A remote log is rewritten whole, the earlier lines and the new ones, as one object."""
     if is_remote(path):
-        lines = stdlib_io.StringIO()
+        lines = io.StringIO()
         yield lines
         try:
             earlier = read_text(path) if exists(path) else ""
