@@ -122,20 +122,25 @@ class LoadReport:
 # Reading checkpoint files
 # ------------------------------------------------------------------------------------------------
 
+SHAPE_FILES = ("*.json", "vocab.txt")  # a checkpoint's config and tokenizer: what fixes its shapes
+
+
 def resolve(path_or_id: str | os.PathLike, weights: bool = True) -> str:
-    """A local directory as is; `packaged:all-MiniLM-L6-v2` is the pip-installed checkpoint;
-    anything else is treated as a Hugging Face Hub model id (with `weights` False, only its
+    """A local directory as is; `packaged:all-MiniLM-L6-v2` is the pip-installed checkpoint; a
+    remote folder (gs://...) is copied to the local cache; anything else is treated as a Hugging Face Hub model id (with `weights` False, only its
     config and tokenizer files are fetched: what fixes a model's shapes)."""
     path = os.fspath(path_or_id)
     if path == PACKAGED_MINILM:
         return packaged_minilm()
+    if storage.is_remote(path):  # gs://...: copied to the local cache (storage.local_copy)
+        return storage.local_copy(path, None if weights else SHAPE_FILES)
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
         raise CheckpointError(f"{path!r} is a file; from_pretrained expects a checkpoint directory.")
     try:
         import huggingface_hub
-        files = ["*.json", "vocab.txt"] + (["*.safetensors", "flax_model.msgpack"] if weights else [])
+        files = list(SHAPE_FILES) + (["*.safetensors", "flax_model.msgpack"] if weights else [])
         return huggingface_hub.snapshot_download(path, allow_patterns=files)
     except Exception as e:  # offline, unknown repo, no huggingface_hub: one message for all
         raise CheckpointError(

@@ -1,4 +1,5 @@
-"""Every file the project writes goes through here, on a local disk or an object store.
+"""Every file the project writes goes through here, on a local disk or an object store, and every
+remote input (a model, a data folder, a corpus on gs://) is read through a local copy.
 
 `atomic(path)` is the one atomic writer: the caller writes a temporary file beside `path`, which is
 renamed onto `path` only when the block finishes, so a reader (or a run killed mid-write) sees the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import importlib.util
 import io
 import json
@@ -62,6 +64,84 @@ def read_text(path: str | os.PathLike) -> str:
         return filesystem(path).cat_file(os.fspath(path)).decode("utf-8")
     with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+def cache_root() -> str:
+    """Where remote inputs are copied: $DISTILBERT_JAX_CACHE, else ~/.cache/distilbert_jax."""
+    return os.environ.get("DISTILBERT_JAX_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "distilbert_jax")
+
+
+def cache_path(path: str | os.PathLike) -> str:
+    """The local folder that stands for the remote `path` (gs://b/x -> <cache_root>/remote/gs/b/x)."""
+    scheme, rest = os.fspath(path).split("://", 1)
+    return os.path.join(cache_root(), "remote", scheme, rest.rstrip("/"))
+
+
+def local_copy(path: str | os.PathLike, patterns: tuple[str, ...] | None = None) -> str:
+    """A local path to read `path` from: a local path as it is; a remote file or folder (a model,
+    a data folder, a corpus file) copied under `cache_root()`, each object fetched again only when
+    its checksum changed. With `patterns` (fnmatch), only the files of a folder whose names match.
+
+    Readers that need a real file (memory maps, tokenizers, safetensors, csv) then work unchanged."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        return path
+    scheme, local = path.split("://", 1)[0], cache_path(path)
+    fs = filesystem(path)
+    try:
+        if fs.isfile(path):
+            objects, local_dir = {path: fs.info(path)}, os.path.dirname(local)
+            names = {path: os.path.basename(local)}
+        else:
+            objects = {f"{scheme}://{name}" if "://" not in name else name: info
+                       for name, info in fs.find(path, detail=True).items()}
+            names = {o: os.path.relpath(o, path) for o in objects}
+            objects = {o: i for o, i in objects.items()
+                       if patterns is None or any(fnmatch.fnmatch(os.path.basename(o), p) for p in patterns)}
+            local_dir = local
+        if not objects:
+            raise ReadError(f"{path} does not exist (no file or folder there).")
+        manifest_path = os.path.join(local_dir, ".remote-checksums.json")
+        manifest = json.loads(read_text(manifest_path)) if os.path.exists(manifest_path) else {}
+        for remote, info in objects.items():
+            target = os.path.join(local_dir, names[remote])
+            checksum = str(info.get("md5Hash") or info.get("etag") or info.get("size"))
+            if manifest.get(names[remote]) != checksum or not os.path.exists(target):
+                _replace(target, lambda tmp, remote=remote: fs.get_file(remote, tmp))
+                manifest[names[remote]] = checksum
+        _replace(manifest_path, lambda tmp: write_json(tmp, manifest))
+    except (ReadError, WriteError):
+        raise
+    except Exception as e:  # the store's client error: one sentence naming the path
+        raise ReadError(f"cannot read {path}: {first_line(e)}") from None
+    return local
+
+
+def _replace(target: str, write) -> None:
+    """`write(tmp)` to a temporary file of its own beside `target`, then renamed onto it: two
+    processes filling the same cache folder never write the same temporary."""
+    makedirs(os.path.dirname(target))
+    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=os.path.dirname(target))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def upload_files(local_dir: str, remote_dir: str, names: tuple[str, ...]) -> None:
+    """Copies `names` from `local_dir` to `remote_dir` in order, each as one whole object (so the
+    last, e.g. a folder's completion marker, appears only once the others are there)."""
+    for name in names:
+        with atomic(join(remote_dir, name)) as tmp:
+            shutil.copyfile(os.path.join(local_dir, name), tmp)
+
+
+class ReadError(UserError):
+    """A remote input could not be read: one sentence naming it."""
 
 
 def makedirs(path: str | os.PathLike) -> None:

@@ -203,6 +203,7 @@ class StorageEmulator:
             "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "NO_GCE_CHECK": "true",
             "GOOGLE_CLOUD_PROJECT": "test",
             "EPATH_USE_TF": "false",  # epath through gcsfs (TensorFlow's GCS client ignores the emulator)
+            "DISTILBERT_JAX_CACHE": os.path.join(self.root, "cache"),  # local copies of gs:// inputs
         }
 
     def start(self):

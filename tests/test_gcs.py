@@ -29,6 +29,10 @@ def bucket_weights(workdir):
     return safetensors.numpy.load(read(f"{workdir}/model/model.safetensors"))
 
 
+def upload(local_dir, remote_dir):
+    storage.filesystem(remote_dir).put(str(local_dir), remote_dir, recursive=True)
+
+
 def main_on_gs(gcs, tmp_path, workdir, *overrides, wait_for_step=None):
     """The command line on a gs:// workdir, in a process of its own (a process that imported
     TensorFlow, as the export tests do, sends etils.epath's gs:// through TensorFlow's client, which
@@ -65,9 +69,14 @@ def test_a_run_on_gs_preempted_resumes_exactly_and_keeps_its_files_there(gcs, ti
     with pytest.MonkeyPatch.context() as patch:
         for name, value in gcs.environment.items():
             patch.setenv(name, value)
-        stopped = main_on_gs(gcs, tmp_path, workdir, "--config.log_every=5", wait_for_step=10)
+        # the model and the data on gs:// too
+        upload(tiny_model, "gs://bkt/models/tiny")
+        upload(data, "gs://bkt/data/SST-2")
+        inputs = ["--config.model=gs://bkt/models/tiny", "--config.data_dir=gs://bkt/data/SST-2",
+                  "--config.log_every=5"]
+        stopped = main_on_gs(gcs, tmp_path, workdir, *inputs, wait_for_step=10)
         assert stopped.returncode == preemption.EXIT_STATUS, stopped.stderr[-2000:]
-        resumed = main_on_gs(gcs, tmp_path, workdir, "--config.log_every=5")
+        resumed = main_on_gs(gcs, tmp_path, workdir, *inputs)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert_same_weights(final_weights(tmp_path / "local"), bucket_weights(workdir))
         names = {p.rstrip("/").rsplit("/", 1)[-1] for p in storage.filesystem(workdir).ls(workdir, detail=False)}
@@ -79,7 +88,7 @@ def test_a_run_on_gs_preempted_resumes_exactly_and_keeps_its_files_there(gcs, ti
         steps = [json.loads(line)["step"] for line in read(f"{workdir}/metrics.jsonl").decode().splitlines()
                  if "train/loss" in line]
         assert steps == sorted(set(steps)) and steps[-1] == 40
-        other = main_on_gs(gcs, tmp_path, workdir, "--config.lr=0.01")  # the guard, on gs://
+        other = main_on_gs(gcs, tmp_path, workdir, *inputs, "--config.lr=0.01")  # the guard, on gs://
         assert other.returncode == 2
         assert other.stderr.strip().splitlines()[-1].startswith(f"error: {workdir} holds a run with other values of ['lr']")
 
@@ -89,3 +98,47 @@ def test_a_gs_path_without_gcsfs_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gcsfs" else real(name, *a))
     with pytest.raises(storage.WriteError, match=r"needs the gcs extra: pip install 'distilbert-jax\[gcs\]'"):
         storage.write_text("gs://bkt/x.txt", "x")
+
+
+def test_a_remote_input_is_read_through_a_local_copy_fetched_again_only_when_changed(gcs, tmp_path):
+    fs = storage.filesystem("gs://bkt")
+    fs.pipe_file("gs://bkt/model/config.json", b'{"a": 1}')
+    fs.pipe_file("gs://bkt/model/model.safetensors", b"weights")
+    fs.pipe_file("gs://bkt/model/sub/vocab.txt", b"[PAD]")
+    local = storage.local_copy("gs://bkt/model")
+    assert local.startswith(os.environ["DISTILBERT_JAX_CACHE"])
+    assert sorted(os.listdir(local)) == [".remote-checksums.json", "config.json", "model.safetensors", "sub"]
+    assert open(os.path.join(local, "sub", "vocab.txt")).read() == "[PAD]"
+    weights = os.path.join(local, "model.safetensors")
+    before = os.stat(weights).st_mtime_ns
+    fs.pipe_file("gs://bkt/model/config.json", b'{"a": 2}')
+    assert storage.local_copy("gs://bkt/model") == local
+    assert open(os.path.join(local, "config.json")).read() == '{"a": 2}'
+    assert os.stat(weights).st_mtime_ns == before  # unchanged: not fetched again
+    assert storage.local_copy("gs://bkt/model/config.json") == os.path.join(local, "config.json")
+    shapes_only = storage.local_copy("gs://bkt/model", patterns=("*.json",))
+    assert shapes_only == local
+    with pytest.raises(storage.ReadError, match=r"^gs://bkt/nothing does not exist"):
+        storage.local_copy("gs://bkt/nothing")
+
+
+def test_a_corpus_prepared_for_a_gs_workdir_is_kept_in_the_bucket_and_reused(gcs, tiny_model, tmp_path, monkeypatch):
+    import ml_collections
+
+    import distilbert_jax as dj
+    from distilbert_jax.data import corpus
+    from distilbert_jax.train import distill
+    fs = storage.filesystem("gs://bkt")
+    fs.pipe_file("gs://bkt/text/wiki.txt", "\n".join(
+        f"the film number {i} is a gripping and moving story about growing up ." for i in range(50)).encode())
+    tokenizer = dj.Tokenizer.from_pretrained(tiny_model)
+    config = ml_collections.ConfigDict(dict(corpus_dir="", corpus_files=("gs://bkt/text/wiki.txt",),
+                                            max_length=32, teacher="teacher"))
+    loaded = distill.load_corpus(config, tokenizer, "gs://bkt/run")
+    assert set(corpus.FILES) <= {p.rsplit("/", 1)[-1] for p in fs.ls("gs://bkt/run/corpus", detail=False)}
+    # a new VM (an empty cache), the text gone from the bucket: the prepared corpus is read back
+    monkeypatch.setenv("DISTILBERT_JAX_CACHE", str(tmp_path / "new-vm"))
+    fs.rm("gs://bkt/text/wiki.txt")
+    config.corpus_files = ()
+    again = distill.load_corpus(config, tokenizer, "gs://bkt/run")
+    assert again.tokens.tolist() == loaded.tokens.tolist() and len(again.lengths) == len(loaded.lengths) > 0

@@ -8,8 +8,11 @@ from distilbert_jax.data.task import DataError, Features, Task
 
 def get_task(name: str, data_dir: str | None = None, source: str = "local", **options) -> Task:
     """The task called `name` reading from `data_dir` (source 'local' files or 'tfds')."""
+    from distilbert_jax import storage
     from distilbert_jax.data import custom, glue, ner, squad, swag
 
+    if data_dir and source == "local":  # gs://...: read from a local copy (TFDS reads gs:// itself)
+        data_dir = storage.local_copy(data_dir)
     if name in glue.SPECS:
         return glue.GlueTask(name, data_dir, "tfds" if source == "tfds" else "tsv")
     factories = {

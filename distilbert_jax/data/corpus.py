@@ -157,7 +157,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def read_meta(corpus_dir: str) -> dict:
     """A prepared corpus's meta.json (which exists only once preparation finished)."""
-    path = os.path.join(corpus_dir, "meta.json")
+    path = os.path.join(corpus_dir, META)
     if not os.path.isfile(path):
         raise DataError(f"{corpus_dir} is not a prepared corpus (no meta.json: its preparation never "
                         "finished); run prepare first.")
@@ -203,6 +203,8 @@ def _recipe(files: Sequence[str], tokenizer, max_length: int, chunk_lines: int) 
 
 
 RECIPE = "prepare.json"  # next to the chunks of a preparation in progress
+META = "meta.json"  # written last: a folder holding it is a finished corpus
+FILES = ("tokens.npy", "lengths.npy", "token_counts.npy", META)  # a finished corpus, in writing order
 
 
 def _start_or_resume(out_dir: str, recipe: dict) -> None:
@@ -236,7 +238,7 @@ def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512
     was made with the same tokenizer, files and max_length, and refused otherwise.
     Returns meta.json's contents.
     """
-    meta_path = os.path.join(out_dir, "meta.json")
+    meta_path = os.path.join(out_dir, META)
     paths = [f for f in files if not f.startswith(TFDS_PREFIX)]
     if os.path.exists(meta_path):
         return _existing(out_dir, files, tokenizer, max_length)

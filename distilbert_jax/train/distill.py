@@ -101,17 +101,25 @@ def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
     """The prepared corpus of `corpus_files` (tokenised first if needed, by process 0 only, the
     others waiting, so no two processes write the same files), or the one in `corpus_dir`; either
     way made with this tokenizer and no longer than `max_length`."""
-    corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
-    if storage.is_remote(corpus_dir):
-        raise ConfigError(f"The prepared corpus is memory-mapped from a local folder, and {corpus_dir} "
-                          "is not one: give --config.corpus_dir a local path (the workdir may stay "
-                          "where it is).")
-    if not config.corpus_files and not os.path.exists(os.path.join(corpus_dir, "meta.json")):
-        raise ConfigError(f"No prepared corpus in {corpus_dir} and no corpus_files to prepare one.")
-    if config.corpus_files and jax.process_index() == 0:  # a corpus there must be of these files
-        corpus.prepare(list(config.corpus_files), tokenizer, corpus_dir, config.max_length)
+    corpus_dir = config.corpus_dir or storage.join(workdir, "corpus")
+    remote = storage.is_remote(corpus_dir)  # memory-mapped, so read from this host's disk: a
+    local_dir = storage.cache_path(corpus_dir) if remote else corpus_dir  # gs:// one is copied
+    if jax.process_index() == 0:
+        prepared = remote and storage.exists(storage.join(corpus_dir, corpus.META))
+        if prepared:
+            storage.local_copy(corpus_dir)
+        if config.corpus_files:  # a corpus there must be of these files
+            files = [f if f.startswith(corpus.TFDS_PREFIX) else storage.local_copy(f) for f in config.corpus_files]
+            corpus.prepare(files, tokenizer, local_dir, config.max_length)
+            if remote and not prepared:  # kept in the bucket for the next run (or a new VM)
+                storage.upload_files(local_dir, corpus_dir, corpus.FILES)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("corpus prepared")
+        if remote and jax.process_index() > 0:
+            storage.local_copy(corpus_dir)
+    if not os.path.exists(os.path.join(local_dir, corpus.META)):
+        raise ConfigError(f"No prepared corpus in {corpus_dir} and no corpus_files to prepare one.")
+    corpus_dir = local_dir
     corpus.check_tokenizer(corpus_dir, tokenizer, tokenizer_name=f"the tokenizer of {config.teacher}")
     made_at = corpus.read_meta(corpus_dir).get("max_length", 0)
     if made_at > config.max_length:
