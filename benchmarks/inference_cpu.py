@@ -7,7 +7,7 @@
 For DistilBERT-base (our random initialisation, written with save_pretrained: speed only) and
 all-MiniLM-L6-v2 (--trained: a fine-tuned checkpoint of it, so dev accuracy means something):
 ours in JAX (float32, jit, lengths padded to buckets of 16/32/64/128 so few shapes compile), our
-ONNX export in onnxruntime (float32 and int8, in `export.onnx_session`), our StableHLO artefact
+ONNX export in onnxruntime (float32 and int8, in `exported.onnx_session`), our StableHLO artefact
 (deserialized, same buckets), our LiteRT export in ai-edge-litert's interpreter (float32 and
 dynamic-range int8, every core); transformers eager float32, transformers + torch dynamic int8
 (`quantize_dynamic` on nn.Linear), transformers' ONNX export (torch.onnx) in onnxruntime, plain and
@@ -38,7 +38,7 @@ import time
 import jax
 import numpy as np
 
-from distilbert_jax import export, hf, models
+from distilbert_jax import export, exported, hf, models
 from distilbert_jax.config import DistilBertConfig
 from distilbert_jax.data.task import bucket_for
 from distilbert_jax.tokenizer import Tokenizer
@@ -80,8 +80,8 @@ def ours_jax(directory):
 
 def ours_exported(directory, out, **options):
     export.export(directory, out, format=options.pop("format", "onnx"), **options)
-    exported = export.ExportedModel(out)
-    return (lambda b: exported(b)["logits"]), not exported.dynamic_shapes
+    model = exported.ExportedModel(out)
+    return (lambda b: model(b)["logits"]), not model.dynamic_shapes
 
 
 def torch_model(directory, int8=False):
@@ -107,7 +107,7 @@ def transformers_eager(directory, int8=False):
 
 def transformers_onnx(directory, workdir, fused=False, int8=False, our_session=False):
     """transformers' model exported by torch.onnx (dynamic batch and sequence), as Optimum does;
-    run in onnxruntime's default session, or with `our_session` in `export.onnx_session`."""
+    run in onnxruntime's default session, or with `our_session` in `exported.onnx_session`."""
     import onnxruntime
     import torch
     model = torch_model(directory)
@@ -134,7 +134,7 @@ def transformers_onnx(directory, workdir, fused=False, int8=False, our_session=F
         quantize_dynamic(source, path, per_channel=False, weight_type=QuantType.QInt8,  # fused ops
                          extra_options={"DefaultTensorType": 1})  # have no inferred type: float
         source = path
-    session = (export.onnx_session(source) if our_session
+    session = (exported.onnx_session(source) if our_session
                else onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"]))
     size = os.path.getsize(source)
     return (lambda b: session.run(None, {k: b[k].astype(np.int64) for k in names})[0]), False, size
@@ -263,7 +263,7 @@ def main():
                                    ("ours, LiteRT int8 (ai-edge-litert)", {"format": "litert", "quantize": "int8"})):
                 out = os.path.join(work, label.split(",")[1].strip().replace(" ", "_"))
                 run, buckets = ours_exported(directory, out, **options)
-                size = os.path.getsize(os.path.join(out, export.ExportedModel(out).manifest["file"]))
+                size = os.path.getsize(os.path.join(out, exported.ExportedModel(out).manifest["file"]))
                 made[label] = (run, buckets, size, "int8" if "int8" in label else "float32")
             run, _ = transformers_eager(directory)
             made["transformers, PyTorch eager float32"] = (run, None, weights, "float32")

@@ -49,7 +49,7 @@ def child(kind: str, path: str, repeats: int) -> list[float]:
     """One process's life: load one model, warm it, time `repeats` calls at 1 x 128."""
     if kind.startswith("onnx"):
         if kind == "onnx-ours":
-            from distilbert_jax.export import onnx_session
+            from distilbert_jax.exported import onnx_session
             session = onnx_session(path)
         else:
             import onnxruntime

@@ -10,7 +10,11 @@ hub id, `packaged:all-MiniLM-L6-v2`). --task: what the graph computes (its head 
 default the checkpoint's own head. The output folder is self-contained: the model file
 (`model.onnx`, `model.stablehlo` or `model.tflite`), the tokenizer files, `config.json`,
 `export.json` (what the graph takes and returns) and a README card with the measured agreement
-with the source model. It appears whole or not at all. `dj.pipeline(task, model=OUT)` and `predict --model=OUT` run it.
+with the source model. It appears whole or not at all. `dj.pipeline(task, model=OUT)` and
+`predict --model=OUT` run it.
+
+This module is the writer (and the command); what runs a folder, `ExportedModel` and the runners,
+is `exported.py`, below the pipelines; what each task's graph computes is `tasks.TASKS`.
 
 ONNX graphs take `input_ids`, `attention_mask` (and `token_type_ids` for BERT) as int64 with
 dynamic batch and length axes, and name their outputs as transformers' (Optimum's) ONNX exports
@@ -34,47 +38,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax import hf, models, storage
+from distilbert_jax import hf, models, storage, tasks
 from distilbert_jax.config import BertConfig, ConfigError
 from distilbert_jax.errors import EXIT_STATUS, UserError
+from distilbert_jax.exported import MANIFEST, ExportedModel, ExportError
+from distilbert_jax.exported import onnx_session  # noqa: F401 (export.onnx_session in docs, benchmarks)
 from distilbert_jax.hf import CheckpointError
-from distilbert_jax.pipelines.loading import sentence_transformers_settings
-from distilbert_jax.pipelines.sentence_embeddings import l2_normalize, mean_pool
+from distilbert_jax.pooling import (SENTENCE_TRANSFORMERS_FILES, PoolingError, l2_normalize, mean_pool,
+                                    sentence_transformers_settings)
 from distilbert_jax.tokenizer import Tokenizer, TokenizerError
 
 FORMATS = {"onnx": "model.onnx", "stablehlo": "model.stablehlo", "litert": "model.tflite"}
 QUANTIZATIONS = ("none", "int8")
-MANIFEST = "export.json"
-# What each task's graph computes: (head, output names as transformers' ONNX exports name them).
-TASKS = {
-    "feature-extraction": ("base", ("last_hidden_state",)),
-    "sentence-embeddings": ("base", ("token_embeddings", "sentence_embedding")),
-    "text-classification": ("sequence_classification", ("logits",)),
-    "token-classification": ("token_classification", ("logits",)),
-    "question-answering": ("question_answering", ("start_logits", "end_logits")),
-    "fill-mask": ("masked_lm", ("logits",)),
-    "multiple-choice": ("multiple_choice", ("logits",)),
-}
-# Each task's outputs with a length axis (the others are one per row): what a runner that pads
-# rows cuts back to each row's length.
-PER_TOKEN = {"feature-extraction": ("last_hidden_state",), "sentence-embeddings": ("token_embeddings",),
-             "token-classification": ("logits",), "question-answering": ("start_logits", "end_logits"),
-             "fill-mask": ("logits",)}
-# A checkpoint's head -> the task exported when --task is not given.
-DEFAULT_TASK = {head: task for task, (head, _) in TASKS.items() if task != "sentence-embeddings"}
-# sentence-transformers' files beside the weights (max_seq_length, pooling, Normalize).
-SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json",
-                               "config_sentence_transformers.json", "1_Pooling/config.json")
+# What each task's graph computes, (head, output names): `tasks.TASKS` as pairs (export.TASKS).
+TASKS = {name: (spec.head, spec.outputs) for name, spec in tasks.TASKS.items()}
 # Shapes (batch, length) the export is checked on: several batches and lengths, padding included.
 CHECK_SHAPES = ((1, 8), (2, 16), (3, 37))
 ONNX_EXTRA = "pip install 'distilbert-jax[export]'"
 LITERT_EXTRA = "pip install 'distilbert-jax[litert]'"
-# A LiteRT export's signature lengths (up to the model's longest input): rows pad to the next one.
-LITERT_LENGTHS = (16, 32, 64, 128, 256, 512)
-
-
-class ExportError(UserError, ValueError):
-    """An export cannot be made or loaded as asked: one sentence for the user."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,7 +70,7 @@ def graph_function(module, params, task: str, normalize: bool = False) -> Callab
     """(input_ids, attention_mask[, token_type_ids]) -> the task's outputs, params baked in, in
     float32. `normalize`: the sentence embedding is L2-normalised (a Normalize module follows)."""
     names = input_names(module.config)
-    outputs = TASKS[task][1]
+    outputs = tasks.TASKS[task].outputs
 
     def forward(*arrays):
         out = module.apply({"params": params}, **dict(zip(names, arrays)))
@@ -126,8 +107,8 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
     if quantize == "int8" and format == "stablehlo":
         raise ExportError("--quantize=int8 is onnxruntime's or LiteRT's quantisation: use it with "
                           "--format=onnx or --format=litert (a StableHLO artefact is float32).")
-    if task is not None and task not in TASKS:
-        raise ExportError(f"--task={task!r} is not one of {tuple(TASKS)}.")
+    if task is not None and task not in tasks.TASKS:
+        raise ExportError(f"--task={task!r} is not one of {tuple(tasks.TASKS)}.")
     output = os.fspath(output)
     if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
         raise ExportError(f"--output={output} already exists and is not an empty folder; choose "
@@ -135,7 +116,7 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
     _require_tools(format)
 
     directory, config, task = _source(model, task)
-    head = TASKS[task][0]
+    head = tasks.TASKS[task].head
     try:
         module, params = hf.load_quietly(directory, head)
     except (CheckpointError, ConfigError) as e:
@@ -144,12 +125,15 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
         tokenizer = Tokenizer.from_pretrained(directory)
     except TokenizerError as e:
         raise ExportError(f"{model} has no usable tokenizer ({e}).") from None
-    settings = sentence_transformers_settings(directory)
+    try:
+        settings = sentence_transformers_settings(directory)
+    except PoolingError as e:
+        raise ExportError(str(e)) from None
     fn = graph_function(module, params, task, normalize=settings.get("normalize", False))
 
     with storage.atomic_folder(output) as staging:
         names = input_names(config)
-        outputs = TASKS[task][1]
+        outputs = tasks.TASKS[task].outputs
         model_path = os.path.join(staging, FORMATS[format])
         if format == "onnx":
             _write_onnx(fn, task, names, outputs, model_path, quantize)
@@ -190,8 +174,8 @@ def _source(model: str, task: str | None):
     own = hf.head_from_architectures(config.model_type, architectures)
     if task is None:
         sentence = own == "base" and os.path.exists(os.path.join(directory, "modules.json"))
-        task = "sentence-embeddings" if sentence else DEFAULT_TASK[own]
-    head = TASKS[task][0]
+        task = "sentence-embeddings" if sentence else tasks.for_head(own).name
+    head = tasks.TASKS[task].head
     if head != "base" and head != own:
         has = (architectures or ["a bare encoder"])[0]
         raise ExportError(f"{model} is {has}, which has no {head} head: --task={task} needs a "
@@ -270,10 +254,10 @@ def quantize_int8(source: str, target: str) -> None:
 
 
 def litert_lengths(config) -> tuple[int, ...]:
-    """The lengths a LiteRT export holds a signature for: powers of two from 16, and the model's
-    longest input."""
+    """The lengths a LiteRT export holds a signature for: inference's buckets (tasks.DEFAULT_BUCKETS)
+    below the model's longest input, and that."""
     cap = config.max_position_embeddings
-    return tuple(sorted({n for n in LITERT_LENGTHS if n < cap} | {cap}))
+    return tuple(sorted({n for n in tasks.DEFAULT_BUCKETS if n < cap} | {cap}))
 
 
 def _write_litert(pure, params, task, names, outputs, path, quantize, lengths):
@@ -329,113 +313,6 @@ class _quiet:
     def __exit__(self, *exc):
         for lg, level in zip(self.loggers, self.levels):
             lg.setLevel(level)
-
-
-# ------------------------------------------------------------------------------------------------
-# Reading an exported folder
-# ------------------------------------------------------------------------------------------------
-
-def is_exported(directory) -> bool:
-    return isinstance(directory, (str, os.PathLike)) and os.path.isfile(os.path.join(directory, MANIFEST))
-
-
-class ExportedModel:
-    """An exported folder called like its model: a batch of arrays (input_ids, attention_mask,
-    token_type_ids; extra keys ignored) -> {output name: numpy array}, with onnxruntime, the
-    deserialized jax.export call or LiteRT's interpreter. `config` is the source model's config
-    (positions, labels)."""
-
-    def __init__(self, directory: str):
-        self.directory = os.fspath(directory)
-        try:
-            with open(os.path.join(self.directory, MANIFEST), encoding="utf-8") as f:
-                self.manifest = json.load(f)
-            self.config, _ = hf.read_config(self.directory)
-        except (OSError, ValueError) as e:
-            raise ExportError(f"{self.directory} is not a readable exported folder ({e}).") from None
-        self.task, self.format = self.manifest["task"], self.manifest["format"]
-        self.inputs, self.outputs = tuple(self.manifest["inputs"]), tuple(self.manifest["outputs"])
-        path = os.path.join(self.directory, self.manifest["file"])
-        if not os.path.isfile(path):
-            raise ExportError(f"{self.directory} lacks its model file {self.manifest['file']}.")
-        self._run = RUNNERS[self.format](path, self.outputs, self.task)
-
-    @property
-    def dynamic_shapes(self) -> bool:
-        """Whether any shape runs at no extra cost (onnxruntime, LiteRT), or each new shape
-        compiles (XLA)."""
-        return self.format != "stablehlo"
-
-    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self._run({k: np.asarray(batch[k]) for k in self.inputs})))
-
-
-# Runners: (model file, output names, task) -> a call from {input name: array} (export.json's
-# inputs, in their order) to the outputs, in the order given.
-
-def _onnx_runner(path: str, outputs, task):
-    session = onnx_session(path)
-    return lambda feed: session.run(list(outputs), {k: a.astype(np.int64) for k, a in feed.items()})
-
-
-# onnxruntime fuses each residual Add + LayerNormalization into SkipLayerNormalization when it loads
-# a graph; on this project's AVX-512 CPU that kernel took 0.27 ms per call for MiniLM at 1x128
-# against about 0.06 ms for the Add and LayerNormalization it replaces (one-thread profile), so the
-# sessions here keep the pair (docs/export.md).
-DISABLED_ONNXRUNTIME_FUSIONS = ("SkipLayerNormFusion",)
-
-
-def onnx_session(path: str, options=None):
-    """The onnxruntime CPU session an exported graph runs in (see DISABLED_ONNXRUNTIME_FUSIONS);
-    `options`: onnxruntime.SessionOptions (threads, profiling), default onnxruntime's."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ExportError(f"{os.path.dirname(path)} is an ONNX export; running it needs onnxruntime: "
-                          "pip install 'distilbert-jax[onnxruntime]'.") from None
-    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"],
-                                        disabled_optimizers=list(DISABLED_ONNXRUNTIME_FUSIONS))
-
-
-def _stablehlo_runner(path: str, outputs, task):
-    with open(path, "rb") as f:
-        exported = jax.export.deserialize(bytearray(f.read()))
-    call = jax.jit(exported.call)
-    return lambda feed: [np.asarray(o) for o in call(*(a.astype(np.int32) for a in feed.values()))]
-
-
-def _litert_runner(path: str, outputs, task):
-    """LiteRT's interpreter on every core: each row (each choice) padded to the next signature
-    length and run alone, its per-token outputs cut back to the row's length."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        raise ExportError(f"{os.path.dirname(path)} is a LiteRT export; running it needs "
-                          "ai-edge-litert: pip install 'distilbert-jax[litert-runtime]'.") from None
-    interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
-    runners = {int(key.rsplit("_", 1)[1]): interpreter.get_signature_runner(key)
-               for key in interpreter.get_signature_list()}
-    tokens = PER_TOKEN.get(task, ())
-
-    def run(feed):
-        arrays = {k: a.astype(np.int32) for k, a in feed.items()}
-        *lead, length = next(iter(arrays.values())).shape
-        fit = min((n for n in runners if n >= length), default=None)
-        if fit is None:
-            raise ExportError(f"{os.path.dirname(path)} holds at most {max(runners)} tokens per row; "
-                              f"this batch has {length}.")
-        rows = []
-        for index in np.ndindex(*lead):
-            row = {k: np.pad(a[index], (0, fit - length)).reshape([1] * len(lead) + [fit])
-                   for k, a in arrays.items()}
-            result = runners[fit](**row)
-            rows.append([result[n].reshape(result[n].shape[len(lead):])[:length] if n in tokens
-                         else result[n].reshape(result[n].shape[len(lead):]) for n in outputs])
-        return [np.stack([r[i] for r in rows]).reshape(*lead, *rows[0][i].shape) for i in range(len(outputs))]
-    return run
-
-
-RUNNERS = {"onnx": _onnx_runner, "stablehlo": _stablehlo_runner, "litert": _litert_runner}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -504,7 +381,8 @@ def main(argv=None) -> int:
     parser.add_argument("--format", default="onnx", help=f"one of {tuple(FORMATS)}")
     parser.add_argument("--quantize", default="none", help=f"one of {QUANTIZATIONS} (int8: ONNX and LiteRT)")
     parser.add_argument("--output", required=True, help="a new (or empty) folder")
-    parser.add_argument("--task", default=None, help=f"one of {tuple(TASKS)}; default: the checkpoint's head")
+    parser.add_argument("--task", default=None,
+                        help=f"one of {tuple(tasks.TASKS)}; default: the checkpoint's head")
     args = parser.parse_args(argv)
     try:
         out = export(args.model, args.output, format=args.format, quantize=args.quantize, task=args.task)

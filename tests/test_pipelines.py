@@ -13,7 +13,7 @@ import pytest
 
 import distilbert_jax as dj
 from conftest import FIXTURES
-from distilbert_jax import pipelines
+from distilbert_jax import pipelines, tasks
 
 PIPELINE_FIXTURES = os.path.join(FIXTURES, "pipelines")
 CASES = sorted(f[:-5] for f in os.listdir(PIPELINE_FIXTURES) if f.endswith(".json"))
@@ -189,3 +189,11 @@ def test_bad_input_is_one_sentence(task, model, inputs, kwargs, message):
         pipe = cached_pipeline(task, model)
         pipe(inputs, **kwargs)
     assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_each_task_the_registry_gives_a_pipeline_has_one_reading_its_entry():
+    assert set(pipelines.PIPELINES) == {name for name, spec in tasks.TASKS.items() if spec.pipeline}
+    for name, cls in pipelines.PIPELINES.items():
+        spec = tasks.TASKS[name]
+        assert (cls.task, cls.head, cls.per_token) == (name, spec.head, spec.per_token)
+

@@ -18,11 +18,10 @@ from typing import Any, Iterator, Sequence
 import jax
 import numpy as np
 
+from distilbert_jax import tasks
 from distilbert_jax.data.packing import Packer
 from distilbert_jax.errors import UserError
 from distilbert_jax.losses import IGNORE_INDEX
-
-DEFAULT_BUCKETS = (32, 64, 128, 256, 384, 512)
 
 
 class DataError(UserError, ValueError):
@@ -90,7 +89,8 @@ class Task(abc.ABC):
 
     @property
     def per_token_outputs(self) -> bool:
-        return self.head in ("token_classification", "question_answering")
+        """Whether the head's outputs have a length axis (trimmed to each row's length)."""
+        return bool(tasks.for_head(self.head).per_token)
 
     def example_features(self, rows: int, length: int) -> Features:
         """`rows` placeholder rows of `length` tokens with this task's inputs and targets: the
@@ -170,7 +170,7 @@ def collate(features: Features, rows: Sequence[int], length: int, pad_id: int,
 
 
 def train_batches(features: Features, batch_size: int, seed: int, start_step: int, pad_id: int,
-                  buckets: Sequence[int] = DEFAULT_BUCKETS, process: tuple[int, int] = (0, 1),
+                  buckets: Sequence[int], process: tuple[int, int] = (0, 1),
                   packer: Packer | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Endless shuffled batches; batch k is a pure function of (seed, k), so resuming is exact.
 
@@ -191,7 +191,7 @@ def train_batches(features: Features, batch_size: int, seed: int, start_step: in
 
 
 def stacked_train_batches(features: Features, batch_size: int, seeds: Sequence[int], start_step: int,
-                          pad_id: int, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                          pad_id: int, buckets: Sequence[int],
                           process: tuple[int, int] = (0, 1),
                           packer: Packer | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The `train_batches` of one seed per stacked run, stacked on a leading runs axis: at each
@@ -226,7 +226,7 @@ def _check_train_rows(features: Features, batch_size: int, process: tuple[int, i
 
 
 def eval_batches(features: Features, batch_size: int, pad_id: int,
-                 buckets: Sequence[int] = DEFAULT_BUCKETS, process: tuple[int, int] = (0, 1),
+                 buckets: Sequence[int], process: tuple[int, int] = (0, 1),
                  packer: Packer | None = None) -> Iterator[tuple[np.ndarray, dict]]:
     """(global rows, local batch) over every row once, sorted by length so padding is small.
 

@@ -7,7 +7,9 @@ Tasks (transformers' names, call shapes, output fields and post-processing): "fi
 "text-classification" ("sentiment-analysis"), "token-classification" ("ner"),
 "question-answering", "feature-extraction", and "sentence-embeddings" (last_hidden_state
 mean-pooled over the attention mask, as sentence-transformers uses checkpoints like
-all-MiniLM-L6-v2), one module each beside the shared `base` and `loading`.
+all-MiniLM-L6-v2), one module each beside the shared `base` and `loading`. What each task runs and
+returns (head, outputs, per-token outputs, default buckets) is `distilbert_jax/tasks.py`; the
+pooling is `distilbert_jax/pooling.py` (re-exported here).
 
 Inputs are encoded by the Rust tokenizer, sorted by length, padded to a few bucket lengths and
 batch sizes, and run through one jitted apply per pipeline, so XLA compiles a handful of shapes
@@ -15,8 +17,8 @@ however many texts come. Post-processing is numpy on each input's unpadded outpu
 transformers so that labels, spans and character offsets come out the same.
 
 An exported folder (`python -m distilbert_jax.export`) runs the same way: the same encoding and
-post-processing around its onnxruntime session (each batch padded to its longest text only) or
-its deserialized jax.export call.
+post-processing around its `exported.ExportedModel` (an onnxruntime session or LiteRT interpreter,
+each batch padded to its longest text only, or its deserialized jax.export call).
 """
 
 from __future__ import annotations
@@ -25,24 +27,21 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
-from distilbert_jax.pipelines.base import DEFAULT_BUCKETS, Pipeline, PipelineError
+from distilbert_jax.pipelines.base import Pipeline, PipelineError
 from distilbert_jax.pipelines.feature_extraction import FeatureExtractionPipeline
 from distilbert_jax.pipelines.fill_mask import FillMaskPipeline
-from distilbert_jax.pipelines.loading import load, sentence_transformers_settings
+from distilbert_jax.pipelines.loading import load
 from distilbert_jax.pipelines.question_answering import QuestionAnsweringPipeline
-from distilbert_jax.pipelines.sentence_embeddings import SentenceEmbeddingsPipeline, l2_normalize, mean_pool
+from distilbert_jax.pipelines.sentence_embeddings import SentenceEmbeddingsPipeline
 from distilbert_jax.pipelines.text_classification import TextClassificationPipeline
 from distilbert_jax.pipelines.token_classification import AGGREGATIONS, TokenClassificationPipeline
+from distilbert_jax.pooling import l2_normalize, mean_pool, sentence_transformers_settings
+from distilbert_jax.tasks import DEFAULT_BUCKETS
 
 ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
-PIPELINES: dict[str, type[Pipeline]] = {
-    "fill-mask": FillMaskPipeline,
-    "text-classification": TextClassificationPipeline,
-    "token-classification": TokenClassificationPipeline,
-    "question-answering": QuestionAnsweringPipeline,
-    "feature-extraction": FeatureExtractionPipeline,
-    "sentence-embeddings": SentenceEmbeddingsPipeline,
-}
+PIPELINES: dict[str, type[Pipeline]] = {cls.task: cls for cls in (
+    FillMaskPipeline, TextClassificationPipeline, TokenClassificationPipeline,
+    QuestionAnsweringPipeline, FeatureExtractionPipeline, SentenceEmbeddingsPipeline)}
 TASKS = tuple(PIPELINES) + tuple(ALIASES)
 
 __all__ = [

@@ -9,14 +9,14 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from distilbert_jax import models
+from distilbert_jax import models, tasks
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import packing as packing_lib
 from distilbert_jax.data.task import bucket_for
 from distilbert_jax.errors import UserError
+from distilbert_jax.exported import ExportedModel
+from distilbert_jax.tasks import DEFAULT_BUCKETS
 from distilbert_jax.tokenizer import Tokenizer, TokenizerError
-
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
 class PipelineError(UserError, ValueError):
@@ -26,13 +26,23 @@ class PipelineError(UserError, ValueError):
 class Pipeline:
     """The model, params, tokenizer and jitted apply; a task subclass fills in the hooks of
     `__call__`. Keyword arguments given at construction are defaults for every call.
-    `model` may also be an `export.ExportedModel` (params None), run through `_exported_outputs`."""
+    `model` may also be an `exported.ExportedModel` (params None), run through `_exported_outputs`.
+    A subclass names its task as a class keyword (`class P(Pipeline, task="fill-mask")`); the
+    attributes below are then that task's entry of `tasks.TASKS`."""
 
     task: str = ""
-    head: str | None = None  # the head (models.MODEL_CLASSES key) the task needs; None: any
-    outputs: tuple[str, ...] = ("logits",)  # the model outputs the task reads
+    head: str = "base"  # the head (models.MODEL_CLASSES key) the task needs; "base": any model's encoder
+    outputs: tuple[str, ...] = ()  # the model outputs the task reads (a subclass may read others)
     per_token: tuple[str, ...] = ()  # outputs with a token axis, cut to each row's length
     OPTIONS: dict[str, Any] = {}  # the call options and their defaults
+
+    def __init_subclass__(cls, task: str | None = None, **kwargs):
+        """Binds a task's pipeline to its registry entry, so its head and outputs are written once."""
+        super().__init_subclass__(**kwargs)
+        if task is not None:
+            spec = tasks.TASKS[task]
+            cls.task, cls.head, cls.per_token = spec.name, spec.head, spec.per_token
+            cls.outputs = cls.__dict__.get("outputs", spec.outputs)
 
     def __init__(self, model: nn.Module, params, tokenizer: Tokenizer, *, directory: str | None = None,
                  batch_size: int = 32, buckets: Sequence[int] = DEFAULT_BUCKETS,
@@ -52,8 +62,7 @@ class Pipeline:
         self.defaults = defaults
         self._check_options(defaults)
         self._fixed_shapes = True  # pad to a few shapes, each compiled once
-        from distilbert_jax import export  # here, so `python -m distilbert_jax.export` runs cleanly
-        if isinstance(model, export.ExportedModel):
+        if isinstance(model, ExportedModel):
             if self.packing:
                 raise PipelineError(f"{directory} is an exported model: it takes whole rows, so "
                                     "packing=True is not available; leave it off.")

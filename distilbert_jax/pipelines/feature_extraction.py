@@ -6,12 +6,10 @@ from __future__ import annotations
 from distilbert_jax.pipelines.base import Pipeline, features
 
 
-class FeatureExtractionPipeline(Pipeline):
+class FeatureExtractionPipeline(Pipeline, task="feature-extraction"):
     """transformers' FeatureExtractionPipeline: the encoder's last_hidden_state of each text as a
     nested list [1][tokens][hidden] (an array with return_tensors=True)."""
 
-    task, head = "feature-extraction", None
-    outputs = per_token = ("last_hidden_state",)
     OPTIONS = {"return_tensors": False}
 
     def preprocess(self, texts, single, options):

@@ -10,11 +10,10 @@ from distilbert_jax import models
 from distilbert_jax.pipelines.base import Pipeline, PipelineError, features, softmax
 
 
-class FillMaskPipeline(Pipeline):
+class FillMaskPipeline(Pipeline, task="fill-mask"):
     """transformers' FillMaskPipeline: the top_k tokens for each [MASK], softmaxed over the vocabulary
     (or over `targets`); {score, token, token_str, sequence}."""
 
-    task, head = "fill-mask", "masked_lm"
     OPTIONS = {"top_k": 5, "targets": None}
 
     def resolve_options(self, options):

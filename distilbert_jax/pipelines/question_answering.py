@@ -8,13 +8,11 @@ import numpy as np
 from distilbert_jax.pipelines.base import Pipeline, PipelineError, check_text, describe, features
 
 
-class QuestionAnsweringPipeline(Pipeline):
+class QuestionAnsweringPipeline(Pipeline, task="question-answering"):
     """transformers' QuestionAnsweringPipeline: {score, start, end, answer}, character offsets into
     the context. A context longer than max_seq_len is read in windows overlapping by doc_stride
     tokens; the same answer found in several windows adds up its scores."""
 
-    task, head = "question-answering", "question_answering"
-    outputs = per_token = ("start_logits", "end_logits")
     OPTIONS = {"top_k": 1, "doc_stride": None, "max_answer_len": 15, "max_seq_len": None,
                "max_question_len": 64, "handle_impossible_answer": False, "align_to_words": True}
 

@@ -1,42 +1,29 @@
-"""sentence-embeddings: one mean-pooled vector per text, as sentence-transformers computes them;
-`mean_pool` and `l2_normalize` are also what an exported sentence-embeddings graph computes."""
+"""sentence-embeddings: one mean-pooled vector per text, as sentence-transformers computes them
+(the pooling itself is `pooling.py`, which an exported sentence-embeddings graph computes too)."""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax.pipelines.base import Pipeline, features
-from distilbert_jax.pipelines.loading import sentence_transformers_settings
+from distilbert_jax.pipelines.base import Pipeline, PipelineError, features
+from distilbert_jax.pooling import PoolingError, l2_normalize, mean_pool, sentence_transformers_settings
 
 
-def mean_pool(hidden, attention_mask):
-    """hidden [batch, length, dim] averaged over the attention mask, in float32 (sentence-transformers'
-    mean pooling); numpy in, numpy out (an exported graph's outputs), else jnp (traced)."""
-    xp = np if isinstance(hidden, np.ndarray) else jnp
-    mask = attention_mask.astype(xp.float32)[..., None]
-    hidden = hidden.astype(xp.float32)
-    return (hidden * mask).sum(1) / xp.maximum(mask.sum(1), 1e-9)
-
-
-def l2_normalize(vectors):
-    """Unit vectors along the last axis (sentence-transformers' Normalize module); numpy or jnp."""
-    xp = np if isinstance(vectors, np.ndarray) else jnp
-    return vectors / xp.maximum(xp.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-
-
-class SentenceEmbeddingsPipeline(Pipeline):
+class SentenceEmbeddingsPipeline(Pipeline, task="sentence-embeddings"):
     """One vector per text: last_hidden_state averaged over the attention mask (sentence-transformers'
     mean pooling), L2-normalised when `normalize` (by default when the checkpoint's modules.json ends
     in a Normalize module, as all-MiniLM-L6-v2's does). Texts longer than the checkpoint's
     sentence_bert_config.json max_seq_length are truncated there. A list of floats per text, or
     numpy arrays ([hidden] or [texts, hidden]) with return_tensors=True."""
 
-    task, head, outputs = "sentence-embeddings", None, ("last_hidden_state",)
+    outputs = ("last_hidden_state",)  # the encoder's hidden states, mean-pooled in `_task_outputs`
     OPTIONS = {"normalize": None, "return_tensors": False}
 
     def __init__(self, *args, directory=None, max_length=None, **kwargs):
-        settings = sentence_transformers_settings(directory)
+        try:
+            settings = sentence_transformers_settings(directory)
+        except PoolingError as e:
+            raise PipelineError(str(e)) from None
         super().__init__(*args, directory=directory,
                          max_length=max_length or settings.get("max_seq_length"), **kwargs)
         self.normalize_default = settings.get("normalize", False)

@@ -11,13 +11,12 @@ from distilbert_jax.pipelines.base import (Pipeline, PipelineError, check_text, 
 BEST_ONLY = object()  # top_k not given: transformers' older output shape, the best label only
 
 
-class TextClassificationPipeline(Pipeline):
+class TextClassificationPipeline(Pipeline, task="text-classification"):
     """transformers' TextClassificationPipeline: {label, score} with id2label names; softmax over
     labels, sigmoid for one label or multi_label_classification, nothing for regression, or
     `function_to_apply`. Without `top_k` a text gives its best label ([that] for one string);
     `top_k=n` the n best, `top_k=None` all, sorted. A {"text", "text_pair"} dict is a pair."""
 
-    task, head = "text-classification", "sequence_classification"
     OPTIONS = {"top_k": BEST_ONLY, "function_to_apply": None}
 
     def parse_inputs(self, args, options):

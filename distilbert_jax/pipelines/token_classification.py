@@ -10,13 +10,12 @@ from distilbert_jax.pipelines.base import Pipeline, PipelineError, features, sof
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 
 
-class TokenClassificationPipeline(Pipeline):
+class TokenClassificationPipeline(Pipeline, task="token-classification"):
     """transformers' TokenClassificationPipeline: per token {entity, score, index, word, start, end},
     or with aggregation_strategy simple/first/average/max per entity {entity_group, score, word,
     start, end}; labels in `ignore_labels` (default ["O"]) are left out. `stride` runs texts longer
     than the model in overlapping windows (not with aggregation "none")."""
 
-    task, head, per_token = "token-classification", "token_classification", ("logits",)
     OPTIONS = {"aggregation_strategy": "none", "ignore_labels": None, "stride": None}
 
     def resolve_options(self, options):

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from distilbert_jax import hf, losses, models, sharding, storage
+from distilbert_jax import hf, losses, models, sharding, storage, tasks
 from distilbert_jax.configs import default
 from distilbert_jax.data import Features, Task, get_task
 from distilbert_jax.config import ConfigError
@@ -39,10 +39,6 @@ from distilbert_jax.train.programs import Program
 from distilbert_jax.train.step import make_stacked_step, make_step
 
 log = logging.getLogger(__name__)
-# The dj.pipeline task that applies a fine-tuned head to raw text (the model card shows it).
-PIPELINE_TASKS = {"sequence_classification": "text-classification",
-                  "token_classification": "token-classification",
-                  "question_answering": "question-answering"}
 
 
 # The fields are defined (and commented) once, in configs/default.py.
@@ -489,6 +485,7 @@ def _finish(state, checkpoints: Checkpoints, evaluate, splits, final: dict, pred
 
 def model_card(config, results: dict) -> str:
     """model/README.md: what the exported model is, the recipe that made it, and its scores."""
+    served = tasks.for_head(results["head"])  # the dj.pipeline task that applies the head to raw text
     recipe = {k: config[k] for k in ("model", "task", "lr", "batch_size", "grad_accum_steps",
                                      "num_epochs", "max_steps", "warmup_ratio", "weight_decay",
                                      "max_length", "dtype", "seed", "teacher")}
@@ -499,8 +496,8 @@ def model_card(config, results: dict) -> str:
         f"Fine-tuned with distilbert-jax for {results['total_steps']} steps; these are the params of "
         f"step {results['exported_step']} (export={config.export}).", "",
         "```python", "import distilbert_jax as dj",
-        *([f'predict = dj.pipeline("{PIPELINE_TASKS[results["head"]]}", model="path/to/this/folder")']
-          if results.get("head") in PIPELINE_TASKS else []),
+        *([f'predict = dj.pipeline("{served.name}", model="path/to/this/folder")']
+          if served.pipeline else []),
         'model, params = dj.from_pretrained("path/to/this/folder")',
         "# transformers: AutoModelFor...from_pretrained(\"path/to/this/folder\") loads the same weights",
         "```", "", "| split | metric | value |", "|---|---|---:|", *rows, "",
