@@ -110,7 +110,7 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
     if task is not None and task not in tasks.TASKS:
         raise ExportError(f"--task={task!r} is not one of {tuple(tasks.TASKS)}.")
     output = os.fspath(output)
-    if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
+    if storage.occupied(output):
         raise ExportError(f"--output={output} already exists and is not an empty folder; choose "
                           "a new one (nothing was written).")
     _require_tools(format)
@@ -131,7 +131,7 @@ def export(model: str, output: str, *, format: str = "onnx", quantize: str = "no
         raise ExportError(str(e)) from None
     fn = graph_function(module, params, task, normalize=settings.get("normalize", False))
 
-    with storage.atomic_folder(output) as staging:
+    with storage.atomic_folder(output, last=(MANIFEST,)) as staging:  # the manifest marks it whole
         names = input_names(config)
         outputs = tasks.TASKS[task].outputs
         model_path = os.path.join(staging, FORMATS[format])

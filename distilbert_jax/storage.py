@@ -58,6 +58,14 @@ def exists(path: str | os.PathLike) -> bool:
     return filesystem(path).exists(os.fspath(path)) if is_remote(path) else os.path.exists(path)
 
 
+def occupied(path: str | os.PathLike) -> bool:
+    """True when `path` holds something: a file, or a folder with files (on an object store, a
+    folder exists only while it holds objects)."""
+    if is_remote(path):
+        return exists(path)
+    return os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path))
+
+
 def read_text(path: str | os.PathLike) -> str:
     """A text file's content (UTF-8), local or remote."""
     if is_remote(path):
@@ -221,19 +229,18 @@ def first_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[str]:
+def atomic_folder(path: str | os.PathLike, last: tuple[str, ...] = ()) -> Iterator[str]:
     """`atomic` for a folder: yields a staging folder beside `path` (which must not exist, or be
     empty) to fill; on success it is renamed to `path`, on any failure removed with its contents.
-    A remote folder is staged locally and uploaded file by file, each file one whole object."""
+    A remote folder is staged locally and uploaded file by file, each file one whole object, the
+    files named in `last` (a folder's completion marker) after every other."""
     if is_remote(path):
         staging = tempfile.mkdtemp(prefix=".upload-")
         try:
             yield staging
-            for root, _, files in os.walk(staging):
-                for name in sorted(files):
-                    local = os.path.join(root, name)
-                    with atomic(join(path, os.path.relpath(local, staging))) as tmp:
-                        shutil.copyfile(local, tmp)
+            names = sorted(os.path.relpath(os.path.join(root, name), staging)
+                           for root, _, files in os.walk(staging) for name in files)
+            upload_files(staging, os.fspath(path), sorted(names, key=lambda name: name in last))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return

@@ -142,3 +142,20 @@ def test_a_corpus_prepared_for_a_gs_workdir_is_kept_in_the_bucket_and_reused(gcs
     config.corpus_files = ()
     again = distill.load_corpus(config, tokenizer, "gs://bkt/run")
     assert again.tokens.tolist() == loaded.tokens.tolist() and len(again.lengths) == len(loaded.lengths) > 0
+
+
+def test_an_export_written_to_gs_serves_a_pipeline_read_from_gs(gcs, tmp_path):
+    pytest.importorskip("jax2onnx")
+    import distilbert_jax as dj
+    from distilbert_jax import export
+    from conftest import FIXTURES
+    source = os.path.join(FIXTURES, "pipelines", "distilbert_sentiment")
+    local = export.export(source, tmp_path / "local", format="onnx")
+    remote = export.export(source, "gs://bkt/exports/sst2", format="onnx")
+    names = {p.rsplit("/", 1)[-1] for p in storage.filesystem(remote).ls(remote, detail=False)}
+    assert {"model.onnx", "config.json", "export.json"} <= names, names
+    texts = ["a gripping film", "not good at all"]
+    assert dj.pipeline("text-classification", model=remote)(texts) == \
+        dj.pipeline("text-classification", model=local)(texts)  # the same graph, the same answers
+    with pytest.raises(export.ExportError, match=r"^--output=gs://bkt/exports/sst2 already exists"):
+        export.export(source, remote, format="onnx")

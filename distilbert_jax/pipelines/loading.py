@@ -8,7 +8,7 @@ import os
 import flax.linen as nn
 import jax.numpy as jnp
 
-from distilbert_jax import exported, hf, models, tasks
+from distilbert_jax import exported, hf, models, storage, tasks
 from distilbert_jax.pipelines.base import PipelineError, describe
 from distilbert_jax.tokenizer import Tokenizer
 
@@ -17,6 +17,8 @@ def load(task: str, cls, model, tokenizer=None, dtype=jnp.float32, matmul_precis
     """(module, params, tokenizer, directory) for pipeline class `cls` (asked for as `task`);
     refuses a model whose head does not serve the task. params is None for an exported folder."""
     directory = None
+    if isinstance(model, (str, os.PathLike)) and storage.is_remote(model):
+        model = storage.local_copy(model)  # a gs:// checkpoint or export, read from a local copy
     if isinstance(model, (tuple, list)) and len(model) == 2 and isinstance(model[0], nn.Module):
         module, params = model
         if tokenizer is None:
