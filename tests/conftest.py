@@ -185,6 +185,33 @@ def assert_same_training(run, reference, steps):
 
 # --- a local Google Cloud Storage --------------------------------------------------------------------
 
+# gcp-storage-emulator with one addition: while <root>/refuse-writes exists, every write (POST, PUT,
+# PATCH, DELETE) is answered 403 Forbidden, as a bucket whose permission was revoked mid-run would.
+# A store that goes silent instead makes every client retry for minutes (docs/reliability.md).
+EMULATOR = """
+import json, os, sys
+from gcp_storage_emulator import server
+from gcp_storage_emulator.__main__ import main
+
+def refusing(method):
+    def handle(self):
+        if not os.path.exists("refuse-writes"):
+            return method(self)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"error": {"code": 403, "message": "writes refused (test)"}}).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    return handle
+
+for name in ("do_POST", "do_PUT", "do_PATCH", "do_DELETE"):
+    setattr(server.RequestHandler, name, refusing(getattr(server.RequestHandler, name)))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 class StorageEmulator:
     """gcp-storage-emulator on a free local port, storing under `root` (so a restart keeps the
     objects), with the environment that points gcsfs, tensorstore (orbax) and google-cloud-storage
@@ -212,7 +239,7 @@ class StorageEmulator:
         import time
         import urllib.request
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=localhost",
+            [sys.executable, "-c", EMULATOR, "start", "--host=localhost",
              f"--port={self.port}", f"--default-bucket={self.bucket}", "--quiet"],
             cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 30
@@ -224,6 +251,13 @@ class StorageEmulator:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.1)
+
+    def refuse_writes(self, refuse: bool = True):
+        flag = os.path.join(self.root, "refuse-writes")
+        if refuse:
+            open(flag, "w").close()
+        elif os.path.exists(flag):
+            os.remove(flag)
 
     def stop(self):
         if self.process is not None:

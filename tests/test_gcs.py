@@ -33,27 +33,33 @@ def upload(local_dir, remote_dir):
     storage.filesystem(remote_dir).put(str(local_dir), remote_dir, recursive=True)
 
 
-def main_on_gs(gcs, tmp_path, workdir, *overrides, wait_for_step=None):
+def main_on_gs(gcs, tmp_path, workdir, *overrides, wait_for_step=None, until=None, then=None):
     """The command line on a gs:// workdir, in a process of its own (a process that imported
     TensorFlow, as the export tests do, sends etils.epath's gs:// through TensorFlow's client, which
-    the emulator cannot serve); with `wait_for_step`, SIGTERM once metrics.jsonl reaches that step."""
+    the emulator cannot serve); with `wait_for_step`, SIGTERM once metrics.jsonl reaches that step;
+    with `until` and `then`, then(process) once until() holds."""
     env = {**os.environ, **gcs.environment, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     # checkpoint.USE_OCDBT off, as the gcs fixture turns it off in this process (conftest.gcs)
     command = [sys.executable, "-c", "from distilbert_jax.train import checkpoint; checkpoint.USE_OCDBT = "
                "False; from distilbert_jax import main; main.cli()", f"--config={tmp_path / 'cfg.py'}",
                f"--workdir={workdir}", *overrides]
-    if wait_for_step is None:
+    if wait_for_step is None and until is None:
         return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    while process.poll() is None:
-        if storage.exists(f"{workdir}/metrics.jsonl") and any(
-                json.loads(line)["step"] >= wait_for_step
-                for line in read(f"{workdir}/metrics.jsonl").decode().splitlines()):
-            break
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=600)
+    if wait_for_step is not None:
+        until = lambda: storage.exists(f"{workdir}/metrics.jsonl") and any(  # noqa: E731
+            json.loads(line)["step"] >= wait_for_step
+            for line in read(f"{workdir}/metrics.jsonl").decode().splitlines())
+        then = lambda process: process.send_signal(signal.SIGTERM)  # noqa: E731
+    # stderr to a file, not a pipe: a pipe nobody reads until the end can fill and stall the run
+    with open(tmp_path / "stderr.txt", "w+") as err_file:
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                   stderr=err_file, text=True)
+        while process.poll() is None and not until():
+            time.sleep(0.2)
+        then(process)
+        process.wait(timeout=600)
+        err_file.seek(0)
+        err = err_file.read()
     return subprocess.CompletedProcess(command, process.returncode, "", err)
 
 
@@ -159,3 +165,33 @@ def test_an_export_written_to_gs_serves_a_pipeline_read_from_gs(gcs, tmp_path):
         dj.pipeline("text-classification", model=local)(texts)  # the same graph, the same answers
     with pytest.raises(export.ExportError, match=r"^--output=gs://bkt/exports/sst2 already exists"):
         export.export(source, remote, format="onnx")
+
+
+def test_a_store_that_refuses_writes_mid_run_stops_it_in_one_sentence_and_the_checkpoint_resumes(
+        gcs, tiny_model, tmp_path):
+    """The bucket refuses every write once checkpoint 20 is committed (a revoked permission: 403,
+    which no client retries): the run stops with one sentence and status 2; once writes are allowed
+    again, the same command resumes from step 20 and ends where an uninterrupted run ends."""
+    data = write_sst2(tmp_path / "SST-2", n_train=64)
+    write_config_file(tmp_path / "cfg.py", tiny_model, data, 40)
+    local = subprocess.run([sys.executable, "-m", "distilbert_jax.main", f"--config={tmp_path / 'cfg.py'}",
+                            f"--workdir={tmp_path / 'local'}"], env={**os.environ, "PYTHONPATH": REPO},
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert local.returncode == 0, local.stderr[-2000:]
+    workdir = "gs://bkt/runs/refused"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in gcs.environment.items():
+            patch.setenv(name, value)
+        # orbax marks a finished step on gs:// with this file, written last (the item's own
+        # default/commit_success.txt comes before the step's metadata is final)
+        committed = lambda: storage.exists(f"{workdir}/checkpoints/20/commit_success.txt")  # noqa: E731
+        refused = main_on_gs(gcs, tmp_path, workdir, until=committed, then=lambda _: gcs.refuse_writes())
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and errors[0].startswith("error: cannot write ") and workdir in errors[0], \
+            refused.stderr[-3000:]
+        gcs.refuse_writes(False)
+        resumed = main_on_gs(gcs, tmp_path, workdir)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert json.loads(read(f"{workdir}/results.json"))["steps_this_run"] == 20
+        assert_same_weights(final_weights(tmp_path / "local"), bucket_weights(workdir))
