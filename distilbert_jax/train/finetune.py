@@ -381,24 +381,11 @@ def _fine_tune(started: list[tuple[Any, str]], layout: sharding.Layout,
     task = build_task(config)
     model = abstract_model(config, task)
     tokenizer = load_tokenizer(config, model)
-    teacher = teacher_params = None
-    if config.teacher:
-        teacher = abstract_model(config, task, config.teacher, require_trained_head=True)
-        if (load_tokenizer(config, teacher, config.teacher).backend.get_vocab()
-                != tokenizer.backend.get_vocab()):
-            raise TrainingError(f"The teacher {config.teacher} tokenizes differently from "
-                                f"{config.model}; task distillation needs one vocabulary.")
-    train = encode_split(task, "train", tokenizer, config, train=True)
-    evals = {s: encode_split(task, s, tokenizer, config, train=False) for s in config.eval_splits}
-    tests = {s: encode_split(task, s, tokenizer, config, train=False) for s in config.predict_splits}
-    steps_per_epoch = len(train) // config.batch_size
-    if steps_per_epoch == 0:
-        raise DataError(f"The {task.name} training split has {len(train)} rows, fewer than one "
-                        f"batch of batch_size={config.batch_size}.")
+    teacher = _teacher(config, task, tokenizer) if config.teacher else None
+    train, evals, tests, steps_per_epoch = _splits(config, task, tokenizer)
     total_steps = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
     steps = build_steps(config, model, teacher, task.head, layout, total_steps, stacked)
-    if teacher is not None:
-        teacher_params = load_params(config, task, steps.teacher, config.teacher)
+    teacher_params = None if teacher is None else load_params(config, task, steps.teacher, config.teacher)
     runs = [Run(c, d, train_state.place(load_params(c, task, steps.state.params), steps.tx, c.seed,
                                         steps.state))  # each run's new head from its seed
             for c, d in started]
@@ -443,6 +430,29 @@ def _fine_tune(started: list[tuple[Any, str]], layout: sharding.Layout,
     for run in runs:
         _export(run, model, tokenizer, layout)
     return [run.results for run in runs]
+
+
+def _teacher(config, task: Task, tokenizer):
+    """The fine-tuned teacher of a task distillation (no weights), refused unless it was trained
+    on this task and tokenizes as the student does."""
+    teacher = abstract_model(config, task, config.teacher, require_trained_head=True)
+    if load_tokenizer(config, teacher, config.teacher).backend.get_vocab() != tokenizer.backend.get_vocab():
+        raise TrainingError(f"The teacher {config.teacher} tokenizes differently from "
+                            f"{config.model}; task distillation needs one vocabulary.")
+    return teacher
+
+
+def _splits(config, task: Task, tokenizer) -> tuple[Features, dict, dict, int]:
+    """(the training split, the eval splits, the predict splits, steps per epoch), encoded;
+    refused when the training split holds less than one batch."""
+    train = encode_split(task, "train", tokenizer, config, train=True)
+    evals = {s: encode_split(task, s, tokenizer, config, train=False) for s in config.eval_splits}
+    tests = {s: encode_split(task, s, tokenizer, config, train=False) for s in config.predict_splits}
+    steps_per_epoch = len(train) // config.batch_size
+    if steps_per_epoch == 0:
+        raise DataError(f"The {task.name} training split has {len(train)} rows, fewer than one "
+                        f"batch of batch_size={config.batch_size}.")
+    return train, evals, tests, steps_per_epoch
 
 
 def _training(runs: list[Run], steps: Steps, teacher_params, train: Features, pad_id: int,
