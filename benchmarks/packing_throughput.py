@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from distilbert_jax import hf, sharding
-from distilbert_jax.data.task import eval_batches, packer_for, train_batches
+from distilbert_jax.data.task import eval_batches, train_batches
 from distilbert_jax.train import finetune
 from distilbert_jax.train import state as train_state
 from distilbert_jax.train.step import computed_tokens, make_step
@@ -54,14 +54,16 @@ def run_jax(task: str, args, packing: bool, eval_params=None) -> dict:
     config = recipe(task, args, packing)
     layout = sharding.Layout(sharding.make_mesh("dp", jax.devices()[:1]), sharding.RULES)
     job = finetune.build_task(config)
-    model, params, tokenizer = finetune.load_model(config, job, layout)
+    model = finetune.abstract_model(config, job)
+    tokenizer = finetune.load_tokenizer(config, model)
+    params = finetune.load_params(config, job, layout.params(model))
     train = finetune.encode_split(job, "train", tokenizer, config, train=True)
     dev = finetune.encode_split(job, "dev", tokenizer, config, train=False)
     tx, _ = train_state.optimizer(config, args.steps)
     state, shardings = train_state.create(model, params, tx, config.seed, layout)
     step = make_step(finetune.loss_fn(model, job.head), tx, layout, shardings)
     batches = train_batches(train, 32, config.seed, 0, tokenizer.pad_token_id, tuple(config.buckets),
-                            packer=packer_for(config, layout.data_ways))
+                            packer=finetune.packer_of(config, layout.data_ways))
     seen, steady, real, computed = set(), [], [], []
     started = time.perf_counter()
     for _ in range(args.steps):
@@ -78,7 +80,7 @@ def run_jax(task: str, args, packing: bool, eval_params=None) -> dict:
     train_wall = time.perf_counter() - started
     params = state.params if eval_params is None else eval_params
     eval_step = finetune.make_eval_step(model, shardings.params, layout)
-    packer = packer_for(config, layout.data_ways)
+    packer = finetune.packer_of(config, layout.data_ways)
     eval_layouts = [b["inputs"] for _, b in eval_batches(dev, 64, tokenizer.pad_token_id,
                                                          tuple(config.buckets), packer=packer)]
     walls = []

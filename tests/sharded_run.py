@@ -24,9 +24,10 @@ from distilbert_jax.train import state as train_state  # noqa: E402
 def restore_params(config, workdir, layout):
     """The params of `workdir`'s latest checkpoint, restored onto `layout` (whatever mesh saved them)."""
     task = finetune.build_task(config)
-    model, params, _ = finetune.load_model(config, task, layout)
+    model = finetune.abstract_model(config, task)
     tx, _ = train_state.optimizer(config, total_steps=1)
-    target, _ = train_state.create(model, params, tx, config.seed, layout)
+    placed = train_state.shardings(model, tx, layout)
+    target = train_state.place(finetune.load_params(config, task, placed.params), tx, config.seed, placed)
     return checkpoint.Checkpoints(workdir).restore(target).params
 
 
@@ -73,7 +74,7 @@ def run_stacked(workdir, mesh, runs):
     for i, (c, d) in enumerate(zip(configs, dirs)):
         params = flax.traverse_util.flatten_dict(restore_params(c, d, layout), sep="/")
         flat.update({f"run{i}/{k}": v for k, v in layout.to_host(params).items()})
-    model, _, _ = finetune.load_model(config, finetune.build_task(config), layout)
+    model = finetune.abstract_model(config, finetune.build_task(config))
     specs = flax.traverse_util.flatten_dict(layout.stacked(layout.params(model)), sep="/")
     return flat, {"devices": jax.device_count(), "losses": [read_losses(d, "train/loss") for d in dirs],
                   "specs": {k: [*v.spec] for k, v in specs.items()},

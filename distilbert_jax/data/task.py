@@ -123,13 +123,10 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
     return int(length)
 
 
-def packer_for(config, data_ways: int = 1, micro_batches: int = 1) -> Packer | None:
-    """The Packer of a job's config (None unless `config.packing`): rows of `max_length`'s bucket,
-    each micro-batch's rows split evenly over the `data_ways` devices."""
-    if not config.get("packing", False):
-        return None
-    length = bucket_for(config.max_length, tuple(config.get("buckets", ())))  # distill: none
-    return Packer(length, data_ways, micro_batches)
+def packer_for(packing: bool, length: int, data_ways: int = 1, micro_batches: int = 1) -> Packer | None:
+    """The Packer of rows of `length` (None unless `packing`), each micro-batch's rows split evenly
+    over the `data_ways` devices."""
+    return Packer(length, data_ways, micro_batches) if packing else None
 
 
 def collate(features: Features, rows: Sequence[int], length: int, pad_id: int,

@@ -37,7 +37,7 @@ from distilbert_jax.data import glue
 from distilbert_jax.data.task import DataError
 from distilbert_jax.metrics import glue_score
 from distilbert_jax.tokenizer import Tokenizer
-from distilbert_jax.train import distill, finetune, workdir as workdirs
+from distilbert_jax.train import checks, distill, finetune, workdir as workdirs
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ def check(config) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Every stage in order (finished ones skipped); returns and writes the tables' numbers."""
-    check(config)
-    workdirs.probe(workdir)
-    workdirs.check_resume(config, workdir)
+    checks.start([(config, workdir)], check)
     workdirs.record(config, workdir)
     text = write_glue_text(config.glue_dir, os.path.join(workdir, "text", "glue.txt"))
     corpus_dir = os.path.join(workdir, "corpus")

@@ -1,15 +1,19 @@
-"""`validate(config, layout)`: the one check every job runs on its config before loading or writing
-anything (batch sizes that fit the mesh and the accumulation, known compute dtypes, bucket lengths,
-a distillation recipe the reference accepts). What the model can hold is `models.check_fits`,
-run on the checkpoint before its weights load."""
+"""`start`: the preamble every job runs before loading or writing anything, and `validate(config,
+layout)`, the check of its config there (batch sizes that fit the mesh and the accumulation, known
+compute dtypes, bucket lengths, a distillation recipe the reference accepts). What the model can
+hold is `models.check_fits`, run on the checkpoint before its weights load."""
 
 from __future__ import annotations
+
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from distilbert_jax import sharding
 from distilbert_jax.config import ConfigError
 from distilbert_jax.models import check_matmul_precision, check_remat
+from distilbert_jax.train import workdir as workdirs
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -23,6 +27,26 @@ def dtype(config, field: str = "dtype"):
 
 
 DISTILL_JOBS = ("distill", "fit_teacher_head")
+
+
+def layout_for(config) -> sharding.Layout:
+    """The Layout a job's config asks for (`mesh`, `rules`), the config validated on it."""
+    placed = sharding.Layout.from_config(config)
+    validate(config, placed)
+    return placed
+
+
+def start(runs: Sequence[tuple[Any, str]], check: Callable = layout_for):
+    """A job's preamble for its (config, workdir) runs (one, or K stacked that differ only in values),
+    before anything loads or is written, so a refused start leaves nothing behind: every workdir
+    probed, `check` run on the first config, every workdir's earlier run compared with its config.
+    Returns what `check` returns: by default the Layout the job runs on (`jobs.run` passes it in)."""
+    for _, workdir in runs:
+        workdirs.probe(workdir)
+    checked = check(runs[0][0])
+    for config, workdir in runs:
+        workdirs.check_resume(config, workdir)
+    return checked
 
 
 def validate(config, layout=None) -> None:

@@ -10,10 +10,11 @@ teacher-initialised (or random) student.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import flax.traverse_util
@@ -27,6 +28,7 @@ from distilbert_jax import hf, losses, models, sharding, storage, student
 from distilbert_jax.configs import default
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data import corpus
+from distilbert_jax.data.packing import Packer
 from distilbert_jax.data.task import DataError, packer_for, prefetch
 from distilbert_jax.tokenizer import Tokenizer
 from distilbert_jax.train import checks, loop, programs as programs_lib, workdir as workdirs
@@ -60,15 +62,27 @@ def teacher_head(config, directory: str, tokenizer) -> str:
     return "masked_lm" if needs_logits else "base"
 
 
-def load_teacher(config, layout: sharding.Layout):
-    """(teacher model, params, tokenizer): with its MLM head when the recipe needs its logits."""
+def teacher_args(config, directory: str, tokenizer) -> dict[str, Any]:
+    """How the recipe builds its teacher (`hf.build_model` / `hf.from_pretrained` arguments)."""
+    return dict(head=teacher_head(config, directory, tokenizer),
+                dtype=checks.dtype(config, "teacher_dtype"), matmul_precision=config.matmul_precision)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """The model a corpus job's loss reads but never trains: its params and where they live."""
+    params: Any
+    shardings: Any
+
+
+def load_teacher(config, layout: sharding.Layout) -> tuple[Any, Teacher, Tokenizer]:
+    """(teacher model, its params placed by `layout`, tokenizer)."""
     directory = hf.resolve(config.teacher)
     tokenizer = Tokenizer.from_pretrained(directory)
-    model, params = hf.from_pretrained(directory, head=teacher_head(config, directory, tokenizer),
-                                       dtype=checks.dtype(config, "teacher_dtype"),
-                                       matmul_precision=config.matmul_precision,
-                                       shardings=layout.params)
-    return model, params, tokenizer
+    args = teacher_args(config, directory, tokenizer)
+    shardings = layout.params(hf.build_model(directory, **args))
+    model, params = hf.from_pretrained(directory, shardings=lambda _: shardings, **args)
+    return model, Teacher(params, shardings), tokenizer
 
 
 def student_model(config, teacher_config, tokenizer):
@@ -132,10 +146,14 @@ def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
 def corpus_batches(data: corpus.Corpus, config, pad_id: int, layout: sharding.Layout, start: int):
     """Global length-grouped batches ({"inputs": ...}) from batch `start` on, each process loading
     its own share."""
-    packer = packer_for(config, layout.data_ways, config.grad_accum_steps)
     return prefetch(layout.put_batch(b) for b in data.batches(
         config.batch_size, config.seed, start, pad_id, config.length_multiple,
-        process=(jax.process_index(), jax.process_count()), packer=packer))
+        process=(jax.process_index(), jax.process_count()), packer=packer_of(config, layout.data_ways)))
+
+
+def packer_of(config, data_ways: int) -> Packer | None:
+    """The Packer of a corpus job's config (None unless `packing`): rows of max_length."""
+    return packer_for(config.packing, config.max_length, data_ways, config.grad_accum_steps)
 
 
 def masker(config, token_counts, tokenizer, vocab_size: int):
@@ -229,22 +247,32 @@ def head_fit_loss(model, config, mask):
     return loss_fn
 
 
-def corpus_step(config, model, loss_fn, layout: sharding.Layout, total_steps: int, frozen=None,
-                frozen_shardings=None, prefix: str = "train"):
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a corpus job trains: `model`, by `loss(params, teacher params, batch, key) -> (loss,
+    terms)` (see step.make_step), the params `frozen` marks held fixed (an optax mask builder, or
+    None), the teacher's params' shardings (None: no teacher) and the prefix of its metrics."""
+    model: Any
+    loss: Callable
+    frozen: Callable | None = None
+    teacher_shardings: Any = None
+    prefix: str = "train"
+
+
+def corpus_step(config, objective: Objective, layout: sharding.Layout, total_steps: int):
     """(the jitted step, its optimiser, the state's shardings) of a corpus job: AdamW with the
-    config's schedule, parameters `frozen` says held fixed. The run and the plan build it here."""
-    tx, schedule = train_state.optimizer(config, total_steps, frozen=frozen)
-    state_shardings = train_state.shardings(model, tx, layout)
-    step = make_step(loss_fn, tx, layout, state_shardings, config.grad_accum_steps,
-                     frozen_shardings, prefix, learning_rate=schedule)
+    config's schedule. The run and the plan build it here."""
+    tx, schedule = train_state.optimizer(config, total_steps, frozen=objective.frozen)
+    state_shardings = train_state.shardings(objective.model, tx, layout)
+    step = make_step(objective.loss, tx, layout, state_shardings, config.grad_accum_steps,
+                     objective.teacher_shardings, objective.prefix, learning_rate=schedule)
     return step, tx, state_shardings
 
 
-def train_on_corpus(config, workdir: str, model, params, data: corpus.Corpus, tokenizer, frozen,
-                    loss_fn, layout: sharding.Layout, frozen_params=None, frozen_shardings=None,
-                    prefix: str = "train"):
-    """The loop both corpus jobs share: `corpus_step`, resumed from this workdir's checkpoint, over
-    length-grouped corpus batches, with `loss_fn` (see step.make_step) reading `frozen_params`.
+def train_on_corpus(config, workdir: str, layout: sharding.Layout, objective: Objective, params,
+                    data: corpus.Corpus, pad_id: int, teacher_params=None):
+    """The loop both corpus jobs share: `corpus_step`, from `params` or this workdir's checkpoint,
+    over length-grouped corpus batches, the loss reading `teacher_params`.
 
     Returns (final state, total steps, the step this run started at).
     """
@@ -253,17 +281,17 @@ def train_on_corpus(config, workdir: str, model, params, data: corpus.Corpus, to
         raise ConfigError(f"The corpus has {len(data.lengths)} sequences, fewer than one batch of "
                           f"batch_size={config.batch_size}.")
     total = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
-    step, tx, _ = corpus_step(config, model, loss_fn, layout, total, frozen, frozen_shardings, prefix)
-    state, _ = train_state.create(model, params, tx, config.seed, layout)
+    step, tx, state_shardings = corpus_step(config, objective, layout, total)
+    state = train_state.place(params, tx, config.seed, state_shardings)
     with Checkpoints(workdir, config.keep_checkpoints) as checkpoints:
         if checkpoints.latest_step() is not None:
             state = checkpoints.restore(state)
             log.info("Resumed from %s at step %d", workdir, int(state.step))
         workdirs.record(config, workdir)  # every check has passed: this start is on record
         start = int(state.step)
-        batches = corpus_batches(data, config, tokenizer.pad_token_id, layout, start)
+        batches = corpus_batches(data, config, pad_id, layout, start)
         with MetricWriter(workdir) as writer:
-            state = loop.run(state, lambda state, batch: step(state, frozen_params, batch), batches,
+            state = loop.run(state, lambda state, batch: step(state, teacher_params, batch), batches,
                              loop.Schedule(total, config.log_every, config.checkpoint_every),
                              workdir=workdir, checkpoints=checkpoints, writer=writer,
                              progress=Progress(total, config.batch_size, start))
@@ -280,26 +308,20 @@ def programs(config, layout: sharding.Layout, runs: int = 1) -> list[Program]:
     tokenizer = Tokenizer.from_pretrained(directory)
     counts = np.ones(tokenizer.vocab_size, np.int64)  # the corpus's counts change values, not shapes
     if config.job == "distill":
-        head = teacher_head(config, directory, tokenizer)
-        teacher = hf.build_model(directory, head, dtype=checks.dtype(config, "teacher_dtype"),
-                                 matmul_precision=config.matmul_precision)
+        args = teacher_args(config, directory, tokenizer)
+        teacher = hf.build_model(directory, **args)
         model = student_model(config, teacher.config, tokenizer)
         loss = distill_loss(model, teacher, config, masker(config, counts, tokenizer, model.config.vocab_size))
-        frozen, prefix = frozen_positions(config), "distill"
+        objective = Objective(model, loss, frozen_positions(config), layout.params(teacher), "distill")
     else:
-        models.check_fits(hf.read_config(directory)[0], config.teacher, config.max_length,
-                          tokenizer.vocab_size)
-        model = hf.build_model(directory, "masked_lm", dtype=checks.dtype(config),
-                               matmul_precision=config.matmul_precision)
-        teacher, frozen, prefix = None, frozen_encoder, "head"
-        loss = head_fit_loss(model, config, masker(config, counts, tokenizer, model.config.vocab_size))
-    teacher_shardings = None if teacher is None else layout.params(teacher)
-    step, tx, shardings = corpus_step(config, model, loss, layout, max(config.max_steps, 1), frozen,
-                                      teacher_shardings, prefix)
+        teacher, model = None, head_model(config, directory, tokenizer)
+        objective = Objective(model, head_fit_loss(model, config, masker(
+            config, counts, tokenizer, model.config.vocab_size)), frozen_encoder, prefix="head")
+    step, tx, shardings = corpus_step(config, objective, layout, max(config.max_steps, 1))
     length = -(-config.max_length // config.length_multiple) * config.length_multiple
     ones = np.ones((config.batch_size, length), np.int32)
     batch = programs_lib.pack({"inputs": {"input_ids": ones, "attention_mask": ones}},
-                              packer_for(config, layout.data_ways, config.grad_accum_steps))
+                              packer_of(config, layout.data_ways))
     tokens = programs_lib.computed_tokens(batch)
     at_targets = config.restrict_ce_to_mask or not isinstance(teacher, models.BertForMaskedLM)
     logit_tokens = min(tokens, math.ceil(config.mlm_mask_prop * tokens) + 1) if at_targets else tokens
@@ -310,28 +332,37 @@ def programs(config, layout: sharding.Layout, runs: int = 1) -> list[Program]:
     else:
         flops = (programs_lib.encoder_flops(model.config, tokens, length, True, logit_tokens)
                  + programs_lib.encoder_flops(teacher.config, tokens, length, False,
-                                              logit_tokens if head == "masked_lm" else 0))
-    frozen_params = None if teacher is None else programs_lib.abstract(
-        nn.meta.unbox(models.abstract_params(teacher)), teacher_shardings)
-    args = (programs_lib.abstract(train_state.abstract(model, tx), shardings), frozen_params,
-            programs_lib.abstract_batch(batch, layout))
-    return [Program("train_step", step, args, tokens, flops, calls=config.max_steps or None)]
+                                              logit_tokens if args["head"] == "masked_lm" else 0))
+    teacher_params = None if teacher is None else programs_lib.abstract(
+        nn.meta.unbox(models.abstract_params(teacher)), objective.teacher_shardings)
+    inputs = (programs_lib.abstract(train_state.abstract(model, tx), shardings), teacher_params,
+              programs_lib.abstract_batch(batch, layout))
+    return [Program("train_step", step, inputs, tokens, flops, calls=config.max_steps or None)]
 
 
-def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Distils a student from `config.teacher` on `config.corpus_*`; returns the run's summary."""
-    workdirs.probe(workdir)
-    layout = sharding.Layout.from_config(config)
-    checks.validate(config, layout)
-    workdirs.check_resume(config, workdir)
-    teacher, teacher_params, tokenizer = load_teacher(config, layout)
-    model, params = build_student(config, teacher, teacher_params, tokenizer, layout)
+def head_model(config, directory: str, tokenizer):
+    """fit_teacher_head's model, the teacher with a masked-LM head, from its config.json (no weights
+    are read), after refusing sequences or a vocabulary it cannot hold."""
+    models.check_fits(hf.read_config(directory)[0], config.teacher, config.max_length,
+                      tokenizer.vocab_size)
+    return hf.build_model(directory, "masked_lm", dtype=checks.dtype(config),
+                          matmul_precision=config.matmul_precision)
+
+
+def distill(config: ml_collections.ConfigDict, workdir: str,
+            layout: sharding.Layout | None = None) -> dict[str, Any]:
+    """Distils a student from `config.teacher` on `config.corpus_*`, on `layout` (from the job's
+    preamble, `checks.start`, which runs here when none is given); returns the run's summary."""
+    if layout is None:
+        layout = checks.start([(config, workdir)])
+    teacher, placed, tokenizer = load_teacher(config, layout)
+    model, params = build_student(config, teacher, placed.params, tokenizer, layout)
     data = load_corpus(config, tokenizer, workdir)  # tokenised with the student's vocabulary
     mask = masker(config, data.counts, tokenizer, model.config.vocab_size)
-    state, total, start = train_on_corpus(
-        config, workdir, model, params, data, tokenizer, frozen_positions(config),
-        distill_loss(model, teacher, config, mask), layout, teacher_params,
-        layout.params(teacher), prefix="distill")
+    objective = Objective(model, distill_loss(model, teacher, config, mask), frozen_positions(config),
+                          placed.shardings, "distill")
+    state, total, start = train_on_corpus(config, workdir, layout, objective, params, data,
+                                          tokenizer.pad_token_id, placed.params)
     if config.save_model:
         params = layout.to_host(state.params)
         if jax.process_index() == 0:
@@ -347,25 +378,26 @@ def frozen_encoder(params):
     return frozen_where(lambda path: path[0] != "cls")(params)
 
 
-def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def fit_teacher_head(config: ml_collections.ConfigDict, workdir: str,
+                     layout: sharding.Layout | None = None) -> dict[str, Any]:
     """Gives a bare BERT teacher (all-MiniLM-L6-v2 ships without one) a masked-LM head: the
     transform and output bias are trained on the corpus with MLM, the encoder and the tied word
-    embeddings frozen. Saves `<workdir>/teacher`, a BertForMaskedLM to distil from with α_ce > 0."""
-    workdirs.probe(workdir)
-    layout = sharding.Layout.from_config(config)
-    checks.validate(config, layout)
-    workdirs.check_resume(config, workdir)
+    embeddings frozen. Saves `<workdir>/teacher`, a BertForMaskedLM to distil from with α_ce > 0.
+    Runs on `layout` (from the job's preamble, `checks.start`, which runs here when none is given)."""
+    if layout is None:
+        layout = checks.start([(config, workdir)])
     directory = hf.resolve(config.teacher)
     tokenizer = Tokenizer.from_pretrained(directory)
-    models.check_fits(hf.read_config(directory)[0], config.teacher, config.max_length,
-                        tokenizer.vocab_size)
-    model, params = hf.from_pretrained(directory, head="masked_lm", seed=config.seed,
-                                       dtype=checks.dtype(config), shardings=layout.params,
-                                       matmul_precision=config.matmul_precision)
+    model = head_model(config, directory, tokenizer)
+    shardings = layout.params(model)
+    _, params = hf.from_pretrained(directory, head="masked_lm", seed=config.seed,
+                                   dtype=checks.dtype(config), shardings=lambda _: shardings,
+                                   matmul_precision=config.matmul_precision)
     data = load_corpus(config, tokenizer, workdir)
     mask = masker(config, data.counts, tokenizer, model.config.vocab_size)
-    state, total, _ = train_on_corpus(config, workdir, model, params, data, tokenizer, frozen_encoder,
-                                      head_fit_loss(model, config, mask), layout, prefix="head")
+    objective = Objective(model, head_fit_loss(model, config, mask), frozen_encoder, prefix="head")
+    state, total, _ = train_on_corpus(config, workdir, layout, objective, params, data,
+                                      tokenizer.pad_token_id)
     params = layout.to_host(state.params)
     if jax.process_index() == 0:
         hf.save_pretrained(os.path.join(workdir, "teacher"), model, params, tokenizer)

@@ -26,6 +26,7 @@ import optax
 from distilbert_jax import hf, losses, models, sharding, storage, tasks
 from distilbert_jax.configs import default
 from distilbert_jax.data import Features, Task, get_task
+from distilbert_jax.data.packing import Packer
 from distilbert_jax.config import ConfigError
 from distilbert_jax.data.task import (DataError, bucket_for, collate, eval_batches, packer_for,
                                      prefetch, stacked_train_batches, train_batches)
@@ -62,27 +63,14 @@ def _model_overrides(config, task: Task) -> dict[str, Any]:
     return overrides
 
 
-def abstract_model(config, task: Task, path: str | None = None):
-    """The model `load_model` returns, built from its config.json alone (no weights are read)."""
+def abstract_model(config, task: Task, path: str | None = None, require_trained_head: bool = False):
+    """The model of `path` (default `config.model`) with the task's head and label space, built from
+    its config.json alone (no weights are read), after refusing a max_length it cannot hold and,
+    with `require_trained_head`, a checkpoint not trained on this task's head and labels."""
     path = path or config.model
     directory = hf.resolve(path, weights=False)
-    models.check_fits(hf.read_config(directory)[0], path, config.max_length)
-    model = hf.build_model(directory, head=task.head, num_labels=task.num_labels,
-                           dtype=checks.dtype(config), matmul_precision=config.matmul_precision,
-                           **_model_overrides(config, task))
-    return model.clone(remat=config.remat)
-
-
-def load_model(config, task: Task, layout: sharding.Layout, require_trained_head: bool = False,
-               path: str | None = None):
-    """(model, params, tokenizer) with the task's head and label space on `path` (default
-    `config.model`), params placed by `layout`; refuses a max_length or a vocabulary the model
-    cannot hold."""
-    path = path or config.model
-    overrides = _model_overrides(config, task)
-    directory = hf.resolve(path)
     saved, architectures = hf.read_config(directory)
-    models.check_fits(saved, path, config.max_length)  # before the weights load
+    models.check_fits(saved, path, config.max_length)
     if require_trained_head:
         head = hf.head_from_architectures(saved.model_type, architectures)
         if head != task.head:
@@ -90,14 +78,34 @@ def load_model(config, task: Task, layout: sharding.Layout, require_trained_head
                 f"{path} is a {head} checkpoint ({architectures}); task {task.name} needs a "
                 f"{task.head} head. Fine-tune it first, or evaluate a checkpoint trained on this task.")
         hf.check_labels(saved, task.label_names, checkpoint=path, task=task.name)
-    model, params = hf.from_pretrained(directory, head=task.head, num_labels=task.num_labels,
-                                       dtype=checks.dtype(config), seed=config.seed,
-                                       matmul_precision=config.matmul_precision,
-                                       shardings=layout.params, **overrides)
-    model = model.clone(remat=config.remat)
-    tokenizer = Tokenizer.from_pretrained(directory)
+    model = hf.build_model(directory, head=task.head, num_labels=task.num_labels,
+                           dtype=checks.dtype(config), matmul_precision=config.matmul_precision,
+                           **_model_overrides(config, task))
+    return model.clone(remat=config.remat)
+
+
+def load_tokenizer(config, model, path: str | None = None) -> Tokenizer:
+    """The tokenizer of `path` (default `config.model`), refused if `model` cannot embed its vocabulary."""
+    path = path or config.model
+    tokenizer = Tokenizer.from_pretrained(hf.resolve(path, weights=False))
     models.check_fits(model.config, path, config.max_length, tokenizer.vocab_size)
-    return model, params, tokenizer
+    return tokenizer
+
+
+def load_params(config, task: Task, shardings, path: str | None = None):
+    """The weights of `path` (default `config.model`) for `abstract_model`'s model, placed as
+    `shardings` (its params' shardings) says; a head the checkpoint lacks is drawn from `config.seed`."""
+    _, params = hf.from_pretrained(hf.resolve(path or config.model), head=task.head,
+                                   num_labels=task.num_labels, dtype=checks.dtype(config),
+                                   seed=config.seed, matmul_precision=config.matmul_precision,
+                                   shardings=lambda _: shardings, **_model_overrides(config, task))
+    return params
+
+
+def packer_of(config, data_ways: int, micro_batches: int = 1) -> Packer | None:
+    """The Packer of a fine-tuning config (None unless `packing`): rows of max_length's bucket."""
+    return packer_for(config.packing, bucket_for(config.max_length, tuple(config.buckets)), data_ways,
+                      micro_batches)
 
 
 def encode_split(task: Task, split: str, tokenizer, config, train: bool) -> Features:
@@ -172,7 +180,7 @@ def programs(config, layout: sharding.Layout, runs: int = 1) -> list[Program]:
     length = bucket_for(config.max_length, tuple(config.buckets))
     eval_batch = programs_lib.pack(
         collate(task.example_features(config.eval_batch_size, length), range(config.eval_batch_size),
-                length, 0), packer_for(config, layout.data_ways))
+                length, 0), packer_of(config, layout.data_ways))
     params = programs_lib.abstract(nn.meta.unbox(models.abstract_params(model)), steps.state.params)
     tokens = programs_lib.computed_tokens(eval_batch)
     evaluate = programs_lib.Program(
@@ -182,7 +190,7 @@ def programs(config, layout: sharding.Layout, runs: int = 1) -> list[Program]:
         return [evaluate]
     batch = programs_lib.pack(
         collate(task.example_features(config.batch_size, length), range(config.batch_size), length, 0),
-        packer_for(config, layout.data_ways, config.grad_accum_steps))
+        packer_of(config, layout.data_ways, config.grad_accum_steps))
     state = train_state.abstract(model, steps.tx)
     teacher_params = None if teacher is None else programs_lib.abstract(
         nn.meta.unbox(models.abstract_params(teacher)), steps.teacher)
@@ -267,7 +275,7 @@ def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config
         started = time.perf_counter()
         outputs = predict(eval_step, params, task, features, config.eval_batch_size, pad_id,
                           tuple(config.buckets), layout,
-                          packer_for(config, layout.data_ways))
+                          packer_of(config, layout.data_ways))
         seconds = time.perf_counter() - started
         log.info("Evaluated %s: %d rows in %.1f s (%.0f rows/s)", split, len(features), seconds,
                  len(features) / max(seconds, 1e-9))
@@ -287,19 +295,28 @@ def evaluate_splits(eval_step, params, task, splits: dict[str, Features], config
 STACKED_FIELDS = ("seed", "lr")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Fine-tunes `config.model` on `config.task`, evaluating and checkpointing as configured.
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       layout: sharding.Layout | None = None) -> dict[str, Any]:
+    """Fine-tunes `config.model` on `config.task`, evaluating and checkpointing as configured, on
+    `layout` (from the job's preamble, `checks.start`, which runs here when none is given).
 
     Every check (workdir, config, model, data) runs before the first write."""
-    return _fine_tune([config], [workdir], stacked=False)[0]
+    if layout is None:
+        layout = checks.start([(config, workdir)])
+    return _fine_tune([(config, workdir)], layout, stacked=False)[0]
 
 
-def train_and_evaluate_stacked(configs: list, dirs: list[str]) -> list[dict[str, Any]]:
+def train_and_evaluate_stacked(configs: list, dirs: list[str],
+                               layout: sharding.Layout | None = None) -> list[dict[str, Any]]:
     """Fine-tunes K configs that differ only in STACKED_FIELDS as K runs stacked in one program
     (one compiled step, the runs axis over the mesh's `runs` axis); each run writes its workdir
     (checkpoints, metrics, best/, model/, results.json) as `train_and_evaluate` alone would, and
     equals that run to float32 rounding. Returns each run's results."""
-    return _fine_tune(list(configs), list(dirs), stacked=True)
+    runs = list(zip(configs, dirs))
+    if layout is None:
+        layout = checks.start(runs)
+    check_stackable(list(configs), layout)
+    return _fine_tune(runs, layout, stacked=True)
 
 
 def check_stackable(configs, layout: sharding.Layout) -> None:
@@ -324,27 +341,106 @@ def check_stackable(configs, layout: sharding.Layout) -> None:
             "whose runs axis divides their number.")
 
 
-def _fine_tune(configs: list, dirs: list[str], stacked: bool) -> list[dict[str, Any]]:
-    """The fine-tuning job for one run (`stacked` False) or K runs stacked; see the two above."""
-    for directory in dirs:
-        workdirs.probe(directory)
-    config = configs[0]  # every field but STACKED_FIELDS is the same in each
-    layout = sharding.Layout.from_config(config)
-    checks.validate(config, layout)
-    if stacked:
-        check_stackable(configs, layout)
-    for c, directory in zip(configs, dirs):
-        workdirs.check_resume(c, directory)
+@dataclasses.dataclass
+class Run:
+    """One run of a fine-tuning job, alone or one of K stacked: its config and workdir, its
+    checkpoints, its state (from its seed or its latest checkpoint, then its final one) and the step
+    it started at, the scores its last evaluation keeps, and what it ends with (params and results)."""
+    config: ml_collections.ConfigDict
+    workdir: str
+    state: Any
+    checkpoints: Checkpoints | None = None
+    start: int = 0
+    final: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    exported: Any = None
+    results: dict[str, Any] | None = None
+
+    @property
+    def predictions(self) -> str:
+        return os.path.join(self.workdir, "predictions")
+
+    def resume(self, checkpoints: Checkpoints) -> None:
+        """Opens the run's checkpoints and resumes from its latest one, if any (onto this run's
+        shardings, whatever mesh wrote it)."""
+        self.checkpoints = checkpoints
+        if checkpoints.latest_step() is not None:
+            self.state = checkpoints.restore(self.state)
+            log.info("Resumed from %s at step %d", self.workdir, int(self.state.step))
+        self.start = int(self.state.step)
+
+
+def _fine_tune(started: list[tuple[Any, str]], layout: sharding.Layout,
+               stacked: bool) -> list[dict[str, Any]]:
+    """The fine-tuning job for its (config, workdir) runs, past their preamble: one run
+    (`stacked` False) or K stacked; see the two above."""
+    config = started[0][0]  # every field but STACKED_FIELDS is the same in each
     task = build_task(config)
-    loaded = [load_model(c, task, layout) for c in configs]  # each run's new head from its seed
-    model, _, tokenizer = loaded[0]
-    teacher = teacher_params = None
-    if config.teacher:
-        teacher, teacher_params, teacher_tokenizer = load_model(
-            config, task, layout, require_trained_head=True, path=config.teacher)
-        if teacher_tokenizer.backend.get_vocab() != tokenizer.backend.get_vocab():
-            raise TrainingError(f"The teacher {config.teacher} tokenizes differently from "
-                                f"{config.model}; task distillation needs one vocabulary.")
+    model = abstract_model(config, task)
+    tokenizer = load_tokenizer(config, model)
+    teacher = _teacher(config, task, tokenizer) if config.teacher else None
+    train, evals, tests, steps_per_epoch = _splits(config, task, tokenizer)
+    total_steps = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
+    steps = build_steps(config, model, teacher, task.head, layout, total_steps, stacked)
+    teacher_params = None if teacher is None else load_params(config, task, steps.teacher, config.teacher)
+    runs = [Run(c, d, train_state.place(load_params(c, task, steps.state.params), steps.tx, c.seed,
+                                        steps.state))  # each run's new head from its seed
+            for c, d in started]
+
+    with contextlib.ExitStack() as contexts:
+        for run in runs:
+            run.resume(contexts.enter_context(
+                Checkpoints(run.workdir, config.keep_checkpoints, task.metric_for_best)))
+        for run in runs:
+            workdirs.record(run.config, run.workdir)  # every check has passed: this start is on record
+        log.info("Fine-tuning %s on %s: %d training examples, %d steps (%.3g epochs) of %d, from "
+                 "step %s, %s on %d %s device(s), %s compute", config.model, task.name, len(train),
+                 total_steps, total_steps / steps_per_epoch, config.batch_size,
+                 ",".join(str(run.start) for run in runs),
+                 f"{len(runs)} runs stacked" if stacked else "one run",
+                 jax.device_count(), jax.devices()[0].platform, config.dtype)
+        state, step_fn, batches, part = _training(runs, steps, teacher_params, train,
+                                                  tokenizer.pad_token_id, layout, stacked)
+        evaluate = lambda params, splits, predictions=None: evaluate_splits(
+            steps.eval, params, task, splits, config, tokenizer.pad_token_id, layout, model.config,
+            predictions)
+        eval_every = config.eval_every or steps_per_epoch
+        started_at = time.perf_counter()
+        state = loop.run_stacked(
+            state, step_fn, batches,
+            loop.Schedule(total_steps, config.log_every, config.checkpoint_every, eval_every),
+            [loop.Run(run.workdir, run.checkpoints, contexts.enter_context(MetricWriter(run.workdir)),
+                      Progress(total_steps, config.batch_size, run.start),
+                      _keep_best(evaluate, run, evals, tests, total_steps),
+                      _early_stop(run.checkpoints, config.early_stopping_patience, eval_every),
+                      run.start)
+             for run in runs], part)
+        train_seconds = time.perf_counter() - started_at
+        shared = {"task": task.name, "head": task.head, "model": config.model,
+                  "total_steps": total_steps, "train_examples": len(train),
+                  "mesh": dict(layout.mesh.shape), "teacher": config.teacher or None}
+        for i, run in enumerate(runs):
+            run.state = state if part is None else part(state, i)
+            run.exported, run.results = _finish(run, evaluate, {**evals, **tests}, shared, train_seconds)
+            if stacked:
+                run.results["stacked_runs"] = len(runs)
+    for run in runs:
+        _export(run, model, tokenizer, layout)
+    return [run.results for run in runs]
+
+
+def _teacher(config, task: Task, tokenizer):
+    """The fine-tuned teacher of a task distillation (no weights), refused unless it was trained
+    on this task and tokenizes as the student does."""
+    teacher = abstract_model(config, task, config.teacher, require_trained_head=True)
+    if load_tokenizer(config, teacher, config.teacher).backend.get_vocab() != tokenizer.backend.get_vocab():
+        raise TrainingError(f"The teacher {config.teacher} tokenizes differently from "
+                            f"{config.model}; task distillation needs one vocabulary.")
+    return teacher
+
+
+def _splits(config, task: Task, tokenizer) -> tuple[Features, dict, dict, int]:
+    """(the training split, the eval splits, the predict splits, steps per epoch), encoded;
+    refused when the training split holds less than one batch."""
     train = encode_split(task, "train", tokenizer, config, train=True)
     evals = {s: encode_split(task, s, tokenizer, config, train=False) for s in config.eval_splits}
     tests = {s: encode_split(task, s, tokenizer, config, train=False) for s in config.predict_splits}
@@ -352,107 +448,46 @@ def _fine_tune(configs: list, dirs: list[str], stacked: bool) -> list[dict[str, 
     if steps_per_epoch == 0:
         raise DataError(f"The {task.name} training split has {len(train)} rows, fewer than one "
                         f"batch of batch_size={config.batch_size}.")
-    total_steps = config.max_steps if config.max_steps > 0 else int(config.num_epochs * steps_per_epoch)
-    steps = build_steps(config, model, teacher, task.head, layout, total_steps, stacked)
-    state_shardings = steps.state
-    states = [train_state.create(model, params, steps.tx, c.seed, layout)[0]
-              for (_, params, _), c in zip(loaded, configs)]
-    del loaded
-
-    with contextlib.ExitStack() as contexts:
-        checkpoints = [contexts.enter_context(Checkpoints(d, config.keep_checkpoints, task.metric_for_best))
-                       for d in dirs]
-        for i, (saved, directory) in enumerate(zip(checkpoints, dirs)):
-            if saved.latest_step() is not None:
-                states[i] = saved.restore(states[i])  # onto this run's shardings, whatever mesh wrote it
-                log.info("Resumed from %s at step %d", directory, int(states[i].step))
-        for c, directory in zip(configs, dirs):
-            workdirs.record(c, directory)  # every check has passed: this start is on record
-        starts = [int(state.step) for state in states]
-        log.info("Fine-tuning %s on %s: %d training examples, %d steps (%.3g epochs) of %d, from "
-                 "step %s, %s on %d %s device(s), %s compute", config.model, task.name, len(train),
-                 total_steps, total_steps / steps_per_epoch, config.batch_size,
-                 ",".join(map(str, starts)), f"{len(configs)} runs stacked" if stacked else "one run",
-                 jax.device_count(), jax.devices()[0].platform, config.dtype)
-        eval_step = steps.eval
-        process = (jax.process_index(), jax.process_count())
-        first = min(starts)
-        if stacked:
-            lrs = jax.device_put(np.array([c.lr for c in configs], np.float32),
-                                 layout.stacked(layout.replicated))
-            on = layout.stacked(layout.replicated)
-            step_fn = lambda state, batch, active: steps.train(
-                state, teacher_params, batch, lrs, jax.device_put(active, on))
-            batches = prefetch(layout.put_stacked_batch(batch) for batch in stacked_train_batches(
-                train, config.batch_size, [c.seed for c in configs], first, tokenizer.pad_token_id,
-                tuple(config.buckets), process, packer_for(config, layout.data_ways)))
-            part = train_state.take(state_shardings, layout)
-            state = train_state.stack(states, state_shardings, layout)
-        else:
-            step_fn = lambda state, batch, active: steps.train(state, teacher_params, batch)
-            batches = prefetch(layout.put_batch(batch) for batch in train_batches(
-                train, config.batch_size, config.seed, first, tokenizer.pad_token_id,
-                tuple(config.buckets), process,
-                packer_for(config, layout.data_ways, config.grad_accum_steps)))
-            part, state = None, states[0]
-        del states
-        evaluate = lambda params, splits, predictions=None: evaluate_splits(
-            eval_step, params, task, splits, config, tokenizer.pad_token_id, layout, model.config,
-            predictions)
-        eval_every = config.eval_every or steps_per_epoch
-        runs, finals = [], []
-        for saved, directory, start in zip(checkpoints, dirs, starts):
-            final: dict[str, dict[str, float]] = {}
-            runs.append(loop.Run(directory, saved, contexts.enter_context(MetricWriter(directory)),
-                                 Progress(total_steps, config.batch_size, start),
-                                 _keep_best(evaluate, saved, evals, tests, total_steps, final,
-                                            os.path.join(directory, "predictions")),
-                                 _early_stop(saved, config.early_stopping_patience, eval_every)))
-            finals.append(final)
-        started = time.perf_counter()
-        state = loop.run_stacked(
-            state, step_fn, batches,
-            loop.Schedule(total_steps, config.log_every, config.checkpoint_every, eval_every),
-            runs, starts, part)
-        train_seconds = time.perf_counter() - started
-        exports, results = [], []
-        for i, (saved, directory, start) in enumerate(zip(checkpoints, dirs, starts)):
-            params, result = _finish(state if part is None else part(state, i), saved, evaluate,
-                                     {**evals, **tests}, finals[i], os.path.join(directory, "predictions"),
-                                     config.export)
-            end = result.pop("end")
-            result = {"task": task.name, "head": task.head, "model": config.model,
-                      "total_steps": total_steps, "train_examples": len(train),
-                      "mesh": dict(layout.mesh.shape), "teacher": config.teacher or None, **result,
-                      "train_seconds_this_run": train_seconds, "steps_this_run": end - start}
-            if end < total_steps:
-                result["stopped_early_at"] = end
-            if stacked:
-                result["stacked_runs"] = len(configs)
-            exports.append(params)
-            results.append(result)
-    for c, directory, params, result in zip(configs, dirs, exports, results):
-        if config.save_model:
-            params = layout.to_host(params)
-            if jax.process_index() == 0:
-                hf.save_pretrained(os.path.join(directory, "model"), model, params, tokenizer)
-                storage.write_text(os.path.join(directory, "model", "README.md"), model_card(c, result))
-        workdirs.write_results(directory, result)
-    return results
+    return train, evals, tests, steps_per_epoch
 
 
-def _keep_best(evaluate, checkpoints: Checkpoints, evals, tests, total_steps: int, final: dict,
-               predictions_dir: str) -> Callable:
+def _training(runs: list[Run], steps: Steps, teacher_params, train: Features, pad_id: int,
+              layout: sharding.Layout, stacked: bool):
+    """(state, step_fn(state, batch, active), batches, part) that train the runs together: one run's
+    own state and step, or K runs' states stacked into one (each run's then held only there) and
+    `part(state, i)`, run i's state from it."""
+    config, first = runs[0].config, min(run.start for run in runs)
+    process = (jax.process_index(), jax.process_count())
+    if not stacked:
+        batches = prefetch(layout.put_batch(batch) for batch in train_batches(
+            train, config.batch_size, config.seed, first, pad_id, tuple(config.buckets), process,
+            packer_of(config, layout.data_ways, config.grad_accum_steps)))
+        state, runs[0].state = runs[0].state, None
+        return state, lambda state, batch, active: steps.train(state, teacher_params, batch), batches, None
+    on_runs = layout.stacked(layout.replicated)
+    lrs = jax.device_put(np.array([run.config.lr for run in runs], np.float32), on_runs)
+    step_fn = lambda state, batch, active: steps.train(state, teacher_params, batch, lrs,
+                                                       jax.device_put(active, on_runs))
+    batches = prefetch(layout.put_stacked_batch(batch) for batch in stacked_train_batches(
+        train, config.batch_size, [run.config.seed for run in runs], first, pad_id,
+        tuple(config.buckets), process, packer_of(config, layout.data_ways)))
+    state = train_state.stack([run.state for run in runs], steps.state, layout)
+    for run in runs:
+        run.state = None
+    return state, step_fn, batches, train_state.take(steps.state, layout)
+
+
+def _keep_best(evaluate, run: Run, evals, tests, total_steps: int) -> Callable:
     """One run's in-loop evaluation: dev metrics (and best params); at the last step also test
-    predictions and files, kept in `final`."""
+    predictions and files, kept in `run.final`."""
     def evaluate_and_keep_best(state, step):
         last = step == total_steps
         scores = evaluate(state.params, {**evals, **tests} if last else evals,
-                          predictions_dir if last else None)
+                          run.predictions if last else None)
         if scores:
-            checkpoints.save_best(step, state.params, next(iter(scores.values())))
+            run.checkpoints.save_best(step, state.params, next(iter(scores.values())))
         if last:
-            final.update(scores)
+            run.final.update(scores)
         return scores
     return evaluate_and_keep_best
 
@@ -465,22 +500,37 @@ def _early_stop(checkpoints: Checkpoints, patience: int, eval_every: int) -> Cal
     return stop
 
 
-def _finish(state, checkpoints: Checkpoints, evaluate, splits, final: dict, predictions_dir: str,
-            export: str) -> tuple[Any, dict[str, Any]]:
-    """(the params model/ exports, the results they earn) for one run's final state: the best
-    evaluation's params under export="best", evaluated again unless the last evaluation was theirs."""
-    end = int(jax.device_get(state.step))
-    params, exported = state.params, end
-    if export == "best" and checkpoints.best_step() not in (None, end):
+def _finish(run: Run, evaluate, splits, shared: dict, train_seconds: float) -> tuple[Any, dict]:
+    """(the params model/ exports, the results they earn: `shared` and the run's own) for a run's
+    final state: the best evaluation's params under export="best", evaluated again unless the last
+    evaluation was theirs."""
+    end = int(jax.device_get(run.state.step))
+    params, exported, final, checkpoints = run.state.params, end, run.final, run.checkpoints
+    if run.config.export == "best" and checkpoints.best_step() not in (None, end):
         exported = checkpoints.best_step()
-        params = checkpoints.restore_best(state.params)
+        params = checkpoints.restore_best(run.state.params)
         final = {}  # results and predictions describe the exported params
     if not final:  # stopped early, finished before, or exporting the best: evaluate those params
-        final = evaluate(params, splits, predictions_dir)
-    result = {"eval": final, "exported_step": exported, "end": end}
+        final = evaluate(params, splits, run.predictions)
+    result = {**shared, "eval": final, "exported_step": exported}
     if checkpoints.best_step() is not None:
         result["best_step"] = checkpoints.best_step()
+    result.update(train_seconds_this_run=train_seconds, steps_this_run=end - run.start)
+    if end < shared["total_steps"]:
+        result["stopped_early_at"] = end
     return params, result
+
+
+def _export(run: Run, model, tokenizer, layout: sharding.Layout) -> None:
+    """A finished run's model/ (its exported params, tokenizer and model card, if `save_model`) and
+    results.json."""
+    if run.config.save_model:
+        params = layout.to_host(run.exported)
+        if jax.process_index() == 0:
+            hf.save_pretrained(os.path.join(run.workdir, "model"), model, params, tokenizer)
+            storage.write_text(os.path.join(run.workdir, "model", "README.md"),
+                               model_card(run.config, run.results))
+    workdirs.write_results(run.workdir, run.results)
 
 
 def model_card(config, results: dict) -> str:
@@ -504,19 +554,22 @@ def model_card(config, results: dict) -> str:
         "Recipe:", "", *(f"- {k}: {v!r}" for k, v in recipe.items()), ""])
 
 
-def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Evaluates a fine-tuned checkpoint (`config.model`) on `config.eval_splits` (+ predictions)."""
-    workdirs.probe(workdir)
-    layout = sharding.Layout.from_config(config)
-    checks.validate(config, layout)
-    workdirs.check_resume(config, workdir)
+def evaluate_only(config: ml_collections.ConfigDict, workdir: str,
+                  layout: sharding.Layout | None = None) -> dict[str, Any]:
+    """Evaluates a fine-tuned checkpoint (`config.model`) on `config.eval_splits` (+ predictions),
+    on `layout` (from the job's preamble, `checks.start`, which runs here when none is given)."""
+    if layout is None:
+        layout = checks.start([(config, workdir)])
     task = build_task(config)
-    model, params, tokenizer = load_model(config, task, layout, require_trained_head=True)
+    model = abstract_model(config, task, require_trained_head=True)
+    tokenizer = load_tokenizer(config, model)
     splits = {s: encode_split(task, s, tokenizer, config, train=False)
               for s in (*config.eval_splits, *config.predict_splits)}
+    shardings = layout.params(model)
+    params = load_params(config, task, shardings)
     workdirs.record(config, workdir)
-    scores = evaluate_splits(make_eval_step(model, layout.params(model), layout), params, task,
-                             splits, config, tokenizer.pad_token_id, layout, model.config,
+    scores = evaluate_splits(make_eval_step(model, shardings, layout), params, task, splits, config,
+                             tokenizer.pad_token_id, layout, model.config,
                              os.path.join(workdir, "predictions"))
     results = {"task": task.name, "model": config.model, "eval": scores}
     workdirs.write_results(workdir, results)

@@ -35,13 +35,15 @@ class Schedule:
 @dataclasses.dataclass
 class Run:
     """One run's share of a loop: its workdir, checkpoints, metric writer and progress line, its
-    evaluation `(state, step) -> {split: metrics}` and its early stopping `stop(step) -> bool`."""
+    evaluation `(state, step) -> {split: metrics}`, its early stopping `stop(step) -> bool` and the
+    step it starts at."""
     workdir: str
     checkpoints: Checkpoints
     writer: MetricWriter
     progress: Progress
     evaluate: Callable[[Any, int], dict[str, dict[str, float]]] | None = None
     stop: Callable[[int], bool] | None = None
+    start: int = 0
 
 
 def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, workdir: str,
@@ -60,19 +62,20 @@ def run(state, step_fn: Callable, batches: Iterator, schedule: Schedule, *, work
     stops the run before its state is saved, naming the step and the metric.
     """
     return run_stacked(state, lambda state, batch, active: step_fn(state, batch), batches, schedule,
-                       [Run(workdir, checkpoints, writer, progress, evaluate, stop)],
-                       [int(jax.device_get(state.step))])
+                       [Run(workdir, checkpoints, writer, progress, evaluate, stop,
+                            int(jax.device_get(state.step)))])
 
 
 def run_stacked(state, step_fn: Callable, batches: Iterator, schedule: Schedule, runs: list[Run],
-                starts: list[int], part: Callable[[Any, int], Any] | None = None):
+                part: Callable[[Any, int], Any] | None = None):
     """`run` for K runs held in one state: `step_fn(state, batch, active)` advances run i where
     `active[i]` (a numpy bool per run), and `part(state, i)` is run i's own state (None: one run,
-    not stacked, which is the state itself). Run i starts at `starts[i]`; step s updates it only
+    not stacked, which is the state itself). Run i starts at `runs[i].start`; step s updates it only
     while it is at step s-1 and has not stopped, so runs resumed at different steps catch up with
     the others and an early-stopped run stops updating while the others go on. Each run logs,
     evaluates, checkpoints and stops in its own workdir exactly as `run` describes."""
-    steps, pending = list(starts), []  # each run's step (known here), unfetched (step, active, metrics)
+    steps = [r.start for r in runs]  # each run's step (known here)
+    pending = []  # unfetched (step, active, metrics)
     stopped = [r.stop is not None and r.stop(s) for r, s in zip(runs, steps)]
     own = (lambda tree, i: tree) if part is None else part
     metrics_of = (lambda m, i: m) if part is None else (lambda m, i: {k: v[i] for k, v in m.items()})

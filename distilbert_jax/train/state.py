@@ -100,9 +100,14 @@ def create(model, params, tx: optax.GradientTransformation, seed: int,
            layout: sharding.Layout) -> tuple[TrainState, TrainState]:
     """(the initial state, its shardings): built directly in place, params moved to their shards."""
     placed = shardings(model, tx, layout)
-    state = jax.jit(lambda p: initial(p, tx, seed), out_shardings=placed)(
+    return place(params, tx, seed, placed), placed
+
+
+def place(params, tx: optax.GradientTransformation, seed: int, placed: TrainState) -> TrainState:
+    """The initial state built directly on `placed` (a state's shardings, computed once per model
+    by `shardings`), params moved to their shards."""
+    return jax.jit(lambda p: initial(p, tx, seed), out_shardings=placed)(
         jax.device_put(params, placed.params))
-    return state, placed
 
 
 def stack(trees, shardings, layout: sharding.Layout):
