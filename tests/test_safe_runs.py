@@ -250,6 +250,7 @@ def test_the_command_line_stops_a_refused_checkpoint_in_one_sentence(tiny_model,
         "save = checkpoint.Checkpoints.save\n"
         "def refused_after_the_first(self, step, state):\n"
         "    if self.latest_step() is not None:\n"
+        "        self.wait()  # the first checkpoint is on disk: the disk fills after it\n"
         "        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
         "    save(self, step, state)\n"
