@@ -18,11 +18,9 @@ functions (see `jobs.JOBS`) that tests and notebooks call directly.
 """
 
 import json
-import logging
 import os
 import shlex
 import sys
-import threading
 
 from absl import app, flags
 
@@ -36,52 +34,11 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes the job has.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
-# Libraries whose background threads write files (orbax's checkpoint threads and asyncio tasks,
-# tensorboardX's event writer): a write they fail is reported by the job as one sentence
-# (io.WriteError), so their own tracebacks, logged from those threads or printed when their objects
-# are finalised at exit, are not shown too.
-BACKGROUND_WRITERS = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorboardX{os.sep}")
-
-
-def _from_background_writer(tb) -> bool:
-    while tb is not None:
-        if any(p in tb.tb_frame.f_code.co_filename for p in BACKGROUND_WRITERS):
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def _background_write_failure(record: logging.LogRecord) -> bool:
-    """False (drop it) for an error record about a background writer's failure."""
-    if record.levelno < logging.ERROR:
-        return True
-    if any(p in record.pathname for p in BACKGROUND_WRITERS):
-        return False
-    return not (record.exc_info and _from_background_writer(record.exc_info[2]))
-
-
-def _quiet_background_writers() -> None:
-    for name in ("absl", "asyncio"):
-        logging.getLogger(name).addFilter(_background_write_failure)
-    default = sys.unraisablehook
-
-    def hook(unraisable):
-        if not _from_background_writer(unraisable.exc_traceback):
-            default(unraisable)
-    sys.unraisablehook = hook
-    default_thread_hook = threading.excepthook
-
-    def thread_hook(args):
-        if not _from_background_writer(args.exc_traceback):
-            default_thread_hook(args)
-    threading.excepthook = thread_hook
-
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     startup.setup_logging()
-    _quiet_background_writers()
     config = startup.load_config()
     # The process-wide settings, once, before anything touches a device (settings.py).
     settings.configure(deterministic_ops=config.deterministic, compilation_cache_dir=(

@@ -168,16 +168,22 @@ class WriteError(UserError, OSError):
         return self.strerror or super().__str__()
 
 
+# Why a write was refused, by errno, in words (the same for a file and for an orbax checkpoint).
+_REFUSALS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the folder is read-only",
+             errno.EACCES: "the folder is not writable", errno.EPERM: "the folder is not writable",
+             errno.ENOENT: "its folder does not exist (or was removed)",
+             errno.EFBIG: "the file is larger than this process may write (ulimit -f)"}
+
+
+def refusal(code: int | None, error: BaseException) -> str:
+    """Why the write of `error` (errno `code`) was refused, as words; else the error's first line."""
+    return _REFUSALS.get(code) or first_line(error)
+
+
 def write_error(path: str | os.PathLike, error: OSError) -> WriteError:
     """`error` (ENOSPC, EROFS, EACCES, ENOENT, ...) as one sentence naming `path`."""
-    reason = error.strerror or str(error) or type(error).__name__
-    if error.errno == errno.ENOSPC:
-        reason = "no space left on the device"
-    elif error.errno == errno.ENOENT:
-        reason = "its folder does not exist (or was removed)"
-    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        reason = f"the folder is not writable ({error.strerror})"
-    return WriteError(error.errno, f"cannot write {os.fspath(path)}: {reason}")
+    return WriteError(error.errno, f"cannot write {os.fspath(path)}: "
+                                   f"{_REFUSALS.get(error.errno) or error.strerror or first_line(error)}")
 
 
 @contextlib.contextmanager

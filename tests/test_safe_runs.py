@@ -228,6 +228,53 @@ def test_the_command_line_stops_a_non_finite_run_in_one_sentence(tiny_model, tmp
     assert "Event loop is closed" not in result.stderr and "Traceback" not in result.stderr
 
 
+def test_the_command_line_stops_a_refused_checkpoint_in_one_sentence(tiny_model, tmp_path):
+    """The disk refuses writes from the second checkpoint on (`ulimit -f` set at that save): exit 2,
+    the sentence last, the first checkpoint restorable, and no process-wide hook installed that
+    could hide a library's traceback (orbax logs its own, which may print above the sentence)."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = write_sst2(tmp_path / "SST-2")
+    (tmp_path / "cfg.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.join(repo, 'tests')!r})\n"
+        "from conftest import tiny_config\n"
+        "def get_config(arg=''):\n"
+        f"    return tiny_config({tiny_model!r}, {str(data)!r}, 'sst2', max_steps=4, checkpoint_every=2,\n"
+        "                       save_model=False)\n")
+    script = (
+        "import resource, signal, sys, threading\n"
+        "from distilbert_jax import main\n"
+        "from distilbert_jax.train import checkpoint\n"
+        "save = checkpoint.Checkpoints.save\n"
+        "def refused_after_the_first(self, step, state):\n"
+        "    if self.latest_step() is not None:\n"
+        "        self.wait()  # the first checkpoint is on disk: the disk fills after it\n"
+        "        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "    save(self, step, state)\n"
+        "checkpoint.Checkpoints.save = refused_after_the_first\n"
+        "try:\n"
+        "    main.cli()\n"
+        "finally:\n"
+        "    print('hooks untouched:', sys.unraisablehook is sys.__unraisablehook__\n"
+        "          and threading.excepthook is threading.__excepthook__)\n")
+    result = subprocess.run([sys.executable, "-c", script, f"--config={tmp_path / 'cfg.py'}",
+                             f"--workdir={tmp_path / 'run'}"], cwd=repo, capture_output=True, text=True,
+                            timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert lines[-1].startswith("error: cannot write ") and "ulimit -f" in lines[-1], lines[-1]
+    assert "hooks untouched: True" in result.stdout
+    with Checkpoints(str(tmp_path / "run")) as checkpoints:
+        assert checkpoints.latest_step() == 2
+    resumed = subprocess.run([sys.executable, "-m", "distilbert_jax.main", f"--config={tmp_path / 'cfg.py'}",
+                              f"--workdir={tmp_path / 'run'}"], cwd=repo, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]  # the same command resumes from step 2
+
+
 def test_a_field_added_since_a_run_started_counts_at_what_the_run_did():
     """A workdir written before `packing` existed resumes unpacked, and only unpacked."""
     from distilbert_jax.train import finetune, workdir

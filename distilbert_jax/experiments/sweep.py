@@ -27,8 +27,8 @@ import statistics
 import sys
 from typing import Any
 
-from distilbert_jax import configs, errors, jobs, settings, storage
-from distilbert_jax.config import did_you_mean
+from distilbert_jax import configs, errors, jobs, settings, startup, storage
+from distilbert_jax.config import ConfigError, did_you_mean
 from distilbert_jax.metrics import glue_score
 from distilbert_jax.train import finetune, preemption, workdir as workdirs
 
@@ -51,7 +51,7 @@ def parse_set(items) -> dict[str, str]:
         key, eq, value = item.partition("=")
         key = key.removeprefix("--").removeprefix("config.")
         if not eq or not key:
-            raise ValueError(f"--set={item} is not of the form field=value (or --config.field=value).")
+            raise ConfigError(f"--set={item} is not of the form field=value (or --config.field=value).")
         overrides[key] = value
     return overrides
 
@@ -87,7 +87,7 @@ def load_config(path: str, arg: str, overrides: dict[str, str]):
             node = node.get(part) if hasattr(node, "get") else None
         if not hasattr(node, "keys") or name not in node:
             hint = did_you_mean(key, config.keys())
-            raise ValueError(f"the config has no field {key!r}"
+            raise ConfigError(f"the config has no field {key!r}"
                              + (hint if hint else "; see the config file for the fields it has."))
         node[name] = _value(value)
     return config
@@ -101,7 +101,7 @@ def run_sweep(args) -> list[str]:
     lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else list(default.get("lr", ()))
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else list(default.get("seed", ()))
     if not lrs or not seeds:
-        raise ValueError(f"{args.config} has no SWEEP grid: give --lrs and --seeds.")
+        raise ConfigError(f"{args.config} has no SWEEP grid: give --lrs and --seeds.")
     points = grid(tasks, lrs, seeds)
     if args.launcher == "local" and (args.stacked or default.get("stacked", False)):
         return run_stacked(args.config, points, overrides, args.root)
@@ -245,6 +245,7 @@ def main(argv=None):
     t = sub.add_parser("table")
     t.add_argument("--root", required=True)
     args = parser.parse_args(argv)
+    startup.setup_logging()  # the package's notices, as main prints them
     settings.configure()  # main's process-wide settings (deterministic GPU reductions: exact resume)
     try:
         if args.command == "run":

@@ -3,16 +3,19 @@
 Orbax writes each step to a temporary directory and renames it when complete (on gs://, where a
 rename is not atomic, it writes in place and commits with a marker file), so a run killed at any
 moment leaves the previous checkpoints intact. Saves are asynchronous: a save the disk refuses
-(full, read-only, the folder gone) surfaces at the next save or wait as one storage.WriteError naming the
-directory, and leaving the `with` block waits for every background write, so no orbax thread is
-still writing when the process exits. States are saved as plain nested dicts
+(full, read-only, the folder gone) surfaces at the next save, wait or close as one storage.WriteError
+naming the directory, and leaving the `with` block waits for every background write, so no orbax
+thread is still writing when the process exits. Orbax itself logs each such failure (with its
+traceback, through absl) from the thread that met it; those lines stay, the sentence comes last.
+States are saved as plain nested dicts
 (`flax.serialization.to_state_dict`) and restored onto the structure of a freshly built state.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import logging
+import re
 
 import flax.serialization
 import jax
@@ -26,6 +29,11 @@ from distilbert_jax.hf import CheckpointError
 # The tests' local GCS emulator lacks the conditional writes its manifest needs, so they turn it off.
 USE_OCDBT = True
 
+# A step's folder is created by save() itself, so a read-only or vanished workdir fails there. Created
+# in the background (orbax's default), a refused mkdir left orbax's other save threads waiting 20
+# minutes for its signal, and the process could not exit until they gave up (orbax 0.11.36).
+_OPTIONS = dict(create=True, async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+
 
 class Checkpoints:
     """`<workdir>/checkpoints` (latest `keep` states) and `<workdir>/best` (best params, one), on a
@@ -36,25 +44,25 @@ class Checkpoints:
                  best_mode: str = "max"):
         self.latest = ocp.CheckpointManager(
             storage.resolve(storage.join(workdir, "checkpoints")),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, **_OPTIONS),
             item_handlers=ocp.StandardCheckpointHandler(use_ocdbt=USE_OCDBT))
         self.best = None
         if best_metric:
             self.best = ocp.CheckpointManager(
                 storage.resolve(storage.join(workdir, "best")),
                 options=ocp.CheckpointManagerOptions(
-                    max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode=best_mode),
+                    max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode, **_OPTIONS),
                 item_handlers=ocp.StandardCheckpointHandler(use_ocdbt=USE_OCDBT))
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
     def save(self, step: int, state) -> None:
-        with self._writing(self.latest, step):
+        with self._writing(self.latest):
             self.latest.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
 
     @contextlib.contextmanager
-    def _writing(self, manager, step: int | None = None):
+    def _writing(self, manager):
         """Orbax's errors from writing (this save, or an earlier asynchronous one) as one
         storage.WriteError naming the directory."""
         try:
@@ -62,7 +70,7 @@ class Checkpoints:
         except Exception as e:  # orbax re-raises tensorstore's ValueError or an OSError
             if isinstance(e, storage.WriteError):
                 raise
-            raise _write_error(manager.directory, e, step) from None
+            raise _write_error(manager.directory, e) from None
 
     def restore(self, target, step: int | None = None):
         """The saved state at `step` (default latest), placed like `target`; a checkpoint of
@@ -81,7 +89,7 @@ class Checkpoints:
 
     def save_best(self, step: int, params, metrics: dict[str, float]) -> None:
         if self.best is not None:
-            with self._writing(self.best, step):
+            with self._writing(self.best):
                 self.best.save(step, args=ocp.args.StandardSave(params), metrics=metrics)
 
     def best_step(self) -> int | None:
@@ -100,20 +108,23 @@ class Checkpoints:
                     manager.wait_until_finished()
 
     def close(self, quietly: bool = False) -> None:
-        """Waits for async writes to finish, then releases the managers; `quietly` (an error is
-        already on its way out) still waits for every one, without raising theirs."""
+        """Waits for every asynchronous write, then releases the managers. A write that failed is one
+        storage.WriteError, raised once both are closed; `quietly` (another error is on its way
+        out) logs its sentence instead."""
+        failure = None
         for manager in (self.latest, self.best):
             if manager is None:
                 continue
             try:
                 with self._writing(manager):
-                    manager.wait_until_finished()
-                    manager.close()
-            except storage.WriteError:
-                if not quietly:
-                    raise
-                # Not closed: closing orbax's event loop under tensorstore writes still failing
-                # makes each of them print a traceback; the process is on its way out.
+                    manager.close()  # waits first: a failed save is raised here
+            except storage.WriteError as e:
+                failure = failure or e
+                manager.close()  # the failure is consumed: this releases orbax's threads
+        if failure is not None:
+            if not quietly:
+                raise failure
+            logging.getLogger(__name__).error("a checkpoint write failed too: %s", failure)
 
     def __enter__(self) -> "Checkpoints":
         return self
@@ -122,21 +133,12 @@ class Checkpoints:
         self.close(quietly=exc_type is not None)
 
 
-def _write_error(directory, error: Exception, step: int | None) -> storage.WriteError:
+def _write_error(directory, error: Exception) -> storage.WriteError:
     """Orbax's failure (a tensorstore ValueError such as 'RESOURCE_EXHAUSTED ... No space left on
     device [os_error_code='28']', or an OSError) as one sentence naming the directory."""
-    what = f"a checkpoint in {directory}"  # this save's, or an earlier asynchronous one's
-    text = str(error)
     code = getattr(error, "errno", None)
-    if code is None:
-        for name, number in (("No space left", errno.ENOSPC), ("Read-only file system", errno.EROFS),
-                             ("Permission denied", errno.EACCES), ("No such file", errno.ENOENT)):
-            if name in text:
-                code = number
-                break
-    reason = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the folder is read-only",
-              errno.EACCES: "the folder is not writable", errno.EPERM: "the folder is not writable",
-              errno.ENOENT: "its folder does not exist (or was removed)"}.get(code)
-    if reason is None:
-        reason = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)[:200]
-    return storage.WriteError(code, f"cannot write {what}: {reason}; the checkpoints written before it are intact")
+    match = re.search(r"os_error_code='(\d+)'", str(error))
+    if code is None and match:
+        code = int(match.group(1))
+    return storage.WriteError(code, f"cannot write a checkpoint in {directory}: "  # this save's, or an earlier one's
+                              f"{storage.refusal(code, error)}; the checkpoints written before it are intact")

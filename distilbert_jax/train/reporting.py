@@ -1,6 +1,7 @@
 """Metrics a person can plot (TensorBoard events + metrics.jsonl) and a progress line with an ETA.
 
-Only process 0 writes; every other process gets writers that do nothing.
+Only process 0 writes; every other process gets writers that do nothing. Both files are written on
+the calling thread, so a write the disk refuses is raised where it is made (one storage.WriteError).
 """
 
 from __future__ import annotations
@@ -16,15 +17,21 @@ from distilbert_jax import storage
 
 
 class MetricWriter:
-    """Scalars to `<workdir>/tb` (TensorBoard) and `<workdir>/metrics.jsonl` (one JSON per write)."""
+    """Scalars to `<workdir>/tb` (TensorBoard) and `<workdir>/metrics.jsonl` (one JSON per write).
+
+    The events go through tensorboardX's synchronous EventsWriter, flushed at each write, not its
+    SummaryWriter: that one writes from a thread which, on a full disk, dies with its own traceback
+    and leaves the next scalars blocking on its full queue (measured with tensorboardX 2.6.5)."""
 
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
         storage.makedirs(workdir)
-        self.tb = SummaryWriter(storage.join(workdir, "tb"))
+        self.tb_dir = storage.join(workdir, "tb")
+        storage.makedirs(self.tb_dir)
+        self.tb = self._guarded(EventsWriter, storage.join(self.tb_dir, "events"), path=self.tb_dir)
         self.path = storage.join(workdir, "metrics.jsonl")
         # a local log stays open and is flushed line by line; a remote one is rewritten per write
         self.jsonl = None if storage.is_remote(self.path) else self._guarded(open, self.path, "a", encoding="utf-8")
@@ -32,9 +39,14 @@ class MetricWriter:
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
         scalars = {k: float(v) for k, v in scalars.items()}
+        now = time.time()
         for key, value in scalars.items():
-            self._guarded(self.tb.add_scalar, key, value, step, path=self.tb.logdir)
+            event = Event(wall_time=now, step=step, summary=scalar(key, value))
+            self._guarded(self.tb.write_event, event, path=self.tb_dir)
+        self._guarded(self.tb.flush, path=self.tb_dir)
         line = json.dumps({"step": step, **scalars}) + "\n"
         if self.jsonl is None:
             with storage.appending(self.path) as f:
@@ -57,7 +69,7 @@ class MetricWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self._guarded(self.tb.close, path=self.tb.logdir)
+            self._guarded(self.tb.close, path=self.tb_dir)
             if self.jsonl is not None:
                 self._guarded(self.jsonl.close)
 
