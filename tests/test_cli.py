@@ -11,7 +11,7 @@ from distilbert_jax import jobs
 from distilbert_jax.data import DataError
 from distilbert_jax.hf import CheckpointError
 from distilbert_jax.train import finetune
-from conftest import tiny_config, write_sst2
+from conftest import make_tiny_model_dir, tiny_config, write_sst2
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,9 +53,9 @@ def test_checkpoint_whose_head_does_not_fit_the_task(tiny_model, tmp_path):
     data = write_sst2(tmp_path / "SST-2")
     with pytest.raises(finetune.TrainingError, match="needs a sequence_classification head"):
         jobs.run(tiny_config(tiny_model, data, "sst2", job="evaluate"), str(tmp_path / "w"))
+    three_classes = make_tiny_model_dir(tmp_path / "seqcls", "distilbert_seqcls")  # with a vocabulary
     with pytest.raises(CheckpointError, match="does not fit"):  # 3 classes where the task has 2
-        jobs.run(tiny_config(os.path.join(REPO, "tests", "fixtures", "models", "distilbert_seqcls"),
-                              data, "sst2"), str(tmp_path / "w"))
+        jobs.run(tiny_config(three_classes, data, "sst2"), str(tmp_path / "w"))
 
 
 def test_a_failed_start_leaves_an_existing_run_untouched(tiny_model, tmp_path):
