@@ -5,12 +5,15 @@ import logging
 import os
 import re
 import sys
+from typing import Sequence
 
+import ml_collections
 from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from distilbert_jax import configs, errors
+from distilbert_jax.config import ConfigError
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, e.g. configs/glue.py:sst2.",
                                          lock_config=True)
@@ -23,7 +26,7 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # ml_collections: no such field
-        print(f"error: {_no_such_field(e)}", file=sys.stderr)
+        print(f"error: {_no_such_field(e, argv)}", file=sys.stderr)
     except (flags.Error, TypeError, ValueError) as e:  # e.g. a bad type, or get_config(arg) refusing arg
         print(f"error: {_last_line(e)}", file=sys.stderr)
     except Exception as e:  # the config file itself fails: a syntax error, a bad import, ...
@@ -50,13 +53,16 @@ def _resolve_config(argv: list[str]) -> list[str]:
     return argv
 
 
-def _no_such_field(error: Exception) -> str:
-    """ml_collections' KeyError("'lrr'\\nDid you mean \"lr\" instead of \"lrr\"?") as one sentence."""
+def _no_such_field(error: Exception, argv: Sequence[str] = ()) -> str:
+    """ml_collections' KeyError("'lrr'\\nDid you mean \"lr\" instead of \"lrr\"?") as one sentence,
+    naming the field by its whole path as argv gave it (task_options.label_colum, not label_colum)."""
     while error.args and isinstance(error.args[0], BaseException):  # a KeyError holding a KeyError
         error = error.args[0]
     text = str(error.args[0]) if error.args else str(error)
     lines = [x.strip() for x in text.splitlines() if x.strip()] or [""]
     field = lines[0].strip("\"'")
+    given = [arg[len("--config."):].split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+    field = next((key for key in given if key == field or key.endswith("." + field)), field)
     match = re.search(r'Did you mean "([^"]+)"', text)
     if match:
         return f"the config has no field {field!r} (did you mean {match.group(1)!r}?)"
@@ -90,6 +96,21 @@ def _last_line(error: Exception) -> str:
     """The informative line of an ml_collections error, which embeds a whole traceback."""
     line = [x.strip() for x in str(error).splitlines() if x.strip()][-1]
     return re.sub(r"^\w+(Error|Exception): ", "", line)
+
+
+def config_from(config_arg: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """What `--config=config_arg` with `--config.<field>=<value>` overrides gives main, parsed by
+    ml_collections the same way, outside main's command line (the sweep's points); an unknown
+    field or an ill-typed value is one ConfigError sentence."""
+    values, argv = flags.FlagValues(), ["distilbert-jax", f"--config={configs.resolve(config_arg)}", *overrides]
+    config_flags.DEFINE_config_file("config", None, flag_values=values, lock_config=True, sys_argv=argv)
+    try:
+        values(argv)
+        return values.config
+    except (AttributeError, KeyError) as e:
+        raise ConfigError(_no_such_field(e, argv)) from None
+    except (flags.Error, TypeError, ValueError) as e:
+        raise ConfigError(_last_line(e)) from None
 
 
 def load_config():

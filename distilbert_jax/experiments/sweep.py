@@ -17,7 +17,6 @@ its own workdir exactly as alone (docs/sweeps.md).
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import itertools
 import json
@@ -28,7 +27,7 @@ import sys
 from typing import Any
 
 from distilbert_jax import configs, errors, jobs, settings, startup, storage
-from distilbert_jax.config import ConfigError, did_you_mean
+from distilbert_jax.config import ConfigError
 from distilbert_jax.metrics import glue_score
 from distilbert_jax.train import finetune, preemption, workdir as workdirs
 
@@ -56,19 +55,6 @@ def parse_set(items) -> dict[str, str]:
     return overrides
 
 
-def _value(text: str):
-    """A --set value as main would read it: JSON or a Python literal (3e-5, true, True, [16, 48],
-    (16, 48)), else the plain string (paths, model ids)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def config_module(path: str):
     """The config file `path` names (configs/<name>.py from any folder), loaded."""
     spec = importlib.util.spec_from_file_location("sweep_config", configs.resolve(path))
@@ -78,19 +64,9 @@ def config_module(path: str):
 
 
 def load_config(path: str, arg: str, overrides: dict[str, str]):
-    module = config_module(path)
-    config = module.get_config(arg) if arg else module.get_config()
-    for key, value in overrides.items():
-        *parents, name = key.split(".")  # task_options.label_column, as main takes it
-        node = config
-        for part in parents:
-            node = node.get(part) if hasattr(node, "get") else None
-        if not hasattr(node, "keys") or name not in node:
-            hint = did_you_mean(key, config.keys())
-            raise ConfigError(f"the config has no field {key!r}"
-                             + (hint if hint else "; see the config file for the fields it has."))
-        node[name] = _value(value)
-    return config
+    """The config file `path` for `arg` with the overrides, parsed as main parses --config.<field>."""
+    return startup.config_from(f"{path}:{arg}" if arg else path,
+                               [f"--config.{key}={value}" for key, value in overrides.items()])
 
 
 def run_sweep(args) -> list[str]:
