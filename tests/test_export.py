@@ -3,10 +3,8 @@ LiteRT gives the JAX model's outputs (1e-5 relative, several batch sizes and len
 included); int8 is onnxruntime's (or LiteRT's) dynamic quantisation; pipelines and predict run an exported folder with the
 same answers; bad input is one sentence and writes nothing."""
 
-import ast
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -380,31 +378,3 @@ def test_pipeline_refuses_what_an_export_cannot_do(sentiment_exports):
         dj.pipeline("fill-mask", model=sentiment_exports["onnx"])
     with pytest.raises(dj.PipelineError, match="packing=True is not available"):
         dj.pipeline("text-classification", model=sentiment_exports["onnx"], packing=True)
-
-
-def imported_modules(path: pathlib.Path) -> set[str]:
-    """Every distilbert_jax module `path` imports, at the top or inside a function."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.update(f"{node.module}.{a.name}" for a in node.names)
-    return {n for n in names if n.startswith("distilbert_jax")}
-
-
-def test_the_runtime_sits_below_the_pipelines_and_the_writer_above_them():
-    """No import points up, function-level ones included: the runtime, the pooling and the task
-    registry import neither the package's top (which imports the pipelines), the pipelines nor the
-    writer, and no pipeline imports the writer."""
-    package = pathlib.Path(dj.__file__).parent
-
-    def above(module, names):
-        return any(module == n or module.startswith(n + ".") for n in names)
-    for name in ("exported.py", "pooling.py", "tasks.py"):
-        for module in imported_modules(package / name):
-            assert module != "distilbert_jax", name
-            assert not above(module, ("distilbert_jax.pipelines", "distilbert_jax.export")), (name, module)
-    assert imported_modules(package / "tasks.py") == set()
-    for path in (package / "pipelines").glob("*.py"):
-        assert not any(above(m, ("distilbert_jax.export",)) for m in imported_modules(path)), path
