@@ -38,9 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax import hf, models, storage, tasks
+from distilbert_jax import hf, models, startup, storage, tasks
 from distilbert_jax.config import BertConfig, ConfigError
-from distilbert_jax.errors import EXIT_STATUS, UserError
 from distilbert_jax.exported import MANIFEST, ExportedModel, ExportError
 from distilbert_jax.exported import onnx_session  # noqa: F401 (export.onnx_session in docs, benchmarks)
 from distilbert_jax.hf import CheckpointError
@@ -384,17 +383,14 @@ def main(argv=None) -> int:
     parser.add_argument("--task", default=None,
                         help=f"one of {tuple(tasks.TASKS)}; default: the checkpoint's head")
     args = parser.parse_args(argv)
-    try:
+
+    def run():
         out = export(args.model, args.output, format=args.format, quantize=args.quantize, task=args.task)
-    except UserError as e:  # one sentence (errors.py); a refused write leaves nothing of OUT
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_STATUS
-    with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
-        manifest = json.load(f)
-    errors = manifest["agreement"]["max_relative_error"]
-    print(f"wrote {out} ({manifest['task']}, {manifest['format']}, {manifest['quantize']}); max "
-          f"relative error against the JAX model: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
-    return 0
+        manifest = json.loads(storage.read_text(storage.join(out, MANIFEST)))
+        errors = manifest["agreement"]["max_relative_error"]
+        print(f"wrote {out} ({manifest['task']}, {manifest['format']}, {manifest['quantize']}); max "
+              f"relative error against the JAX model: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    return startup.command(run)  # a refused write leaves nothing of --output
 
 
 if __name__ == "__main__":

@@ -24,8 +24,7 @@ import sys
 
 from absl import app, flags
 
-from distilbert_jax import distributed, errors, jobs, settings, startup
-from distilbert_jax.train import preemption
+from distilbert_jax import distributed, jobs, startup
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-host job through jax.distributed "
@@ -38,23 +37,16 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    startup.setup_logging()
     config = startup.load_config()
-    # The process-wide settings, once, before anything touches a device (settings.py).
-    settings.configure(deterministic_ops=config.deterministic, compilation_cache_dir=(
-        os.path.join(os.path.abspath(_WORKDIR.value), "xla_cache") if config.compilation_cache else None))
-    if _MULTIHOST.value or _COORDINATOR.value:
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    try:
-        results = jobs.run(config, _WORKDIR.value)
-    except errors.UserError as e:  # one clear sentence (errors.py)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(errors.EXIT_STATUS)
-    except preemption.Preempted as e:  # the state is saved: the same command resumes it
-        print(f"{e}; run the same command to resume: "
-              f"{shlex.join(['python', '-m', 'distilbert_jax.main', *sys.argv[1:]])}", file=sys.stderr)
-        sys.exit(preemption.EXIT_STATUS)
-    print(results_table(results))
+
+    def run():
+        if _MULTIHOST.value or _COORDINATOR.value:
+            distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        print(results_table(jobs.run(config, _WORKDIR.value)))
+    resume = "run the same command to resume: " + shlex.join(["python", "-m", "distilbert_jax.main", *sys.argv[1:]])
+    # the process-wide settings, before anything touches a device (settings.py)
+    sys.exit(startup.command(run, resume, deterministic_ops=config.deterministic, compilation_cache_dir=(
+        os.path.join(os.path.abspath(_WORKDIR.value), "xla_cache") if config.compilation_cache else None)))
 
 
 def results_table(results: dict) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 
-from distilbert_jax import errors, jobs, sharding, storage
+from distilbert_jax import jobs, sharding, storage
 from distilbert_jax.config import ConfigError
 
 
@@ -364,30 +364,25 @@ def main(argv) -> None:
     from absl import flags
 
     from distilbert_jax import startup
-    if len(argv) > 1:
-        raise PlanError(f"unexpected arguments: {argv[1:]}")
-    startup.setup_logging()
     jax.config.update("jax_platforms", "cpu")  # the host compiles; no device here is used
     for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_ID", "0"),
                         ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
         os.environ.setdefault(name, value)  # libtpu only describes topologies here: no VM to ask
     config = startup.load_config()
     values = flags.FLAGS
-    print(HEADER, flush=True)
-    try:
-        result = plan(config, values.topology, values.mesh, values.runs,
-                      log=lambda line: print(line, flush=True))
-    except errors.UserError as e:  # one sentence (errors.py)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(errors.EXIT_STATUS)
-    print(summary(result))
-    if values.output:
-        os.makedirs(values.output, exist_ok=True)
-        path = os.path.join(values.output, "plan.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(path + ".tmp", path)
-        print(f"wrote {path}")
+
+    def run():
+        if len(argv) > 1:
+            raise PlanError(f"unexpected arguments: {argv[1:]}")
+        print(HEADER, flush=True)
+        result = plan(config, values.topology, values.mesh, values.runs, log=lambda line: print(line, flush=True))
+        print(summary(result))
+        if values.output:
+            path = storage.join(values.output, "plan.json")
+            storage.makedirs(values.output)
+            storage.write_text(path, json.dumps(result, indent=1))
+            print(f"wrote {path}")
+    sys.exit(startup.command(run))
 
 
 def cli_main() -> None:

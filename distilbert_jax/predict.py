@@ -24,9 +24,9 @@ import sys
 import time
 
 import distilbert_jax as dj
-from distilbert_jax import settings, storage
+from distilbert_jax import startup, storage
 from distilbert_jax.data.custom import KINDS, MissingColumn, parse_records, read_text
-from distilbert_jax.errors import EXIT_STATUS, UserError
+from distilbert_jax.errors import UserError
 
 OUTPUT_FIELD = {"token-classification": "entities", "ner": "entities",
                 "feature-extraction": "features", "sentence-embeddings": "embedding"}
@@ -210,13 +210,7 @@ def predict(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    settings.configure()  # the process-wide defaults (settings.py), before any device
-    try:
-        predict(args)
-    except UserError as e:  # one sentence (errors.py)
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_STATUS
-    return 0
+    return startup.command(lambda: predict(args))
 
 
 if __name__ == "__main__":

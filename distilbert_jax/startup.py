@@ -1,19 +1,21 @@
-"""The start-up the command-line entry points share: `--config=FILE[:arg]` with `--config.<field>=`
-overrides parsed by ml_collections, a config error as one sentence, and the package's logging."""
+"""The start-up every command-line entry point shares: `--config=FILE[:arg]` with `--config.<field>=`
+overrides parsed by ml_collections, and `command`: the package's logging, the process-wide
+settings, and one exit status for each way a command ends (0, a fixable error 2, a preemption 75)."""
 
 import logging
 import os
 import re
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ml_collections
 from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from distilbert_jax import configs, errors
+from distilbert_jax import configs, errors, settings
 from distilbert_jax.config import ConfigError
+from distilbert_jax.train import preemption
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, e.g. configs/glue.py:sst2.",
                                          lock_config=True)
@@ -137,3 +139,23 @@ def setup_logging() -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     ours.handlers, ours.propagate = [handler], False
     ours.setLevel(logging.INFO)
+
+
+def command(body: Callable[[], object], resume: str = "run the same command to resume",
+            **configure) -> int:
+    """Runs a command's `body` as every entry point does and returns its exit status: the package's
+    logging and the process-wide settings first (`settings.configure(**configure)`, before any
+    device); a fixable error (errors.UserError) is one `error: <sentence>` line and status 2, a
+    preemption whose state is saved one line ending in `resume` and status 75; anything else is a
+    bug and keeps its traceback."""
+    setup_logging()
+    settings.configure(**configure)
+    try:
+        body()
+    except errors.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return errors.EXIT_STATUS
+    except preemption.Preempted as e:
+        print(f"{e}; {resume}", file=sys.stderr)
+        return preemption.EXIT_STATUS
+    return 0

@@ -20,9 +20,9 @@ LAYERS = [
     ("training pieces and pipelines", ["train.state", "train.step", "train.checkpoint", "train.reporting",
                                        "train.workdir", "train.preemption", "train.programs",
                                        "train.checks", "train.loop", "train", "pipelines"]),
-    ("jobs", ["train.finetune", "train.distill", "export"]),
+    ("jobs", ["train.finetune", "train.distill"]),
     ("experiments and dispatch", ["experiments.miniature", "experiments", "jobs"]),
-    ("entry points", ["startup", "predict", "plan", "experiments.sweep", "main", ""]),  # "": the top
+    ("entry points", ["startup", "predict", "export", "plan", "experiments.sweep", "main", ""]),  # "": the top
 ]
 
 
@@ -37,9 +37,13 @@ def module_files() -> dict[str, pathlib.Path]:
 
 
 def imported_modules(path: pathlib.Path, modules) -> set[str]:
-    """The package modules `path` imports, at the top or inside a function."""
+    """The package modules `path` imports, at the top or inside a function; not under
+    `if __name__ == "__main__":`, which runs only when the module is the program's entry point."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    tree.body = [node for node in tree.body if not (
+        isinstance(node, ast.If) and "__main__" in ast.unparse(node.test))]
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:

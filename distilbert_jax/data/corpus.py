@@ -394,12 +394,11 @@ class Corpus:
         return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def main(argv=None):
+def main(argv=None) -> None:
     """python -m distilbert_jax.data.corpus --tokenizer=<teacher dir> --out=<dir> FILE [FILE ...]"""
     import argparse
 
     from distilbert_jax import hf
-    from distilbert_jax.errors import EXIT_STATUS, UserError
     from distilbert_jax.tokenizer import Tokenizer
 
     parser = argparse.ArgumentParser(description="Tokenise text files (one sequence per line) "
@@ -410,14 +409,10 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--max_length", type=int, default=512)
     args = parser.parse_args(argv)
-    try:
-        tokenizer = Tokenizer.from_pretrained(hf.resolve(args.tokenizer))
-        meta = prepare(args.files, tokenizer, args.out, args.max_length)
-    except UserError as e:  # one sentence (errors.py)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_STATUS)
-    print(json.dumps(meta, indent=2))
+    tokenizer = Tokenizer.from_pretrained(hf.resolve(args.tokenizer))
+    print(json.dumps(prepare(args.files, tokenizer, args.out, args.max_length), indent=2))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the module is the program: the entry points' start-up (startup.py)
+    from distilbert_jax import startup
+    sys.exit(startup.command(main))

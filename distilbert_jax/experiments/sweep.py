@@ -26,10 +26,10 @@ import statistics
 import sys
 from typing import Any
 
-from distilbert_jax import configs, errors, jobs, settings, startup, storage
+from distilbert_jax import configs, jobs, startup, storage
 from distilbert_jax.config import ConfigError
 from distilbert_jax.metrics import glue_score
-from distilbert_jax.train import finetune, preemption, workdir as workdirs
+from distilbert_jax.train import finetune, workdir as workdirs
 
 # The split whose scores the table reports.
 MAIN_SPLIT = "dev"
@@ -204,7 +204,7 @@ def plot(summary: list[dict], macro: float, path: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run")
@@ -221,22 +221,17 @@ def main(argv=None):
     t = sub.add_parser("table")
     t.add_argument("--root", required=True)
     args = parser.parse_args(argv)
-    startup.setup_logging()  # the package's notices, as main prints them
-    settings.configure()  # main's process-wide settings (deterministic GPU reductions: exact resume)
-    try:
+
+    def run():
         if args.command == "run":
             run_sweep(args)
-            if args.launcher == "local":
-                print(write_table(args.root))
-        else:
-            print(write_table(args.root))
-    except errors.UserError as e:  # one sentence (errors.py); anything else is a bug: a traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(errors.EXIT_STATUS)
-    except preemption.Preempted as e:  # every point's state is saved: the same command resumes
-        print(f"{e}; run the same command to resume the sweep.", file=sys.stderr)
-        sys.exit(preemption.EXIT_STATUS)
+            if args.launcher == "tpu":
+                return
+        print(write_table(args.root))
+    # main's start-up (deterministic GPU reductions: exact resume); every point's state is saved
+    # at a preemption, and the same command resumes the sweep
+    return startup.command(run, "run the same command to resume the sweep")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
