@@ -206,19 +206,24 @@ def test_finite_check_covers_norms_not_only_losses(tmp_path):
                        NoCheckpoints(), str(tmp_path))  # not a loss or a norm: not a stop
 
 
+def config_file(path, model, data, **fields):
+    """A config file for the command line: the tiny SST-2 run with `fields`."""
+    path.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+        "from conftest import tiny_config\n"
+        "def get_config(arg=''):\n"
+        f"    return tiny_config({model!r}, {str(data)!r}, 'sst2', **{fields!r})\n")
+
+
 def test_the_command_line_stops_a_non_finite_run_in_one_sentence(tiny_model, tmp_path):
     """Exit 1, the sentence last, and no shutdown noise from unfinished asynchronous saves."""
     import subprocess
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = write_sst2(tmp_path / "SST-2")
-    (tmp_path / "cfg.py").write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {os.path.join(repo, 'tests')!r})\n"
-        "from conftest import tiny_config\n"
-        "def get_config(arg=''):\n"
-        f"    return tiny_config({tiny_model!r}, {str(data)!r}, 'sst2', max_steps=12, log_every=1,\n"
-        "                       checkpoint_every=1, lr=1e9, max_grad_norm=0.0)\n")
+    config_file(tmp_path / "cfg.py", tiny_model, data, max_steps=12, log_every=1, checkpoint_every=1,
+                lr=1e9, max_grad_norm=0.0)
     result = subprocess.run([sys.executable, "-m", "distilbert_jax.main", f"--config={tmp_path / 'cfg.py'}",
                              f"--workdir={tmp_path / 'run'}"], cwd=repo, capture_output=True, text=True,
                             timeout=300)
@@ -236,13 +241,7 @@ def test_the_command_line_stops_a_refused_checkpoint_in_one_sentence(tiny_model,
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = write_sst2(tmp_path / "SST-2")
-    (tmp_path / "cfg.py").write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {os.path.join(repo, 'tests')!r})\n"
-        "from conftest import tiny_config\n"
-        "def get_config(arg=''):\n"
-        f"    return tiny_config({tiny_model!r}, {str(data)!r}, 'sst2', max_steps=4, checkpoint_every=2,\n"
-        "                       save_model=False)\n")
+    config_file(tmp_path / "cfg.py", tiny_model, data, max_steps=4, checkpoint_every=2, save_model=False)
     script = (
         "import resource, signal, sys, threading\n"
         "from distilbert_jax import main\n"
