@@ -1,6 +1,6 @@
 """Process-wide JAX settings, each named with its default, applied once at an entry point.
 
-The command line (`main`, `predict`) calls `configure` before anything touches a device; a notebook
+Every command (`startup.command`) calls `configure` before anything touches a device; a notebook
 or a script that wants the same behaviour calls `dj.configure()` itself (nothing else in the
 package changes JAX for the whole process: building a model, a step or a pipeline never does).
 

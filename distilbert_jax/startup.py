@@ -27,13 +27,18 @@ def parse_flags(argv):
     argv = _resolve_config(argv)
     try:
         return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as e:  # ml_collections: no such field
-        print(f"error: {_no_such_field(e, argv)}", file=sys.stderr)
-    except (flags.Error, TypeError, ValueError) as e:  # e.g. a bad type, or get_config(arg) refusing arg
-        print(f"error: {_last_line(e)}", file=sys.stderr)
-    except Exception as e:  # the config file itself fails: a syntax error, a bad import, ...
-        print(f"error: {_config_file_error(e, _config_arg(argv))}", file=sys.stderr)
+    except Exception as e:
+        print(f"error: {_flag_error(e, argv)}", file=sys.stderr)
     sys.exit(errors.EXIT_STATUS)
+
+
+def _flag_error(error: Exception, argv: Sequence[str]) -> str:
+    """What went wrong parsing `--config` and its overrides in argv, as one sentence."""
+    if isinstance(error, (AttributeError, KeyError)):  # ml_collections: no such field
+        return _no_such_field(error, argv)
+    if isinstance(error, (flags.Error, TypeError, ValueError)):  # a bad type, or get_config refusing arg
+        return _last_line(error)
+    return _config_file_error(error, _config_arg(argv))  # the file itself: a syntax error, an import
 
 
 def _config_slot(argv) -> tuple[int, str] | None:
@@ -109,10 +114,8 @@ def config_from(config_arg: str, overrides: Sequence[str] = ()) -> ml_collection
     try:
         values(argv)
         return values.config
-    except (AttributeError, KeyError) as e:
-        raise ConfigError(_no_such_field(e, argv)) from None
-    except (flags.Error, TypeError, ValueError) as e:
-        raise ConfigError(_last_line(e)) from None
+    except Exception as e:
+        raise ConfigError(_flag_error(e, argv)) from None
 
 
 def load_config():

@@ -112,32 +112,22 @@ def local_copy(path: str | os.PathLike, patterns: tuple[str, ...] | None = None)
             raise ReadError(f"{path} does not exist (no file or folder there).")
         manifest_path = os.path.join(local_dir, ".remote-checksums.json")
         manifest = json.loads(read_text(manifest_path)) if os.path.exists(manifest_path) else {}
+        fetched = False
         for remote, info in objects.items():
             target = os.path.join(local_dir, names[remote])
             checksum = str(info.get("md5Hash") or info.get("etag") or info.get("size"))
             if manifest.get(names[remote]) != checksum or not os.path.exists(target):
-                _replace(target, lambda tmp, remote=remote: fs.get_file(remote, tmp))
-                manifest[names[remote]] = checksum
-        _replace(manifest_path, lambda tmp: write_json(tmp, manifest))
+                makedirs(os.path.dirname(target))
+                with atomic(target) as tmp:
+                    fs.get_file(remote, tmp)
+                manifest[names[remote]], fetched = checksum, True
+        if fetched:
+            write_json(manifest_path, manifest)
     except (ReadError, WriteError):
         raise
     except Exception as e:  # the store's client error: one sentence naming the path
         raise ReadError(f"cannot read {path}: {first_line(e)}") from None
     return local
-
-
-def _replace(target: str, write) -> None:
-    """`write(tmp)` to a temporary file of its own beside `target`, then renamed onto it: two
-    processes filling the same cache folder never write the same temporary."""
-    makedirs(os.path.dirname(target))
-    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=os.path.dirname(target))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
 
 
 def upload_files(local_dir: str, remote_dir: str, names: tuple[str, ...]) -> None:
@@ -195,7 +185,7 @@ def atomic(path: str | os.PathLike) -> Iterator[str]:
         with _uploaded(path) as tmp:
             yield tmp
         return
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # a process's own: two filling one cache never collide
     try:
         yield tmp
         os.replace(tmp, path)

@@ -95,7 +95,7 @@ status=\$?; [ \$status -eq 75 ] || exit \$status; echo restarting after a preemp
     tpu delete "$TPU_NAME" --quiet
     ;;
   *)
-    sed -n '2,22p' "$0"
+    sed -n '2,18p' "$0"
     exit 2
     ;;
 esac

@@ -124,6 +124,16 @@ def tiny_config(model, data_dir, task, **overrides):
     return c
 
 
+def write_config_file(path, model, data, **fields):
+    """A config file for the command line: tiny_config's SST-2 run with `fields`."""
+    path.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+        "from conftest import tiny_config\n"
+        "def get_config(arg=''):\n"
+        f"    return tiny_config({model!r}, {str(data)!r}, 'sst2', **{fields!r})\n")
+
+
 def write_sst2(directory, n_train=48, n_dev=12):
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(0)

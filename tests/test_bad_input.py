@@ -60,7 +60,7 @@ def test_vocab_with_a_duplicated_token_names_file_token_and_lines(tmp_path):
         dj.Tokenizer.from_pretrained(directory)
 
 
-def test_header_only_train_tsv_is_refused_with_exit_1(tiny_model, tmp_path):
+def test_header_only_train_tsv_is_refused_with_exit_2(tiny_model, tmp_path):
     data = tmp_path / "SST-2"
     data.mkdir()
     (data / "train.tsv").write_text("sentence\tlabel\n")

@@ -15,8 +15,8 @@ import safetensors.numpy
 
 from distilbert_jax import storage
 from distilbert_jax.train import preemption
-from conftest import write_sst2
-from test_resume import assert_same_weights, final_weights, write_config_file
+from conftest import write_config_file, write_sst2
+from test_resume import CLI_RUN, assert_same_weights, final_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,40 +63,43 @@ def main_on_gs(gcs, tmp_path, workdir, *overrides, wait_for_step=None, until=Non
     return subprocess.CompletedProcess(command, process.returncode, "", err)
 
 
-def test_a_run_on_gs_preempted_resumes_exactly_and_keeps_its_files_there(gcs, tiny_model, tmp_path):
+def uninterrupted_local_run(tiny_model, tmp_path):
+    """The 40-step run of tmp_path/cfg.py in tmp_path/local, the reference a gs:// run must equal;
+    returns its data folder."""
     data = write_sst2(tmp_path / "SST-2", n_train=64)
-    write_config_file(tmp_path / "cfg.py", tiny_model, data, 40)
+    write_config_file(tmp_path / "cfg.py", tiny_model, data, max_steps=40, **CLI_RUN)
     local = subprocess.run([sys.executable, "-m", "distilbert_jax.main", f"--config={tmp_path / 'cfg.py'}",
-                            f"--workdir={tmp_path / 'local'}", "--config.log_every=5"],
-                           env={**os.environ, "PYTHONPATH": REPO}, cwd=REPO, capture_output=True,
-                           text=True, timeout=600)
+                            f"--workdir={tmp_path / 'local'}"], env={**os.environ, "PYTHONPATH": REPO},
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert local.returncode == 0, local.stderr[-2000:]
+    return data
+
+
+def test_a_run_on_gs_preempted_resumes_exactly_and_keeps_its_files_there(gcs, tiny_model, tmp_path):
+    data = uninterrupted_local_run(tiny_model, tmp_path)
     workdir = "gs://bkt/runs/sst2"
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in gcs.environment.items():
-            patch.setenv(name, value)
-        # the model and the data on gs:// too
-        upload(tiny_model, "gs://bkt/models/tiny")
-        upload(data, "gs://bkt/data/SST-2")
-        inputs = ["--config.model=gs://bkt/models/tiny", "--config.data_dir=gs://bkt/data/SST-2",
-                  "--config.log_every=5"]
-        stopped = main_on_gs(gcs, tmp_path, workdir, *inputs, wait_for_step=10)
-        assert stopped.returncode == preemption.EXIT_STATUS, stopped.stderr[-2000:]
-        resumed = main_on_gs(gcs, tmp_path, workdir, *inputs)
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
-        assert_same_weights(final_weights(tmp_path / "local"), bucket_weights(workdir))
-        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in storage.filesystem(workdir).ls(workdir, detail=False)}
-        assert {"config.json", "config_history.jsonl", "metrics.jsonl", "results.json", "model",
-                "checkpoints", "tb"} <= names, names
-        assert not [n for n in names if n.startswith(".")]  # no probes, no temporaries
-        assert json.loads(read(f"{workdir}/results.json"))["total_steps"] == 40
-        assert len(read(f"{workdir}/config_history.jsonl").decode().splitlines()) == 2  # both starts
-        steps = [json.loads(line)["step"] for line in read(f"{workdir}/metrics.jsonl").decode().splitlines()
-                 if "train/loss" in line]
-        assert steps == sorted(set(steps)) and steps[-1] == 40
-        other = main_on_gs(gcs, tmp_path, workdir, *inputs, "--config.lr=0.01")  # the guard, on gs://
-        assert other.returncode == 2
-        assert other.stderr.strip().splitlines()[-1].startswith(f"error: {workdir} holds a run with other values of ['lr']")
+    # the model and the data on gs:// too
+    upload(tiny_model, "gs://bkt/models/tiny")
+    upload(data, "gs://bkt/data/SST-2")
+    inputs = ["--config.model=gs://bkt/models/tiny", "--config.data_dir=gs://bkt/data/SST-2",
+              "--config.log_every=5"]
+    stopped = main_on_gs(gcs, tmp_path, workdir, *inputs, wait_for_step=10)
+    assert stopped.returncode == preemption.EXIT_STATUS, stopped.stderr[-2000:]
+    resumed = main_on_gs(gcs, tmp_path, workdir, *inputs)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_weights(final_weights(tmp_path / "local"), bucket_weights(workdir))
+    names = {p.rstrip("/").rsplit("/", 1)[-1] for p in storage.filesystem(workdir).ls(workdir, detail=False)}
+    assert {"config.json", "config_history.jsonl", "metrics.jsonl", "results.json", "model",
+            "checkpoints", "tb"} <= names, names
+    assert not [n for n in names if n.startswith(".")]  # no probes, no temporaries
+    assert json.loads(read(f"{workdir}/results.json"))["total_steps"] == 40
+    assert len(read(f"{workdir}/config_history.jsonl").decode().splitlines()) == 2  # both starts
+    steps = [json.loads(line)["step"] for line in read(f"{workdir}/metrics.jsonl").decode().splitlines()
+             if "train/loss" in line]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
+    other = main_on_gs(gcs, tmp_path, workdir, *inputs, "--config.lr=0.01")  # the guard, on gs://
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1].startswith(f"error: {workdir} holds a run with other values of ['lr']")
 
 
 def test_a_gs_path_without_gcsfs_names_the_extra(monkeypatch):
@@ -144,8 +147,7 @@ def test_a_corpus_prepared_for_a_gs_workdir_is_kept_in_the_bucket_and_reused(gcs
     assert set(corpus.FILES) <= {p.rsplit("/", 1)[-1] for p in fs.ls("gs://bkt/run/corpus", detail=False)}
     # a new VM (an empty cache), the text gone from the bucket: the prepared corpus is read back
     monkeypatch.setenv("DISTILBERT_JAX_CACHE", str(tmp_path / "new-vm"))
-    fs.rm("gs://bkt/text/wiki.txt")
-    config.corpus_files = ()
+    fs.rm("gs://bkt/text/wiki.txt")  # the prepared corpus is taken by the files' own (gs://) names
     again = distill.load_corpus(config, tokenizer, "gs://bkt/run")
     assert again.tokens.tolist() == loaded.tokens.tolist() and len(again.lengths) == len(loaded.lengths) > 0
 
@@ -172,26 +174,18 @@ def test_a_store_that_refuses_writes_mid_run_stops_it_in_one_sentence_and_the_ch
     """The bucket refuses every write once checkpoint 20 is committed (a revoked permission: 403,
     which no client retries): the run stops with one sentence and status 2; once writes are allowed
     again, the same command resumes from step 20 and ends where an uninterrupted run ends."""
-    data = write_sst2(tmp_path / "SST-2", n_train=64)
-    write_config_file(tmp_path / "cfg.py", tiny_model, data, 40)
-    local = subprocess.run([sys.executable, "-m", "distilbert_jax.main", f"--config={tmp_path / 'cfg.py'}",
-                            f"--workdir={tmp_path / 'local'}"], env={**os.environ, "PYTHONPATH": REPO},
-                           cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert local.returncode == 0, local.stderr[-2000:]
+    uninterrupted_local_run(tiny_model, tmp_path)
     workdir = "gs://bkt/runs/refused"
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in gcs.environment.items():
-            patch.setenv(name, value)
-        # orbax marks a finished step on gs:// with this file, written last (the item's own
-        # default/commit_success.txt comes before the step's metadata is final)
-        committed = lambda: storage.exists(f"{workdir}/checkpoints/20/commit_success.txt")  # noqa: E731
-        refused = main_on_gs(gcs, tmp_path, workdir, until=committed, then=lambda _: gcs.refuse_writes())
-        assert refused.returncode == 2, refused.stderr[-3000:]
-        errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1 and errors[0].startswith("error: cannot write ") and workdir in errors[0], \
-            refused.stderr[-3000:]
-        gcs.refuse_writes(False)
-        resumed = main_on_gs(gcs, tmp_path, workdir)
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
-        assert json.loads(read(f"{workdir}/results.json"))["steps_this_run"] == 20
-        assert_same_weights(final_weights(tmp_path / "local"), bucket_weights(workdir))
+    # orbax marks a finished step on gs:// with this file, written last (the item's own
+    # default/commit_success.txt comes before the step's metadata is final)
+    committed = lambda: storage.exists(f"{workdir}/checkpoints/20/commit_success.txt")  # noqa: E731
+    refused = main_on_gs(gcs, tmp_path, workdir, until=committed, then=lambda _: gcs.refuse_writes())
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot write ") and workdir in errors[0], \
+        refused.stderr[-3000:]
+    gcs.refuse_writes(False)
+    resumed = main_on_gs(gcs, tmp_path, workdir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(read(f"{workdir}/results.json"))["steps_this_run"] == 20
+    assert_same_weights(final_weights(tmp_path / "local"), bucket_weights(workdir))

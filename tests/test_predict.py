@@ -116,4 +116,4 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys, name, co
     assert predict.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message.format(tmp=tmp_path) in err[0], err
-    assert not out.exists() and not os.path.exists(f"{out}.tmp")
+    assert not out.exists() and not list(out.parent.glob(f"{out.name}*.tmp"))

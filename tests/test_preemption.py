@@ -12,8 +12,8 @@ import pytest
 
 from distilbert_jax.train import finetune, preemption
 from distilbert_jax.train.checkpoint import Checkpoints
-from conftest import tiny_config, write_sst2
-from test_resume import assert_same_weights, final_weights, write_config_file
+from conftest import tiny_config, write_config_file, write_sst2
+from test_resume import CLI_RUN, assert_same_weights, final_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +68,7 @@ def test_a_stacked_sweep_saves_every_run(tiny_model, tmp_path, monkeypatch):
 def test_the_command_exits_75_naming_the_step_and_the_command_that_resumes(tiny_model, tmp_path):
     data = write_sst2(tmp_path / "SST-2", n_train=64)
     steps = 400
-    write_config_file(tmp_path / "cfg.py", tiny_model, data, steps)
+    write_config_file(tmp_path / "cfg.py", tiny_model, data, max_steps=steps, **CLI_RUN)
     command = [sys.executable, "-m", "distilbert_jax.main", f"--config={tmp_path / 'cfg.py'}",
                "--config.log_every=1", "--config.checkpoint_every=1000"]
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -11,7 +11,7 @@ import pytest
 import safetensors.numpy
 
 from distilbert_jax.train import finetune
-from conftest import PADDED_AND_PACKED, crashing_at, tiny_config, write_sst2
+from conftest import PADDED_AND_PACKED, crashing_at, tiny_config, write_config_file, write_sst2
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,14 +26,8 @@ def assert_same_weights(a, b):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def write_config_file(path, model, data, steps):
-    path.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {os.path.join(REPO, 'tests')!r})\n"
-        "from conftest import tiny_config\n"
-        "def get_config(arg=''):\n"
-        f"    return tiny_config({model!r}, {str(data)!r}, 'sst2', max_steps={steps}, log_every=50,\n"
-        f"                       checkpoint_every=20, eval_every=1000)\n")
+# A command-line run's cadence: checkpoints at 20, 40, ...; no eval until the end.
+CLI_RUN = {"log_every": 50, "checkpoint_every": 20, "eval_every": 1000}
 
 
 @pytest.mark.parametrize("packing", PADDED_AND_PACKED)
@@ -57,7 +51,7 @@ def test_crash_then_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatc
 def test_sigkill_then_resume_equals_uninterrupted(tiny_model, tmp_path):
     data = write_sst2(tmp_path / "SST-2", n_train=64)
     steps = 160
-    write_config_file(tmp_path / "cfg.py", tiny_model, data, steps)
+    write_config_file(tmp_path / "cfg.py", tiny_model, data, max_steps=steps, **CLI_RUN)
     command = [sys.executable, "-m", "distilbert_jax.main", f"--config={tmp_path / 'cfg.py'}"]
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 

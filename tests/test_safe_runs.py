@@ -16,7 +16,7 @@ from distilbert_jax.data import DataError
 from distilbert_jax.hf import CheckpointError
 from distilbert_jax.train import finetune, loop
 from distilbert_jax.train.checkpoint import Checkpoints
-from conftest import make_tiny_model_dir, tiny_config, write_sst2
+from conftest import make_tiny_model_dir, tiny_config, write_config_file, write_sst2
 
 
 def snapshot(directory) -> dict[str, str]:
@@ -206,23 +206,13 @@ def test_finite_check_covers_norms_not_only_losses(tmp_path):
                        NoCheckpoints(), str(tmp_path))  # not a loss or a norm: not a stop
 
 
-def config_file(path, model, data, **fields):
-    """A config file for the command line: the tiny SST-2 run with `fields`."""
-    path.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
-        "from conftest import tiny_config\n"
-        "def get_config(arg=''):\n"
-        f"    return tiny_config({model!r}, {str(data)!r}, 'sst2', **{fields!r})\n")
-
-
 def test_the_command_line_stops_a_non_finite_run_in_one_sentence(tiny_model, tmp_path):
-    """Exit 1, the sentence last, and no shutdown noise from unfinished asynchronous saves."""
+    """Exit 2, the sentence last, and no shutdown noise from unfinished asynchronous saves."""
     import subprocess
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = write_sst2(tmp_path / "SST-2")
-    config_file(tmp_path / "cfg.py", tiny_model, data, max_steps=12, log_every=1, checkpoint_every=1,
+    write_config_file(tmp_path / "cfg.py", tiny_model, data, max_steps=12, log_every=1, checkpoint_every=1,
                 lr=1e9, max_grad_norm=0.0)
     result = subprocess.run([sys.executable, "-m", "distilbert_jax.main", f"--config={tmp_path / 'cfg.py'}",
                              f"--workdir={tmp_path / 'run'}"], cwd=repo, capture_output=True, text=True,
@@ -241,7 +231,7 @@ def test_the_command_line_stops_a_refused_checkpoint_in_one_sentence(tiny_model,
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = write_sst2(tmp_path / "SST-2")
-    config_file(tmp_path / "cfg.py", tiny_model, data, max_steps=4, checkpoint_every=2, save_model=False)
+    write_config_file(tmp_path / "cfg.py", tiny_model, data, max_steps=4, checkpoint_every=2, save_model=False)
     script = (
         "import resource, signal, sys, threading\n"
         "from distilbert_jax import main\n"

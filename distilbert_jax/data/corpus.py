@@ -229,7 +229,7 @@ def _start_or_resume(out_dir: str, recipe: dict) -> None:
 
 def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512,
             chunk_lines: int = 20_000, log_every_s: float = 10.0) -> dict:
-    """Tokenises `files` (text files or "tfds:<name>[:<split>]" sources) into `out_dir`
+    """Tokenises `files` (text files, local or gs://, or "tfds:<name>[:<split>]" sources) into `out_dir`
     (tokens.npy, lengths.npy, token_counts.npy, meta.json).
 
     Resumable: chunk k covers lines [k·chunk_lines, (k+1)·chunk_lines) and is skipped when its file
@@ -239,9 +239,10 @@ def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512
     Returns meta.json's contents.
     """
     meta_path = os.path.join(out_dir, META)
-    paths = [f for f in files if not f.startswith(TFDS_PREFIX)]
     if os.path.exists(meta_path):
         return _existing(out_dir, files, tokenizer, max_length)
+    named, files = list(files), [storage.local_copy(f) for f in files]  # gs:// files read from a copy
+    paths = [f for f in files if not f.startswith(TFDS_PREFIX)]
     for path in paths:
         if os.path.isdir(path):
             raise DataError(f"Corpus file {path!r} is a folder, not a file; pass the text files in it.")
@@ -278,7 +279,7 @@ def prepare(files: Sequence[str], tokenizer, out_dir: str, max_length: int = 512
     for name, array in (("tokens", tokens), ("lengths", lengths), ("token_counts", counts)):
         with storage.atomic_open(os.path.join(out_dir, name + ".npy"), "wb") as f:
             np.save(f, array)
-    meta = {"files": list(files), "sequences": int(len(lengths)), "tokens": int(len(tokens)),
+    meta = {"files": named, "sequences": int(len(lengths)), "tokens": int(len(tokens)),
             "max_length": max_length, "vocab_size": tokenizer.vocab_size,
             "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
             "seconds": round(time.perf_counter() - start, 1), "bytes": total_bytes}
@@ -293,9 +294,9 @@ def _existing(out_dir: str, files: Sequence[str], tokenizer, max_length: int) ->
     """A finished corpus in `out_dir`, if it is the one asked for; it is never overwritten."""
     meta = read_meta(out_dir)
     check_tokenizer(out_dir, tokenizer)
-    same_files = [os.path.abspath(f) if not f.startswith(TFDS_PREFIX) else f
+    same_files = [storage.resolve(f) if not f.startswith(TFDS_PREFIX) else f
                   for f in meta.get("files", files)] == [
-        os.path.abspath(f) if not f.startswith(TFDS_PREFIX) else f for f in files]
+        storage.resolve(f) if not f.startswith(TFDS_PREFIX) else f for f in files]
     if not same_files or meta.get("max_length", max_length) != max_length:
         raise DataError(
             f"{out_dir} already holds a corpus of {meta.get('files')} at max_length="

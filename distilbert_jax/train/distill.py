@@ -123,8 +123,7 @@ def load_corpus(config, tokenizer, workdir: str) -> corpus.Corpus:
         if prepared:
             storage.local_copy(corpus_dir)
         if config.corpus_files:  # a corpus there must be of these files
-            files = [f if f.startswith(corpus.TFDS_PREFIX) else storage.local_copy(f) for f in config.corpus_files]
-            corpus.prepare(files, tokenizer, local_dir, config.max_length)
+            corpus.prepare(list(config.corpus_files), tokenizer, local_dir, config.max_length)
             if remote and not prepared:  # kept in the bucket for the next run (or a new VM)
                 storage.upload_files(local_dir, corpus_dir, corpus.FILES)
     if jax.process_count() > 1:

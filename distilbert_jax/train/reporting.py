@@ -33,8 +33,14 @@ class MetricWriter:
         storage.makedirs(self.tb_dir)
         self.tb = self._guarded(EventsWriter, storage.join(self.tb_dir, "events"), path=self.tb_dir)
         self.path = storage.join(workdir, "metrics.jsonl")
-        # a local log stays open and is flushed line by line; a remote one is rewritten per write
-        self.jsonl = None if storage.is_remote(self.path) else self._guarded(open, self.path, "a", encoding="utf-8")
+        # a local log stays open and is flushed line by line; a remote one (an object store has no
+        # append) is kept here, read once, and uploaded whole at each write
+        if storage.is_remote(self.path):
+            self.jsonl = None
+            self.remote_log = self._guarded(
+                lambda: storage.read_text(self.path) if storage.exists(self.path) else "")
+        else:
+            self.jsonl = self._guarded(open, self.path, "a", encoding="utf-8")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -49,8 +55,8 @@ class MetricWriter:
         self._guarded(self.tb.flush, path=self.tb_dir)
         line = json.dumps({"step": step, **scalars}) + "\n"
         if self.jsonl is None:
-            with storage.appending(self.path) as f:
-                f.write(line)
+            self.remote_log += line
+            storage.write_text(self.path, self.remote_log)
         else:
             self._guarded(self.jsonl.write, line)
             self._guarded(self.jsonl.flush)
