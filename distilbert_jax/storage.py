@@ -177,6 +177,22 @@ def write_error(path: str | os.PathLike, error: OSError) -> WriteError:
 
 
 @contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Around a write to `path`: a refused local write (OSError) or any error of a remote store's
+    client (gcsfs, aiohttp, google-cloud-storage) becomes one WriteError naming `path`."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as e:
+        if is_remote(path):
+            raise WriteError(errno.EIO, f"cannot write {os.fspath(path)}: {first_line(e)}") from None
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic(path: str | os.PathLike) -> Iterator[str]:
     """Yields the temporary path to write; on success it replaces `path`, on any failure it is
     removed and `path` keeps its previous content. OSErrors become one WriteError naming `path`."""
@@ -207,12 +223,8 @@ def _uploaded(path: str) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb") as f:
             data = f.read()
-        try:
+        with writing(path):
             filesystem(path).pipe_file(path, data)
-        except WriteError:
-            raise
-        except Exception as e:  # gcsfs/aiohttp/tensorstore errors: one sentence naming the object
-            raise WriteError(errno.EIO, f"cannot write {path}: {first_line(e)}") from None
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
@@ -291,10 +303,8 @@ def appending(path: str | os.PathLike) -> Iterator[IO]:
     if is_remote(path):
         lines = io.StringIO()
         yield lines
-        try:
+        with writing(path):
             earlier = read_text(path) if exists(path) else ""
-        except Exception as e:  # the store's client error: one sentence naming the log
-            raise WriteError(errno.EIO, f"cannot write {os.fspath(path)}: {first_line(e)}") from None
         write_text(os.fspath(path), earlier + lines.getvalue())
         return
     try:

@@ -64,14 +64,8 @@ class MetricWriter:
     def _guarded(self, call, *args, path: str | None = None, **kwargs):
         """`call(...)`, a refused write (full disk, folder gone) as one storage.WriteError naming
         `path` (default metrics.jsonl)."""
-        try:
+        with storage.writing(path or self.path):
             return call(*args, **kwargs)
-        except OSError as e:
-            raise storage.write_error(path or self.path, e) from None
-        except Exception as e:  # a remote store's client error (gcsfs, google-cloud-storage)
-            if not storage.is_remote(path or self.path):
-                raise
-            raise storage.WriteError(None, f"cannot write {path or self.path}: {storage.first_line(e)}") from None
 
     def close(self) -> None:
         if self.enabled:
