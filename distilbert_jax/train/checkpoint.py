@@ -55,7 +55,8 @@ class Checkpoints:
                 item_handlers=ocp.StandardCheckpointHandler(use_ocdbt=USE_OCDBT))
 
     def latest_step(self) -> int | None:
-        return self.latest.latest_step()
+        with self._writing(self.latest):  # orbax may re-raise an asynchronous save's failure here
+            return self.latest.latest_step()
 
     def save(self, step: int, state) -> None:
         with self._writing(self.latest):
@@ -120,7 +121,10 @@ class Checkpoints:
                     manager.close()  # waits first: a failed save is raised here
             except storage.WriteError as e:
                 failure = failure or e
-                manager.close()  # the failure is consumed: this releases orbax's threads
+                # releases orbax's threads; a failure another of its threads re-raises here is the
+                # same refused write, reported once
+                with contextlib.suppress(Exception):
+                    manager.close()
         if failure is not None:
             if not quietly:
                 raise failure
