@@ -153,5 +153,6 @@ def main():
 
 if __name__ == "__main__":
     main()
-    if jax.process_count() > 1:  # process 0 has written the results: every process shuts down together
-        multihost_utils.sync_global_devices("results written")
+    if jax.process_count() > 1:  # process 0 has written the results: every process shuts down together,
+        multihost_utils.sync_global_devices("results written")  # here, not after its own exit work
+        jax.distributed.shutdown()
